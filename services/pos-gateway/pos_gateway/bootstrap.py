@@ -1,0 +1,96 @@
+"""Wires pos-gateway's clients, stores and handlers. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from crm_shared.auth import KeyRing
+from crm_shared.db import make_engine
+from crm_shared.kafka import ensure_topics, make_consumer, make_producer
+from crm_shared.settings import CommonSettings
+from crm_shared.topics import POS_SALES
+from pos_gateway import SERVICE_NAME
+from pos_gateway.cache import LiveStats
+from pos_gateway.handlers import GatewayHandlers
+from pos_gateway.settings import GatewaySettings
+from pos_gateway.store import OutboxRelay, SaleWriter
+from pos_gateway.stream import LiveStatsConsumer
+
+
+@dataclass
+class Gateway:
+    common: CommonSettings
+    settings: GatewaySettings
+    keyring: KeyRing
+    engine: AsyncEngine
+    redis: Redis
+    writer: SaleWriter
+    relay: OutboxRelay
+    live_stats: LiveStats
+    live_stats_consumer: LiveStatsConsumer
+    handlers: GatewayHandlers
+    started: bool = field(default=False)
+
+    async def start(self) -> None:
+        self.writer.start()
+        if self.settings.relay_enabled:
+            self.relay.start()
+        if self.settings.live_stats_enabled:
+            self.live_stats_consumer.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        await self.live_stats_consumer.stop()
+        await self.relay.stop()
+        await self.writer.stop()
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+    def readiness_checks(self) -> dict[str, Any]:
+        async def database() -> None:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        async def cache() -> None:
+            await asyncio.wait_for(self.redis.ping(), 2)
+
+        async def broker() -> None:
+            if self.settings.relay_enabled and not self.relay.broker_ok:
+                raise ConnectionError("outbox relay cannot reach the broker (sales are safe in the ledger)")
+
+        return {"database": database, "cache": cache, "broker": broker}
+
+
+def build(common: CommonSettings | None = None, settings: GatewaySettings | None = None) -> Gateway:
+    common = common or CommonSettings()
+    settings = settings or GatewaySettings()
+    keyring = KeyRing.from_settings(common.api_keys, common.env)
+    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
+    redis = Redis.from_url(common.redis_url)
+    prefix = common.topic_prefix
+    sales_topic = POS_SALES.qualified(prefix)
+    producer_factory = partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay")
+    relay = OutboxRelay(
+        engine, producer_factory, batch_size=settings.relay_batch_size, idle_poll=settings.relay_idle_poll_seconds,
+        retention_hours=settings.outbox_retention_hours,
+        ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix,
+                              partitions=common.topic_partitions, replication=common.topic_replication),
+    )
+    writer = SaleWriter(engine, sales_topic=sales_topic, max_batch=settings.writer_max_batch, on_commit=relay.wake)
+    live_stats = LiveStats(redis, prefix=f"{prefix}pg:live:")
+    group = f"{prefix}{SERVICE_NAME}.live-stats"
+    consumer = LiveStatsConsumer(
+        partial(make_consumer, common.kafka_bootstrap, sales_topic, group_id=group, client_id=group),
+        partial(make_producer, common.kafka_bootstrap, client_id=group),
+        live_stats, dlq_topic=POS_SALES.dlq(prefix), name=group,
+    )
+    handlers = GatewayHandlers(writer, engine, live_stats, max_future=timedelta(hours=settings.max_future_hours))
+    return Gateway(common, settings, keyring, engine, redis, writer, relay, live_stats, consumer, handlers)

@@ -1,0 +1,1 @@
+"""The retail CRM's shared package: the one place that defines events, topics, serde and settings."""

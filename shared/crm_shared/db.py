@@ -1,0 +1,41 @@
+"""PostgreSQL helpers: one schema per service inside the database named by `CRM_DATABASE_URL`."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema name {schema!r} must be lower-case letters, digits and underscores")
+    return schema
+
+
+def make_engine(database_url: str, *, schema: str, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """An async engine whose connections see the service's own schema first."""
+    check_schema_name(schema)
+    url = make_url(database_url)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"search_path": f"{schema},public", "application_name": schema}},
+    )
+
+
+async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
+    check_schema_name(schema)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+
+def sync_url(database_url: str) -> str:
+    """The same database for a synchronous driver-less use (logging, display) without the password."""
+    return make_url(database_url).render_as_string(hide_password=True)

@@ -1,0 +1,160 @@
+"""The event contract: one envelope for every event, one payload model per event type.
+
+Every event crossing a service boundary is defined here and nowhere else. Within a topic version
+only optional fields may be added; a breaking change is a new topic (`pos.sales.v2`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from crm_shared.currencies import ISO_4217
+from crm_shared.money import Money
+
+# Namespace for deterministic event ids: the same sale always gets the same event id, whether it
+# arrives over HTTP, from a bulk replay or from a republish, so every consumer can dedupe on it.
+EVENT_NAMESPACE = uuid.UUID("6f1f8f9e-3c55-4d1c-9a35-2b0f4c1e7a01")
+
+Identifier = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+# No control characters: they have no place on a receipt, and PostgreSQL refuses NUL in text.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+EARLIEST_YEAR, LATEST_YEAR = 1990, 2200
+MAX_LINES_PER_SALE = 2000  # wholesale orders run long: one Online Retail invoice has 1,114 lines
+MAX_QUANTITY = 1_000_000
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class Envelope(BaseModel, Generic[P]):
+    """What every event on every topic looks like on the wire."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int = Field(ge=1)
+    occurred_at: AwareDatetime = Field(description="Event time: when it happened in the shop, not when we saw it")
+    source: str
+    key: str = Field(description="Partition key: the entity whose order matters")
+    payload: P
+
+
+class SaleLine(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sku: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=64,
+                                          pattern=PRINTABLE)]
+    description: Annotated[str, StringConstraints(strict=True, max_length=300, pattern=PRINTABLE)] = ""
+    quantity: int = Field(strict=True, gt=0, le=MAX_QUANTITY, description="Units sold (or returned); always positive")
+    unit_price: Money = Field(description="Price of one unit, a decimal string with at most 4 decimals; may be 0")
+    discount: Money = Field(default=Decimal("0"), description="Discount on the whole line, a decimal string")
+
+    @field_validator("unit_price")
+    @classmethod
+    def _price_not_negative(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("discount")
+    @classmethod
+    def _discount_not_negative(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError("must not be negative (a discount is written as a positive amount)")
+        return value
+
+    @model_validator(mode="after")
+    def _discount_within_line(self) -> SaleLine:
+        if self.discount > self.gross:
+            raise ValueError(f"discount {self.discount} is more than the line's value {self.gross}")
+        return self
+
+    @property
+    def gross(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+    @property
+    def net(self) -> Decimal:
+        return self.gross - self.discount
+
+
+class Sale(BaseModel):
+    """A sale or a return as a terminal rings it up. Payload of `pos.sales.v1`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sale_id: Identifier
+    store_id: Identifier
+    terminal_id: Identifier
+    member_id: Identifier | None = Field(default=None, description="Null for an anonymous sale")
+    occurred_at: AwareDatetime = Field(description="When the sale was rung up, with its time zone")
+    currency: Annotated[str, StringConstraints(strict=True, min_length=3, max_length=3)]
+    kind: Literal["sale", "return"] = "sale"
+    original_sale_id: Identifier | None = Field(default=None, description="For a return: the sale it reverses, when known")
+    lines: list[SaleLine] = Field(min_length=1, max_length=MAX_LINES_PER_SALE)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_year(cls, value: datetime) -> datetime:
+        # Checked on the naive year first: converting year 1 or 9999 across time zones overflows.
+        if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+            raise ValueError(f"must be between {EARLIEST_YEAR} and {LATEST_YEAR}")
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in ISO_4217:
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
+        return value
+
+    @model_validator(mode="after")
+    def _original_only_on_returns(self) -> Sale:
+        if self.original_sale_id is not None and self.kind != "return":
+            raise ValueError("original_sale_id is only allowed on a return")
+        return self
+
+    @property
+    def total(self) -> Decimal:
+        """Net value: positive for a sale, negative for a return."""
+        net = sum((line.net for line in self.lines), Decimal("0"))
+        return -net if self.kind == "return" else net
+
+    @property
+    def partition_key(self) -> str:
+        return self.member_id if self.member_id is not None else self.store_id
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return sale_event_id(self.store_id, self.terminal_id, self.sale_id)
+
+
+def sale_event_id(store_id: str, terminal_id: str, sale_id: str) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"sale/{store_id}/{terminal_id}/{sale_id}")
+
+
+SaleRecorded = Envelope[Sale]
+SALE_EVENT_TYPES = {"sale": "SaleRecorded", "return": "ReturnRecorded"}
+SALE_SCHEMA_VERSION = 1
+
+
+def sale_recorded(sale: Sale, *, source: str) -> Envelope[Sale]:
+    """Wrap a sale in its envelope; the event id is derived from the sale's identity."""
+    return Envelope[Sale](
+        event_id=sale.event_id,
+        event_type=SALE_EVENT_TYPES[sale.kind],
+        schema_version=SALE_SCHEMA_VERSION,
+        occurred_at=sale.occurred_at,
+        source=source,
+        key=sale.partition_key,
+        payload=sale,
+    )
+
+
+def utc_iso(moment: datetime) -> str:
+    return moment.isoformat()

@@ -1,0 +1,143 @@
+"""Kafka client helpers: topic creation, producers, dead-lettering and consumer lag.
+
+The embedded broker (tansu) does not support idempotent producers (InitProducerId), so every
+producer here is plain at-least-once; consumers dedupe by event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from crm_shared.topics import ALL_TOPICS, Topic
+
+log = logging.getLogger(__name__)
+
+
+def new_topics(topics: Iterable[Topic], prefix: str, partitions: int, replication: int) -> list[NewTopic]:
+    wanted: list[NewTopic] = []
+    for topic in topics:
+        config = {"cleanup.policy": "compact"} if topic.compacted else {}
+        wanted.append(NewTopic(topic.qualified(prefix), partitions, replication, topic_configs=config))
+        if topic.has_dlq:
+            wanted.append(NewTopic(topic.dlq(prefix), partitions, replication))
+    return wanted
+
+
+async def ensure_topics(bootstrap: str, *, prefix: str = "", partitions: int = 6, replication: int = 1,
+                        topics: Sequence[Topic] = ALL_TOPICS, timeout: float = 30.0) -> list[str]:
+    """Create every topic (and its DLQ twin) that does not exist yet; returns the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in new_topics(topics, prefix, partitions, replication) if t.name not in existing]
+        created: list[str] = []
+        for topic in missing:
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:
+                # Some brokers (tansu) ignore or reject topic configs; a plain topic still serves.
+                if topic.topic_configs:
+                    await admin.create_topics([NewTopic(topic.name, topic.num_partitions, topic.replication_factor)])
+                    created.append(topic.name)
+                else:
+                    raise exc
+        return created
+    finally:
+        await admin.close()
+
+
+def make_producer(bootstrap: str, *, client_id: str, linger_ms: int = 5, **overrides: Any) -> AIOKafkaProducer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": linger_ms,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 10_000,
+        "retry_backoff_ms": 200,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(bootstrap: str, *topics: str, group_id: str, client_id: str, **overrides: Any) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "client_id": client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_records": 2000,
+        "isolation_level": "read_uncommitted",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def dead_letter(producer: AIOKafkaProducer, dlq_topic: str, record: ConsumerRecord[bytes, bytes], reason: str,
+                      *, consumer: str) -> None:
+    """Send a poison record to its dead-letter topic, untouched, with why and where it came from."""
+    headers = list(record.headers or ())
+    headers += [
+        ("dlq.reason", reason.encode("utf-8")[:4000]),
+        ("dlq.consumer", consumer.encode()),
+        ("dlq.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+        ("dlq.at_ms", str(int(time.time() * 1000)).encode()),
+    ]
+    await producer.send_and_wait(dlq_topic, value=record.value, key=record.key, headers=headers)
+    log.warning("dead-lettered record", extra={"topic": record.topic, "partition": record.partition,
+                                                "offset": record.offset, "reason": reason, "dlq": dlq_topic})
+
+
+async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str]) -> dict[str, int]:
+    """Messages not yet committed by a consumer group, per topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        lags: dict[str, int] = {}
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+                partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                continue
+            ends = await consumer.end_offsets(tps)
+            total = 0
+            for tp in tps:
+                committed = await consumer.committed(tp)
+                total += ends[tp] - (committed or 0)
+            lags[topic] = total
+        return lags
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+        finally:
+            await admin.close()

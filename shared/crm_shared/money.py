@@ -1,0 +1,49 @@
+"""Money is `Decimal` end to end and travels as a decimal string, never as a float."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+MAX_MONEY_DECIMALS = 4
+_DECIMAL_STRING = re.compile(r"^-?\d{1,12}(\.\d+)?$")
+
+
+def parse_money(value: Any) -> Decimal:
+    """Accept a decimal string (or a Decimal from our own code); refuse floats and ints from the wire."""
+    if isinstance(value, Decimal):
+        candidate = value
+    elif isinstance(value, str):
+        if not _DECIMAL_STRING.match(value.strip()):
+            raise ValueError("must be a decimal string such as \"2.55\"")
+        try:
+            candidate = Decimal(value.strip())
+        except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
+            raise ValueError("must be a decimal string such as \"2.55\"") from exc
+    elif isinstance(value, bool):
+        raise ValueError("must be a decimal string such as \"2.55\", not a boolean")
+    elif isinstance(value, float):
+        raise ValueError("must be a decimal string such as \"2.55\", not a JSON float (floats lose pennies)")
+    elif isinstance(value, int):
+        raise ValueError("must be a decimal string such as \"2.55\", not a JSON number")
+    else:
+        raise ValueError("must be a decimal string such as \"2.55\"")
+    exponent = candidate.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MAX_MONEY_DECIMALS:
+        raise ValueError(f"has more than {MAX_MONEY_DECIMALS} decimal places")
+    return candidate
+
+
+def format_money(value: Decimal) -> str:
+    return format(value, "f")
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(parse_money),
+    PlainSerializer(format_money, return_type=str, when_used="always"),
+    WithJsonSchema({"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,4})?$", "examples": ["2.55"]}),
+]
