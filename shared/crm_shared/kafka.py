@@ -102,29 +102,43 @@ async def dead_letter(producer: AIOKafkaProducer, dlq_topic: str, record: Consum
                                                 "offset": record.offset, "reason": reason, "dlq": dlq_topic})
 
 
-async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str]) -> dict[str, int]:
-    """Messages not yet committed by a consumer group, per topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
-    await consumer.start()
+async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str], timeout: float = 10.0) -> dict[str, int]:
+    """Messages not yet committed by a consumer group, per topic.
+
+    End offsets come from the high watermarks of real fetches: the embedded broker (tansu) answers
+    ListOffsets with the last batch's offset rather than the log end, which would hide lag.
+    """
+    group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await group.start()
+    await reader.start()
     try:
-        lags: dict[str, int] = {}
+        committed: dict[TopicPartition, int] = {}
         for topic in topics:
-            partitions = consumer.partitions_for_topic(topic)
+            partitions = group.partitions_for_topic(topic)
             if partitions is None:
-                await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
-                partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            if not tps:
-                continue
-            ends = await consumer.end_offsets(tps)
-            total = 0
-            for tp in tps:
-                committed = await consumer.committed(tp)
-                total += ends[tp] - (committed or 0)
-            lags[topic] = total
+                await group._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+                partitions = group.partitions_for_topic(topic) or set()
+            for partition in sorted(partitions):
+                tp = TopicPartition(topic, partition)
+                committed[tp] = (await group.committed(tp)) or 0
+        if not committed:
+            return {}
+        reader.assign(list(committed))
+        for tp, offset in committed.items():
+            reader.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while any(reader.highwater(tp) is None for tp in committed) and time.monotonic() < deadline:
+            await reader.getmany(timeout_ms=200, max_records=1)
+        lags: dict[str, int] = {}
+        for tp, offset in committed.items():
+            end = reader.highwater(tp)
+            if end is None:
+                raise TimeoutError(f"no high watermark for {tp.topic}/{tp.partition}")
+            lags[tp.topic] = lags.get(tp.topic, 0) + max(0, end - offset)
         return lags
     finally:
-        await consumer.stop()
+        await asyncio.gather(group.stop(), reader.stop(), return_exceptions=True)
 
 
 async def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:

@@ -130,17 +130,19 @@ def first_difference(before: Any, after: Any, path: str = "") -> str | None:
             if found:
                 return found
         return None
-    if _same_scalar(before, after):
+    if before == after or (path.rsplit(".", 1)[-1] in MONEY_FIELDS and _same_amount(before, after)):
         return None
     return path or "body"
 
 
-def _same_scalar(before: Any, after: Any) -> bool:
-    if before == after:
-        return True
+MONEY_FIELDS = {"unit_price", "discount"}
+
+
+def _same_amount(before: Any, after: Any) -> bool:
+    """ "1.50" and "1.5" are the same price; only money fields compare as numbers."""
     try:
         return Decimal(str(before)) == Decimal(str(after))
-    except Exception:
+    except ArithmeticError:
         return False
 
 

@@ -1,0 +1,35 @@
+"""The services `crm up` runs: adding a service is one line here (plus its folder and compose block)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str
+    port: int
+    # Consumer groups (without the topic prefix) and the topics they read, for `crm status`.
+    consumer_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def env_prefix(self) -> str:
+        return self.module.upper() + "_"
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("pos-gateway", "pos_gateway", 8001, (("pos-gateway.live-stats", ("pos.sales.v1",)),)),
+    ServiceSpec("member-profile", "member_profile", 8002),
+    ServiceSpec("segmenter", "segmenter", 8003),
+    ServiceSpec("replenishment", "replenishment", 8004),
+    ServiceSpec("notifier", "notifier", 8005),
+)
+
+
+def installed_services() -> list[ServiceSpec]:
+    return [spec for spec in SERVICES if spec.installed()]
