@@ -400,13 +400,22 @@ def run_gateway(stack: Any, args: argparse.Namespace, work: Path) -> dict[str, A
     from crm_shared.topics import POS_SALES
 
     port = free_port()
-    env = {**stack.env(), "POS_GATEWAY_PORT": str(port), "CRM_ENV": "development", "CRM_TOPIC_PREFIX": ""}
-    gateway = ServiceProcess("pos_gateway", env, port=port, log_path=work / "pos-gateway.log").start(timeout=120)
+    env = {**stack.env(), "POS_GATEWAY_PORT": str(port), "CRM_ENV": "development", "CRM_TOPIC_PREFIX": "",
+           **dict(item.split("=", 1) for item in args.gateway_env)}
+    module = "pos_gateway"
+    if args.gc_probe != "off":  # the same gateway, its GC pauses logged (and frozen after imports with "freeze")
+        module = "gc_probe"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+        env["BENCH_GC_FREEZE"] = "1" if args.gc_probe == "freeze" else "0"
+    gateway = ServiceProcess(module, env, port=port, log_path=work / "pos-gateway.log").start(timeout=120)
     try:
         print(f"  pos-gateway up on :{port} (pid {gateway.process.pid if gateway.process else '?'}), "
               f"log {gateway.log_path}", flush=True)
         load = run_load("gateway", port=port, mode="post", args=args, work=work, seconds=args.seconds)
         print(f"  load done: {len(load['accepted']):,} sales accepted; checking {POS_SALES.name} ...", flush=True)
+        if env.get("POS_GATEWAY_RELAY_ENABLED", "true").lower() in ("false", "0", "no"):
+            print("  relay disabled by --gateway-env: no topic check", flush=True)
+            return load
         load["topic_check"] = asyncio.run(verify_topic(stack.kafka.bootstrap, POS_SALES.qualified(""), load["accepted"],
                                                        timeout=max(120.0, 4 * args.seconds)))
         if gateway.process is not None and gateway.process.poll() is not None:
@@ -490,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (default 3)")
     parser.add_argument("--skip-ceilings", action="store_true", help="measure the gateway only")
     parser.add_argument("--skip-gateway", action="store_true", help="measure the ceilings only")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the gateway, for experiments (e.g. POS_GATEWAY_LIVE_STATS_ENABLED=false)")
+    parser.add_argument("--gc-probe", choices=("off", "measure", "freeze"), default="off",
+                        help="experiment: run the gateway under bench/gc_probe.py to log GC pauses (and gc.freeze())")
     parser.add_argument("--state-dir", type=Path, default=None, help="embedded stack folder (default: a temp folder)")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
     args = parser.parse_args(argv)
@@ -507,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                                "args": {"seconds": args.seconds, "ceiling_seconds": ceiling_seconds,
                                         "clients": args.clients, "warmup": args.warmup,
-                                        "lines_per_sale": LINES_PER_SALE}}
+                                        "lines_per_sale": LINES_PER_SALE, "gateway_env": args.gateway_env, "gc_probe": args.gc_probe}}
     try:
         bootstrap = stack.kafka.bootstrap
         asyncio.run(ensure_topics(bootstrap, prefix=""))

@@ -38,7 +38,12 @@ SUPPLIER_REORDERS = Topic("supplier.reorders.v1", "Purchase orders raised for su
 SUPPLIER_ACKS = Topic("supplier.acks.v1", "Supplier acknowledgements of purchase orders")
 MARKETING_OFFERS = Topic("marketing.offers.v1", "Personalised offers (and withheld control records)")
 
+# Never written to: its absence tells a producer that the broker was restarted empty (the embedded
+# broker is memory-only, and it acknowledges writes to topics it no longer has).
+BROKER_SENTINEL = Topic("crm.broker-sentinel", "Exists while the broker keeps its topics", has_dlq=False)
+
 ALL_TOPICS: tuple[Topic, ...] = (
+    BROKER_SENTINEL,
     POS_SALES,
     MEMBER_PROFILES,
     MEMBER_ERASED,

@@ -16,7 +16,7 @@ from crm_shared.auth import KeyRing
 from crm_shared.db import make_engine
 from crm_shared.kafka import ensure_topics, make_consumer, make_producer
 from crm_shared.settings import CommonSettings
-from crm_shared.topics import POS_SALES
+from crm_shared.topics import BROKER_SENTINEL, POS_SALES
 from pos_gateway import SERVICE_NAME
 from pos_gateway.cache import LiveStats
 from pos_gateway.handlers import GatewayHandlers
@@ -63,7 +63,7 @@ class Gateway:
             await asyncio.wait_for(self.redis.ping(), 2)
 
         async def broker() -> None:
-            if self.settings.relay_enabled and not self.relay.broker_ok:
+            if self.settings.relay_enabled and not self.relay.healthy():
                 raise ConnectionError("outbox relay cannot reach the broker (sales are safe in the ledger)")
 
         return {"database": database, "cache": cache, "broker": broker}
@@ -83,6 +83,7 @@ def build(common: CommonSettings | None = None, settings: GatewaySettings | None
         retention_hours=settings.outbox_retention_hours,
         ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix,
                               partitions=common.topic_partitions, replication=common.topic_replication),
+        sentinel_topic=BROKER_SENTINEL.qualified(prefix),
     )
     writer = SaleWriter(engine, sales_topic=sales_topic, max_batch=settings.writer_max_batch, on_commit=relay.wake)
     live_stats = LiveStats(redis, prefix=f"{prefix}pg:live:")

@@ -242,6 +242,10 @@ async def find_sale(engine: AsyncEngine, store_id: str, sale_id: str) -> dict[st
     return None if row is None else dict(row._mapping)
 
 
+class BrokerRestarted(Exception):
+    """The broker lost its topics since the last check: what was just sent may be gone."""
+
+
 class OutboxRelay:
     """Publishes the outbox to the broker in order, then marks the rows published.
 
@@ -252,18 +256,22 @@ class OutboxRelay:
     ADVISORY_LOCK = 0x505F5341  # any constant shared by every gateway replica
 
     def __init__(self, engine: AsyncEngine, producer_factory: Any, *, batch_size: int, idle_poll: float,
-                 retention_hours: float, ensure_topics: Any) -> None:
+                 retention_hours: float, ensure_topics: Any, sentinel_topic: str) -> None:
         self.engine = engine
         self.producer_factory = producer_factory
         self.batch_size = batch_size
         self.idle_poll = idle_poll
         self.retention_hours = retention_hours
         self.ensure_topics = ensure_topics
+        self.sentinel_topic = sentinel_topic
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: Any = None
         self.published = 0
-        self.broker_ok = False
+        self.last_ok: float | None = None  # loop time of the last pass that reached the broker
+
+    def healthy(self, stale_after: float = 5.0) -> bool:
+        return self.last_ok is not None and asyncio.get_running_loop().time() - self.last_ok < stale_after
 
     def wake(self) -> None:
         self._wake.set()
@@ -296,7 +304,7 @@ class OutboxRelay:
                     await producer.start()
                     self._producer = producer
                 sent = await self.publish_batch()
-                self.broker_ok = True
+                self.last_ok = loop.time()
                 backoff = 0.2
                 if loop.time() - last_purge > 60:
                     await self.purge()
@@ -310,7 +318,6 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.broker_ok = False
                 log.warning("outbox relay cannot publish yet; will retry", extra={"error": repr(exc), "retry_in_s": backoff})
                 await self._close_producer()
                 await asyncio.sleep(backoff)
@@ -332,7 +339,12 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [await self._producer.send(row.topic, value=row.value, key=row.key) for row in rows]
-            await asyncio.wait_for(asyncio.gather(*futures), 30)
+            await asyncio.wait_for(asyncio.gather(*futures), 15)
+            # Acknowledged is not enough: a broker restarted empty acknowledges writes to topics it
+            # no longer has. The rows stay unpublished unless the broker still has our sentinel topic.
+            cluster = await self._producer.client.fetch_all_metadata()
+            if self.sentinel_topic not in cluster.topics():
+                raise BrokerRestarted(f"{self.sentinel_topic} is gone: the broker was restarted empty")
             await conn.execute(update(outbox).where(outbox.c.id.in_([row.id for row in rows]))
                                .values(published_at=func.now()))
         self.published += len(rows)
