@@ -63,6 +63,25 @@ def lanes_for(sales: Sequence[Sale], lanes: int) -> list[list[Sale]]:
     return out
 
 
+def batches(sales: Sequence[Sale], max_sales: int, max_bytes: int) -> list[tuple[list[Sale], list[bytes]]]:
+    """Consecutive chunks of at most `max_sales` sales and `max_bytes` of JSON (the gateway's body limit)."""
+    out: list[tuple[list[Sale], list[bytes]]] = []
+    chunk: list[Sale] = []
+    encoded: list[bytes] = []
+    size = 0
+    for sale in sales:
+        body = sale.model_dump_json().encode()
+        if chunk and (len(chunk) >= max_sales or size + len(body) + 1 > max_bytes):
+            out.append((chunk, encoded))
+            chunk, encoded, size = [], [], 0
+        chunk.append(sale)
+        encoded.append(body)
+        size += len(body) + 1
+    if chunk:
+        out.append((chunk, encoded))
+    return out
+
+
 def print_table(title: str, rows: list[tuple[str, str]], echo: Callable[[str], None] = print) -> None:
     width = max((len(k) for k, _ in rows), default=10)
     echo(title)
@@ -71,7 +90,7 @@ def print_table(title: str, rows: list[tuple[str, str]], echo: Callable[[str], N
 
 
 async def replay_http(sales: Sequence[Sale], *, gateway_url: str, api_key: str | None, speed: float | None,
-                      lanes: int = 8, batch_size: int = 200, retry_for: float = 120.0,
+                      lanes: int = 8, batch_size: int = 200, max_batch_bytes: int = 900_000, retry_for: float = 120.0,
                       progress: bool = True) -> ReplayOutcome:
     """Through the gateway. As fast as possible: offline-catch-up batches. With `speed`: one POST per
     sale at its event time, `speed` times faster than it happened, each store with its own pos key."""
@@ -114,9 +133,8 @@ async def replay_http(sales: Sequence[Sale], *, gateway_url: str, api_key: str |
 
         async def run_lane(lane: list[Sale]) -> None:
             if speed is None:
-                for start in range(0, len(lane), batch_size):
-                    chunk = lane[start:start + batch_size]
-                    body = b'{"sales":[' + b",".join(s.model_dump_json().encode() for s in chunk) + b"]}"
+                for chunk, encoded in batches(lane, batch_size, max_batch_bytes):
+                    body = b'{"sales":[' + b",".join(encoded) + b"]}"
                     response = await post("/v1/sales/batch", body, api_key or "dev-ops")
                     if response.status_code != 200:
                         for _ in chunk:

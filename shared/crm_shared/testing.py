@@ -107,3 +107,15 @@ def topic_prefix() -> str:
 @pytest.fixture
 def free_tcp_port() -> int:
     return free_port()
+
+
+def start_service(module: str, endpoints: StackEndpoints, log_dir: Path, *, prefix: str,
+                  extra_env: dict[str, str] | None = None, partitions: int = 3) -> ServiceProcess:
+    """Create the prefixed topics and start `python -m module` on a free port against the test stack."""
+    from crm_shared.kafka import ensure_topics
+
+    asyncio.run(ensure_topics(endpoints.kafka_bootstrap, prefix=prefix, partitions=partitions))
+    port = free_port()
+    env = {**endpoints.env(), "CRM_TOPIC_PREFIX": prefix, "CRM_ENV": "test",
+           f"{module.upper()}_PORT": str(port), **(extra_env or {})}
+    return ServiceProcess(module, env, port=port, log_path=log_dir / f"{module}-{port}.log").start()

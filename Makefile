@@ -1,0 +1,47 @@
+# Two commands for a fresh machine (Python 3.11, nothing else needed):
+#   make demo   install everything and run the whole system on the embedded stack with real data
+#   make test   install everything and run the tests (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SERVICE_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard services/*/pyproject.toml))
+
+.PHONY: install demo up test test-unit test-all bench drills lint clean
+
+$(STAMP): constraints.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e "shared[test]" $(addprefix -e ,$(SERVICE_DIRS))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/crm demo
+
+up: install
+	$(BIN)/crm up
+
+test: install
+	$(BIN)/pytest -m "not slow" -q
+
+test-unit: install
+	$(BIN)/pytest -q shared/tests/unit services/*/tests/unit
+
+test-all: install
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/gateway.py
+
+drills: install
+	$(BIN)/pytest -q -m "integration or e2e" -k "drill or killed or broker_down"
+
+lint: install
+	$(BIN)/ruff check shared services bench tests
+	$(BIN)/mypy --strict services/pos-gateway/pos_gateway/domain.py shared/crm_shared/events.py shared/crm_shared/money.py
+
+clean:
+	rm -rf $(VENV) .crm

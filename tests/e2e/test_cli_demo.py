@@ -1,0 +1,36 @@
+"""The README's first command, end to end: `crm demo` starts everything, replays real sales,
+prints its summary, and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from crm_shared.embedded import port_is_free
+
+pytestmark = pytest.mark.e2e
+
+
+def test_crm_demo_replays_the_slice_and_stops_cleanly(tmp_path: Path) -> None:
+    if not port_is_free(8001):
+        pytest.fail("port 8001 is taken: `crm demo` serves the gateway there; stop whatever uses it")
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRM_")}
+    run = subprocess.run([sys.executable, "-m", "crm_shared.cli", "demo", "--exit-after-replay",
+                          "--state-dir", str(state)], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "Retail CRM is up." in out
+    assert "pos-gateway  http://127.0.0.1:8001" in out
+    assert "dev-pos-<store_id>" in out
+    assert "accepted (202)                  1,955" in out
+    assert "excluded: stock write-off rows           70" in out
+    assert "or-united-kingdom" in out.split("Live figures")[1]
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+                 if any(str(state) in part for part in (p.info["cmdline"] or []))]
+    assert leftovers == []
