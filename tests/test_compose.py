@@ -360,7 +360,8 @@ def test_every_service_folder_has_a_dockerfile():
 def test_dockerfiles_pin_installs_with_constraints():
     dockerfiles = sorted(SERVICES_DIR.glob("*/Dockerfile"))
     assert dockerfiles, "no Dockerfile under services/*/"
-    problems = [f"{d.relative_to(REPO)}: {p}" for d in dockerfiles for p in check_dockerfile_pinned(d.read_text(encoding="utf-8"))]
+    problems = [f"{d.relative_to(REPO)}: {p}"
+                for d in dockerfiles for p in check_dockerfile_pinned(d.read_text(encoding="utf-8"))]
     assert problems == []
 
 

@@ -29,7 +29,7 @@ from crm_shared.embedded import EmbeddedStack, free_port, port_is_free
 from crm_shared.kafka import consumer_lag, ensure_topics, wait_for_broker
 from crm_shared.processes import ServiceProcess
 from crm_shared.replay import print_table, replay_http, replay_kafka
-from crm_shared.services import SERVICES, ServiceSpec, installed_services
+from crm_shared.services import SERVICES, installed_services
 from crm_shared.settings import CommonSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -355,7 +355,6 @@ def republish(since: Annotated[str, typer.Option(help="event time, ISO 8601 with
 
     Use after the memory-only broker restarted empty, or for a new consumer that needs history."""
     from pos_gateway.__main__ import _republish, aware  # the ledger belongs to the gateway
-
     from pos_gateway.settings import GatewaySettings
 
     state = _load_env(state_dir)

@@ -19,11 +19,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import warnings
 
 # pgserver imports platformdirs, which warns about an unset XDG_RUNTIME_DIR it does not need here.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -149,10 +148,10 @@ class EmbeddedPostgres:
         # PostgreSQL refuses to run as root; pgserver's helpers create an unprivileged user for it.
         if os.geteuid() != 0:
             return
+        import stat
+
         from pgserver._commands import POSTGRES_BIN_PATH
         from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-
-        import stat
 
         self._system_user = "pgserver"
         ensure_user_exists(self._system_user)

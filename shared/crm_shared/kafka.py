@@ -117,7 +117,7 @@ async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str], tim
         for topic in topics:
             partitions = group.partitions_for_topic(topic)
             if partitions is None:
-                await group._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+                await group._client.force_metadata_update()
                 partitions = group.partitions_for_topic(topic) or set()
             for partition in sorted(partitions):
                 tp = TopicPartition(topic, partition)

@@ -63,7 +63,7 @@ async def read_topic(bootstrap: str, topic: str, *, expected: int, timeout: floa
         partitions = consumer.partitions_for_topic(topic)
         deadline = time.monotonic() + timeout
         while not partitions and time.monotonic() < deadline:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic)
             await asyncio.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in sorted(partitions or [])]

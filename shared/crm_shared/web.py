@@ -24,7 +24,8 @@ HTTP_LATENCY = Histogram("crm_http_request_seconds", "HTTP request latency", ["s
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
-def field_errors(exc: ValidationError | RequestValidationError, *, drop_prefix: tuple[str, ...] = ("body",)) -> list[dict[str, str]]:
+def field_errors(exc: ValidationError | RequestValidationError, *,
+                 drop_prefix: tuple[str, ...] = ("body",)) -> list[dict[str, str]]:
     """Pydantic errors as `{field, reason}` pairs a terminal developer can act on."""
     errors = []
     for error in exc.errors():

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from crm_shared.embedded import port_is_free
 
 pytestmark = pytest.mark.e2e

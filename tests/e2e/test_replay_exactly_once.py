@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-
 from crm_shared.datasets.online_retail import load_sales
 from crm_shared.replay import replay_http, replay_kafka
 from crm_shared.testing import REPO_ROOT, StackEndpoints, dataset, read_topic, start_service

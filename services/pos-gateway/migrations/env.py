@@ -1,5 +1,4 @@
 from alembic import context
-
 from crm_shared.migrations import run_env
 from pos_gateway.store import metadata
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from crm_shared.logs import configure_logging
 from crm_shared.settings import CommonSettings
+
 from pos_gateway import SERVICE_NAME
 from pos_gateway.settings import GatewaySettings
 
@@ -34,6 +35,7 @@ def serve(common: CommonSettings, settings: GatewaySettings) -> None:
 async def _republish(common: CommonSettings, settings: GatewaySettings, since: datetime, until: datetime | None) -> int:
     from crm_shared.db import make_engine
     from crm_shared.topics import POS_SALES
+
     from pos_gateway.store import republish
 
     engine = make_engine(common.database_url, schema=settings.schema_name)

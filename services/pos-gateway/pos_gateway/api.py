@@ -2,21 +2,21 @@
 
 
 import uuid
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, ORJSONResponse
-from pydantic import BaseModel, Field, ValidationError
-
 from crm_shared.auth import Principal, require_role
 from crm_shared.events import Identifier, Sale
 from crm_shared.money import Money
 from crm_shared.web import ApiError, field_errors, install_common
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, ORJSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
 from pos_gateway import SERVICE_NAME
 from pos_gateway.domain import Refusal
 from pos_gateway.store import Accepted, LedgerUnavailable

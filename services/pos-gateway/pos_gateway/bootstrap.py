@@ -8,15 +8,15 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from redis.asyncio import Redis
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from crm_shared.auth import KeyRing
 from crm_shared.db import make_engine
 from crm_shared.kafka import ensure_topics, make_consumer, make_producer
 from crm_shared.settings import CommonSettings
 from crm_shared.topics import BROKER_SENTINEL, POS_SALES
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from pos_gateway import SERVICE_NAME
 from pos_gateway.cache import LiveStats
 from pos_gateway.handlers import GatewayHandlers

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from crm_shared.events import Envelope, Sale
 from redis.asyncio import Redis
 
-from crm_shared.events import Envelope, Sale
 from pos_gateway.domain import hour_bucket, money_units, units_to_money, window_buckets
 
 APPLY_SALE = """

@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
-
 from crm_shared.events import Sale
 
 

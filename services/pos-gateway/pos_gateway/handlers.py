@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from crm_shared.auth import Principal
 from crm_shared.events import Sale
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from pos_gateway.cache import LiveStats
 from pos_gateway.domain import Refusal, check_scope, check_timing
 from pos_gateway.store import Outcome, SaleWriter, find_sale

@@ -15,13 +15,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, LargeBinary, MetaData, Numeric, String, Table,
-                        Text, func, select, text, update)
+from crm_shared.events import Sale, sale_recorded
+from crm_shared.serde import encode, encode_key
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from crm_shared.events import Sale, sale_recorded
-from crm_shared.serde import encode, encode_key
 from pos_gateway import SERVICE_NAME
 from pos_gateway.domain import Refusal, check_return, decide_resubmission, fingerprint
 
@@ -353,13 +368,15 @@ class OutboxRelay:
     async def purge(self) -> int:
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                outbox.delete().where(outbox.c.published_at < func.now() - text(f"interval '{float(self.retention_hours)} hours'")))
+                outbox.delete().where(
+                    outbox.c.published_at < func.now() - text(f"interval '{float(self.retention_hours)} hours'")))
         return int(result.rowcount or 0)
 
 
 async def pending_count(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None)))).scalar() or 0)
+        unpublished = select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+        return int((await conn.execute(unpublished)).scalar() or 0)
 
 
 async def republish(engine: AsyncEngine, *, sales_topic: str, since: datetime, until: datetime | None = None,

@@ -7,10 +7,10 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from crm_shared.events import Envelope, Sale, SaleRecorded
 from crm_shared.kafka import dead_letter
 from crm_shared.serde import PoisonMessage, decode
+
 from pos_gateway.cache import LiveStats
 
 log = logging.getLogger(__name__)

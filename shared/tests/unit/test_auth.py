@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import pytest
+from crm_shared.auth import ApiKeyError, KeyRing, Principal, presented_key, require_role
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from starlette.requests import Request
-
-from crm_shared.auth import ApiKeyError, KeyRing, Principal, presented_key, require_role
 
 PROD_OPS_KEY = "ops-key-0123456789abcdef"
 PROD_POS_KEY = "pos-key-0123456789abcdef"

@@ -9,7 +9,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from crm_shared.datasets.online_retail import ReplaySummary, load_sales, store_for_country
 from crm_shared.events import MAX_LINES_PER_SALE, Sale
 

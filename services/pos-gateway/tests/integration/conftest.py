@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from crm_shared.embedded import free_port
 from crm_shared.kafka import ensure_topics
 from crm_shared.processes import ServiceProcess

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-
 from crm_shared.embedded import EmbeddedKafka, free_port
 from crm_shared.testing import StackEndpoints, read_topic
 

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 import httpx
 import orjson
 import pytest
-
 from crm_shared.testing import read_topic
 
 from .conftest import GatewayUnderTest, a_sale, now_plus
@@ -123,9 +122,11 @@ def test_bad_input_is_refused_naming_the_field_and_records_nothing(gateway: Gate
 
 def test_transport_level_refusals(gateway: GatewayUnderTest) -> None:
     headers = {"x-api-key": "dev-ops"}
-    bad_json = httpx.post(gateway.url + "/v1/sales", content=b'{"sale_id": ', headers={**headers, "content-type": "application/json"})
+    as_json = {**headers, "content-type": "application/json"}
+    bad_json = httpx.post(gateway.url + "/v1/sales", content=b'{"sale_id": ', headers=as_json)
     assert bad_json.status_code == 400 and bad_json.json()["detail"][0]["field"] == "body"
-    wrong_type = httpx.post(gateway.url + "/v1/sales", content=orjson.dumps(a_sale()), headers={**headers, "content-type": "text/plain"})
+    as_text = {**headers, "content-type": "text/plain"}
+    wrong_type = httpx.post(gateway.url + "/v1/sales", content=orjson.dumps(a_sale()), headers=as_text)
     assert wrong_type.status_code == 415 and wrong_type.json()["detail"][0]["field"] == "content-type"
     huge = a_sale()
     huge["lines"][0]["description"] = "x" * 300
@@ -211,7 +212,7 @@ def _wait_for_live(gateway: GatewayUnderTest, store: str, *, sales: int, timeout
     while True:
         figures = httpx.get(f"{gateway.url}/v1/stats/live", params={"store_id": store},
                             headers={"x-api-key": "dev-ops"}).json()
-        if figures["stores"] and figures["stores"][0]["sales"] >= sales or time.monotonic() > deadline:
+        if (figures["stores"] and figures["stores"][0]["sales"] >= sales) or time.monotonic() > deadline:
             return figures
         time.sleep(0.3)
 
@@ -245,5 +246,6 @@ def test_health_readiness_metrics_and_openapi(gateway: GatewayUnderTest) -> None
     metrics = httpx.get(gateway.url + "/metrics").text
     assert 'crm_http_requests_total{method="POST",route="/v1/sales"' in metrics
     spec = httpx.get(gateway.url + "/openapi.json").json()
-    assert spec["paths"]["/v1/sales"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Sale"}
+    body_schema = spec["paths"]["/v1/sales"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema == {"$ref": "#/components/schemas/Sale"}
     assert "SaleLine" in spec["components"]["schemas"]

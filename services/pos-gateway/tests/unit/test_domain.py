@@ -7,7 +7,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-
 from crm_shared.events import Sale
 from pos_gateway.domain import (
     check_return,
