@@ -29,7 +29,6 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -301,7 +300,7 @@ def serve_main(kind: str, port: int, bootstrap: str | None, topic: str | None) -
 
 @contextlib.contextmanager
 def ceiling_server(kind: str, port: int, work: Path, bootstrap: str, topic: str) -> Any:
-    log = open(work / f"ceiling-{kind}.log", "ab")  # noqa: SIM115 - closed below
+    log = open(work / f"ceiling-{kind}.log", "ab")
     process = subprocess.Popen([sys.executable, __file__, "_serve", kind, "--port", str(port), "--bootstrap", bootstrap,
                                 "--topic", topic], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -499,7 +498,8 @@ def summarise(results: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds of each HTTP run (default 60)")
-    parser.add_argument("--ceiling-seconds", type=float, default=None, help="measured seconds of each ceiling (default: --seconds)")
+    parser.add_argument("--ceiling-seconds", type=float, default=None,
+                        help="measured seconds of each ceiling (default: --seconds)")
     parser.add_argument("--clients", type=int, default=64, help="concurrent keep-alive connections (default 64)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring (default 3)")
     parser.add_argument("--skip-ceilings", action="store_true", help="measure the gateway only")
@@ -525,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
                                "args": {"seconds": args.seconds, "ceiling_seconds": ceiling_seconds,
                                         "clients": args.clients, "warmup": args.warmup,
-                                        "lines_per_sale": LINES_PER_SALE, "gateway_env": args.gateway_env, "gc_probe": args.gc_probe}}
+                                        "lines_per_sale": LINES_PER_SALE, "gateway_env": args.gateway_env,
+                                        "gc_probe": args.gc_probe}}
     try:
         bootstrap = stack.kafka.bootstrap
         asyncio.run(ensure_topics(bootstrap, prefix=""))

@@ -42,7 +42,7 @@ def _report() -> None:
 
 def main() -> int:
     # The heavy imports first, so a freeze covers what a started gateway keeps for its whole life.
-    import pos_gateway.api  # noqa: F401
+    import pos_gateway.api
     import pos_gateway.bootstrap  # noqa: F401
     from pos_gateway.__main__ import main as gateway_main
 

@@ -158,7 +158,7 @@ async def topic_census(bootstrap: str, topic: str, expected: int) -> dict[str, A
                                 max_partition_fetch_bytes=8 * BATCH_BYTES, fetch_max_bytes=32 * BATCH_BYTES)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+        await consumer._client.force_metadata_update()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
@@ -225,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import uvloop
-
     from crm_shared.datasets.online_retail import load_sales
     from crm_shared.embedded import EmbeddedStack
     from crm_shared.kafka import ensure_topics
