@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -17,7 +19,8 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
-def make_engine(database_url: str, *, schema: str, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+def make_engine(database_url: str, *, schema: str, pool_size: int = 10, max_overflow: int = 10,
+                pre_ping: bool = True) -> AsyncEngine:
     """An async engine whose connections see the service's own schema first."""
     check_schema_name(schema)
     url = make_url(database_url)
@@ -25,7 +28,9 @@ def make_engine(database_url: str, *, schema: str, pool_size: int = 10, max_over
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        json_serializer=lambda value: orjson.dumps(value).decode(),
+        json_deserializer=orjson.loads,
         connect_args={"server_settings": {"search_path": f"{schema},public", "application_name": schema}},
     )
 

@@ -7,9 +7,10 @@ only optional fields may be added; a breaking change is a new topic (`pos.sales.
 from __future__ import annotations
 
 import uuid
+from functools import cached_property
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
@@ -127,7 +128,7 @@ class Sale(BaseModel):
     def partition_key(self) -> str:
         return self.member_id if self.member_id is not None else self.store_id
 
-    @property
+    @cached_property
     def event_id(self) -> uuid.UUID:
         return sale_event_id(self.store_id, self.terminal_id, self.sale_id)
 
@@ -154,5 +155,15 @@ def sale_recorded(sale: Sale, *, source: str) -> Envelope[Sale]:
     )
 
 
-def utc_iso(moment: datetime) -> str:
-    return moment.isoformat()
+def sale_recorded_document(sale: Sale, *, source: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """`sale_recorded(sale).model_dump(mode="json")`, built around a payload the caller already dumped
+    (the gateway dumps each sale once for its ledger, its fingerprint and its event)."""
+    return {
+        "event_id": str(sale.event_id),
+        "event_type": SALE_EVENT_TYPES[sale.kind],
+        "schema_version": SALE_SCHEMA_VERSION,
+        "occurred_at": payload["occurred_at"],
+        "source": source,
+        "key": sale.partition_key,
+        "payload": payload,
+    }

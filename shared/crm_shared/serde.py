@@ -22,6 +22,11 @@ def encode(model: BaseModel) -> bytes:
     return orjson.dumps(model.model_dump(mode="json"))
 
 
+def encode_document(document: dict[str, Any]) -> bytes:
+    """Bytes of a model already dumped with `model_dump(mode="json")`."""
+    return orjson.dumps(document)
+
+
 def encode_key(key: str) -> bytes:
     return key.encode("utf-8")
 

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from crm_shared.logs import configure_logging
 from crm_shared.settings import CommonSettings
@@ -21,15 +22,22 @@ def migrate(common: CommonSettings, settings: GatewaySettings) -> None:
     upgrade(Path(settings.migrations_dir), database_url=common.database_url, schema=settings.schema_name)
 
 
-def serve(common: CommonSettings, settings: GatewaySettings) -> None:
-    import uvicorn
-
+def app_factory() -> Any:
+    """What each uvicorn worker process builds for itself (no connection is shared across forks)."""
     from pos_gateway.api import create_app
     from pos_gateway.bootstrap import build
 
-    app = create_app(build(common, settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+    common = CommonSettings()
+    configure_logging(SERVICE_NAME, common.log_level, common.log_json)
+    return create_app(build(common, GatewaySettings()))
+
+
+def serve(common: CommonSettings, settings: GatewaySettings) -> None:
+    import uvicorn
+
+    uvicorn.run("pos_gateway.__main__:app_factory", factory=True, workers=settings.workers, host=settings.host,
+                port=settings.port, log_config=None, access_log=False, loop="uvloop", http="httptools",
+                timeout_graceful_shutdown=10)
 
 
 async def _republish(common: CommonSettings, settings: GatewaySettings, since: datetime, until: datetime | None) -> int:

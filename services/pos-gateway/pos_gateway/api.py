@@ -12,9 +12,9 @@ import orjson
 from crm_shared.auth import Principal, require_role
 from crm_shared.events import Identifier, Sale
 from crm_shared.money import Money
-from crm_shared.web import ApiError, field_errors, install_common
+from crm_shared.web import ApiError, field_errors, install_common, settle_garbage_collector
 from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from pos_gateway import SERVICE_NAME
@@ -151,13 +151,14 @@ def create_app(gateway: Any) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
+        settle_garbage_collector()
         try:
             yield
         finally:
             await gateway.stop()
 
     app = FastAPI(
-        title="Retail CRM — pos-gateway", version="1.0.0", lifespan=lifespan, default_response_class=ORJSONResponse,
+        title="Retail CRM — pos-gateway", version="1.0.0", lifespan=lifespan,
         description=("Takes sales and returns from store terminals. A `202` means the sale is durable in the ledger "
                      "and will be published on `pos.sales.v1`; posting the same sale again is harmless. "
                      "Authenticate with `X-API-Key` (or `Authorization: Bearer`)."),
@@ -183,8 +184,8 @@ def create_app(gateway: Any) -> FastAPI:
             raise ApiError(503, "ledger_unavailable", "sale", "the sale was not recorded; retry") from exc
         if isinstance(outcome, Refusal):
             return refusal_response(outcome)
-        body = SaleAccepted(sale_id=outcome.sale_id, event_id=outcome.event_id).model_dump(mode="json")
-        return JSONResponse(body, status_code=202 if outcome.new else 200)
+        body = {"sale_id": outcome.sale_id, "event_id": str(outcome.event_id), "status": "accepted"}
+        return Response(orjson.dumps(body), status_code=202 if outcome.new else 200, media_type="application/json")
 
     @app.post("/v1/sales/batch", tags=["sales"], summary="Record up to 500 sales (offline terminal catch-up)",
               response_model=BatchResponse, openapi_extra=BATCH_BODY_SCHEMA, responses=ERRORS)

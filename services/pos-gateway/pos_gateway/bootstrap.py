@@ -73,7 +73,10 @@ def build(common: CommonSettings | None = None, settings: GatewaySettings | None
     common = common or CommonSettings()
     settings = settings or GatewaySettings()
     keyring = KeyRing.from_settings(common.api_keys, common.env)
-    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
+    # No pre-ping: it costs a round trip per group commit; a dead connection fails its batch (503, the
+    # terminal retries) and the pool replaces it.
+    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size,
+                         pre_ping=False)
     redis = Redis.from_url(common.redis_url)
     prefix = common.topic_prefix
     sales_topic = POS_SALES.qualified(prefix)

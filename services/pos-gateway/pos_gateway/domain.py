@@ -28,12 +28,12 @@ class Refusal:
         return [{"field": self.field, "reason": self.reason}] + [{"field": f, "reason": r} for f, r in self.more]
 
 
-def fingerprint(sale: Sale) -> str:
-    """A digest of the sale's meaning; "1.50" and "1.5" are the same price."""
-    canonical = sale.model_dump(mode="json")
-    for line in canonical["lines"]:
-        line["unit_price"] = _normal_decimal(line["unit_price"])
-        line["discount"] = _normal_decimal(line["discount"])
+def fingerprint(sale: Sale, body: Mapping[str, Any] | None = None) -> str:
+    """A digest of the sale's meaning; "1.50" and "1.5" are the same price. `body` is the sale's
+    JSON dump when the caller has it already."""
+    canonical = dict(body if body is not None else sale.model_dump(mode="json"))
+    canonical["lines"] = [{**line, "unit_price": _normal_decimal(line["unit_price"]),
+                           "discount": _normal_decimal(line["discount"])} for line in canonical["lines"]]
     canonical["occurred_at"] = sale.occurred_at.timestamp()
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 

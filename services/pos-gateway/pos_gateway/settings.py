@@ -11,6 +11,9 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8001
+    # HTTP worker processes; each has its own group-commit writer. Relays take turns (advisory
+    # lock) and live-stats consumers share the partitions, so any number is safe.
+    workers: int = Field(default=1, ge=1, le=32)
     schema_name: str = "pos_gateway"
     max_body_bytes: int = 1_048_576
     max_batch_sales: int = Field(default=500, ge=1)

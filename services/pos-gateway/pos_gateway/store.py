@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from crm_shared.events import Sale, sale_recorded
-from crm_shared.serde import encode, encode_key
+from crm_shared.events import Sale, sale_recorded_document
+from crm_shared.serde import encode_document, encode_key
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -91,19 +91,22 @@ class LedgerUnavailable(Exception):
     """PostgreSQL could not be reached: the sale was NOT recorded, the terminal should retry."""
 
 
-def ledger_row(sale: Sale) -> dict[str, Any]:
+def ledger_row(sale: Sale, body: dict[str, Any]) -> dict[str, Any]:
     return {
         "store_id": sale.store_id, "sale_id": sale.sale_id, "terminal_id": sale.terminal_id,
         "member_id": sale.member_id, "kind": sale.kind, "original_sale_id": sale.original_sale_id,
         "occurred_at": sale.occurred_at, "currency": sale.currency, "total": sale.total,
-        "line_count": len(sale.lines), "body": sale.model_dump(mode="json"), "fingerprint": fingerprint(sale),
+        "line_count": len(sale.lines), "body": body, "fingerprint": fingerprint(sale, body),
         "event_id": sale.event_id,
     }
 
 
-def outbox_row(sale: Sale, topic: str) -> dict[str, Any]:
-    event = sale_recorded(sale, source=SERVICE_NAME)
-    return {"event_id": event.event_id, "topic": topic, "key": encode_key(event.key), "value": encode(event)}
+def outbox_row(sale: Sale, topic: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The event as it will go on the wire; `body` is the sale's JSON dump if the caller has it."""
+    document = sale_recorded_document(sale, source=SERVICE_NAME,
+                                      payload=body if body is not None else sale.model_dump(mode="json"))
+    return {"event_id": sale.event_id, "topic": topic, "key": encode_key(sale.partition_key),
+            "value": encode_document(document)}
 
 
 class SaleWriter:
@@ -207,14 +210,16 @@ class SaleWriter:
     async def _insert(self, conn: AsyncConnection, batch: list[Sale]) -> set[tuple[str, str]]:
         if not batch:
             return set()
+        bodies = [sale.model_dump(mode="json") for sale in batch]  # once per sale: ledger, fingerprint, event
         result = await conn.execute(
             insert(sales).on_conflict_do_nothing().returning(sales.c.store_id, sales.c.sale_id),
-            [ledger_row(sale) for sale in batch],
+            [ledger_row(sale, body) for sale, body in zip(batch, bodies, strict=True)],
         )
         inserted = {(row.store_id, row.sale_id) for row in result}
-        new_sales = [sale for sale in batch if (sale.store_id, sale.sale_id) in inserted]
-        if new_sales:
-            await conn.execute(insert(outbox), [outbox_row(sale, self.sales_topic) for sale in new_sales])
+        new_rows = [outbox_row(sale, self.sales_topic, body) for sale, body in zip(batch, bodies, strict=True)
+                    if (sale.store_id, sale.sale_id) in inserted]
+        if new_rows:
+            await conn.execute(insert(outbox), new_rows)
         return inserted
 
     async def _existing(self, conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:

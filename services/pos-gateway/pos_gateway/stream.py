@@ -44,7 +44,9 @@ class LiveStatsConsumer:
                 await consumer.start()
                 await producer.start()
                 while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+                    # Small fetches, and a yield after each partition's chunk: this shares the event
+                    # loop with the HTTP API, which must not stall behind a backlog.
+                    batches = await consumer.getmany(timeout_ms=500, max_records=250)
                     for records in batches.values():
                         events: list[Envelope[Sale]] = []
                         for record in records:
@@ -54,6 +56,7 @@ class LiveStatsConsumer:
                                 await dead_letter(producer, self.dlq_topic, record, poison.reason, consumer=self.name)
                                 self.dead_lettered += 1
                         self.applied += await self.live_stats.apply(events)
+                        await asyncio.sleep(0)
                     if batches:
                         await consumer.commit()
             except asyncio.CancelledError:

@@ -345,3 +345,13 @@ def test_an_event_time_is_kept_with_its_offset_and_instant() -> None:
 
     assert decoded.occurred_at == datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
     assert decoded.payload.occurred_at.utcoffset() == timedelta(hours=1)
+
+
+def test_the_gateways_one_dump_envelope_is_byte_identical_to_the_models() -> None:
+    from crm_shared.events import sale_recorded_document
+    from crm_shared.serde import encode_document
+
+    for sale in (Sale.model_validate(sale_body()), Sale.model_validate(sale_body(kind="return", member_id=None))):
+        payload = sale.model_dump(mode="json")
+        assert encode_document(sale_recorded_document(sale, source="pos-gateway", payload=payload)) == \
+            encode(sale_recorded(sale, source="pos-gateway"))
