@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import orjson
-
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine

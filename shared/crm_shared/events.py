@@ -7,9 +7,9 @@ only optional fields may be added; a breaking change is a new topic (`pos.sales.
 from __future__ import annotations
 
 import uuid
-from functools import cached_property
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from crm_shared.service_main import migrations_dir_beside
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,12 +28,5 @@ class GatewaySettings(BaseSettings):
     live_stats_enabled: bool = True
     live_stats_window_hours: int = 24
     db_pool_size: int = 10
-    migrations_dir: str = Field(default_factory=lambda: default_migrations_dir())
+    migrations_dir: str = Field(default_factory=lambda: migrations_dir_beside(__file__))
 
-
-def default_migrations_dir() -> str:
-    """Beside the package in a source checkout; `/app/migrations` in the container image."""
-    from pathlib import Path
-
-    beside = Path(__file__).resolve().parents[1] / "migrations"
-    return str(beside if beside.is_dir() else Path("/app/migrations"))

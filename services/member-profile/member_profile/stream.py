@@ -1,0 +1,28 @@
+"""Kafka edge of member-profile: the idempotent consumer of `pos.sales.v1`."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from crm_shared.consumer import IdempotentConsumer, decoder_for
+from crm_shared.events import SaleRecorded
+from crm_shared.kafka import make_consumer, make_producer
+from crm_shared.settings import CommonSettings
+from crm_shared.topics import POS_SALES
+
+from member_profile import SERVICE_NAME
+from member_profile.store import applied_events
+
+
+def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:
+    prefix = common.topic_prefix
+    group = f"{prefix}{SERVICE_NAME}.sales"
+    topic = POS_SALES.qualified(prefix)
+    return IdempotentConsumer(
+        name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=POS_SALES.dlq(prefix),
+        decode=decoder_for(SaleRecorded), handle=handlers.apply_sales, after_commit=handlers.after_commit,
+        consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group,
+                                 max_poll_records=batch),
+        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group), max_records=batch,
+    )

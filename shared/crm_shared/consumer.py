@@ -1,0 +1,180 @@
+"""The idempotent consumer every service copies: decode, apply in one transaction with the record of
+what was applied, then commit offsets.
+
+    effect + "event id applied"  --one PostgreSQL transaction-->  commit offsets
+
+Delivery is at-least-once; a redelivered event finds its id in `applied_events` and is skipped,
+inside the same transaction that would have applied it. A record that cannot be decoded or
+breaks the contract goes to the topic's `.dlq` twin with the reason, and the consumer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from prometheus_client import Counter
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crm_shared.kafka import dead_letter
+from crm_shared.serde import PoisonMessage
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+EVENTS_APPLIED = Counter("crm_consumer_events_applied_total", "Events applied", ["consumer"])
+EVENTS_SKIPPED = Counter("crm_consumer_events_duplicate_total", "Redelivered events skipped", ["consumer"])
+EVENTS_DEAD = Counter("crm_consumer_events_dead_lettered_total", "Poison records sent to the DLQ", ["consumer"])
+
+
+def applied_events_table(metadata: MetaData) -> Table:
+    """The record of what a service has applied; add it to the service's own metadata."""
+    return Table(
+        "applied_events", metadata,
+        Column("event_id", UUID(as_uuid=True), primary_key=True),
+        Column("topic", String(200), nullable=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+@dataclass
+class Decoded(Generic[E]):
+    event_id: uuid.UUID
+    event: E
+    record: ConsumerRecord[bytes, bytes]
+
+
+# Applies new events inside the transaction; what it returns is handed to `after_commit`.
+BatchHandler = Callable[[AsyncConnection, list[E]], Awaitable[Any]]
+
+
+@dataclass
+class ConsumerStats:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class IdempotentConsumer(Generic[E]):
+    """One consumer group on one topic, applying batches of new events in one transaction each."""
+
+    name: str
+    engine: AsyncEngine
+    applied: Table
+    topic: str
+    dlq_topic: str
+    decode: Callable[[bytes | None], tuple[uuid.UUID, E]]
+    handle: BatchHandler[E]
+    consumer_factory: Callable[[], AIOKafkaConsumer]
+    producer_factory: Callable[[], AIOKafkaProducer]
+    max_records: int = 2000
+    after_commit: Callable[[Any], Awaitable[None]] | None = None
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            consumer, producer = self.consumer_factory(), self.producer_factory()
+            try:
+                await consumer.start()
+                await producer.start()
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                    records = [r for part in batches.values() for r in part]
+                    if not records:
+                        continue
+                    await self.process(records, producer)
+                    await consumer.commit()
+                    backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Nothing of the failed batch was committed (offsets nor effects): it is read again.
+                self.stats.errors += 1
+                self.stats.last_error = repr(exc)
+                log.warning("consumer restarting after an error", extra={"consumer": self.name, "error": repr(exc),
+                                                                          "retry_in_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True)
+
+    async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer) -> list[E]:
+        """Apply one fetched batch; returns the events that were new."""
+        decoded: list[Decoded[E]] = []
+        for record in records:
+            try:
+                event_id, event = self.decode(record.value)
+            except PoisonMessage as poison:
+                await dead_letter(producer, self.dlq_topic, record, poison.reason, consumer=self.name)
+                self.stats.dead_lettered += 1
+                EVENTS_DEAD.labels(self.name).inc()
+                continue
+            decoded.append(Decoded(event_id, event, record))
+        fresh, outcome = await self.apply(decoded)
+        if self.after_commit is not None and fresh:
+            await self.after_commit(outcome)
+        return fresh
+
+    async def apply(self, decoded: list[Decoded[E]]) -> tuple[list[E], Any]:
+        """Skip what was applied before; apply the rest and record it, in one transaction."""
+        if not decoded:
+            return [], None
+        outcome: Any = None
+        async with self.engine.begin() as conn:
+            ids = list(dict.fromkeys(d.event_id for d in decoded))
+            result = await conn.execute(
+                insert(self.applied).on_conflict_do_nothing().returning(self.applied.c.event_id),
+                [{"event_id": event_id, "topic": self.topic} for event_id in ids],
+            )
+            new_ids = {row.event_id for row in result}
+            fresh: list[E] = []
+            for item in decoded:
+                if item.event_id in new_ids:
+                    fresh.append(item.event)
+                    new_ids.discard(item.event_id)  # the same event twice in one batch applies once
+            if fresh:
+                outcome = await self.handle(conn, fresh)
+        self.stats.batches += 1
+        self.stats.applied += len(fresh)
+        self.stats.duplicates += len(decoded) - len(fresh)
+        EVENTS_APPLIED.labels(self.name).inc(len(fresh))
+        EVENTS_SKIPPED.labels(self.name).inc(len(decoded) - len(fresh))
+        return fresh, outcome
+
+
+async def applied_count(engine: AsyncEngine, applied: Table) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(applied))).scalar() or 0)
+
+
+def decoder_for(model: Any) -> Callable[[bytes | None], tuple[uuid.UUID, Any]]:
+    """Decode into an `Envelope[...]` contract model and key it by its event id."""
+    from crm_shared.serde import decode
+
+    def decode_event(raw: bytes | None) -> tuple[uuid.UUID, Any]:
+        event = decode(model, raw)
+        return event.event_id, event
+
+    return decode_event
