@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,6 +80,38 @@ class MetricsMiddleware:
             path = getattr(route, "path", "unmatched")
             HTTP_REQUESTS.labels(self.service, path, scope["method"], str(status)).inc()
             HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - started)
+
+
+def database_check(engine: Any) -> ReadinessCheck:
+    async def database() -> None:
+        from sqlalchemy import text
+
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    return database
+
+
+def cache_check(redis: Any) -> ReadinessCheck:
+    async def cache() -> None:
+        await asyncio.wait_for(redis.ping(), 2)
+
+    return cache
+
+
+def service_lifespan(service: Any) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the service's background work with the app, settle the GC, stop it all on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        settle_garbage_collector()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return lifespan
 
 
 def settle_garbage_collector() -> None:

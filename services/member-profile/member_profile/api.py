@@ -1,14 +1,12 @@
 """HTTP edge of member-profile: parse, call one handler, shape the response."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 from crm_shared.auth import Principal, require_role
 from crm_shared.events import Identifier
-from crm_shared.web import error_body, install_common, settle_garbage_collector
+from crm_shared.web import error_body, install_common, service_lifespan
 from fastapi import Depends, FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 
@@ -16,16 +14,7 @@ from member_profile import SERVICE_NAME
 
 
 def create_app(service: Any) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        settle_garbage_collector()
-        try:
-            yield
-        finally:
-            await service.stop()
-
-    app = FastAPI(title="Retail CRM — member-profile", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Retail CRM — member-profile", version="0.1.0", lifespan=service_lifespan(service),
                   description="360° member profiles kept from every sale in event time (`as_of` in every answer).")
     app.state.keyring = service.keyring
     handlers = service.handlers

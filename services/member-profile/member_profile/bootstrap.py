@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +9,8 @@ from crm_shared.auth import KeyRing
 from crm_shared.consumer import IdempotentConsumer
 from crm_shared.db import make_engine
 from crm_shared.settings import CommonSettings
+from crm_shared.web import cache_check, database_check
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from member_profile.cache import ProfileCache
@@ -40,14 +39,7 @@ class MemberProfileService:
         await self.engine.dispose()
 
     def readiness_checks(self) -> dict[str, Any]:
-        async def database() -> None:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-
-        async def cache() -> None:
-            await asyncio.wait_for(self.redis.ping(), 2)
-
-        return {"database": database, "cache": cache}
+        return {"database": database_check(self.engine), "cache": cache_check(self.redis)}
 
 
 def build(common: CommonSettings | None = None, settings: MemberProfileSettings | None = None) -> MemberProfileService:

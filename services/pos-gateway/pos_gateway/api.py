@@ -2,8 +2,6 @@
 
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -12,7 +10,7 @@ import orjson
 from crm_shared.auth import Principal, require_role
 from crm_shared.events import Identifier, Sale
 from crm_shared.money import Money
-from crm_shared.web import ApiError, field_errors, install_common, settle_garbage_collector
+from crm_shared.web import ApiError, field_errors, install_common, service_lifespan
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -148,17 +146,8 @@ def refusal_response(refusal: Refusal) -> JSONResponse:
 def create_app(gateway: Any) -> FastAPI:
     """`gateway` is the object `bootstrap.build()` returns; the app starts and stops it."""
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await gateway.start()
-        settle_garbage_collector()
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
     app = FastAPI(
-        title="Retail CRM — pos-gateway", version="1.0.0", lifespan=lifespan,
+        title="Retail CRM — pos-gateway", version="1.0.0", lifespan=service_lifespan(gateway),
         description=("Takes sales and returns from store terminals. A `202` means the sale is durable in the ledger "
                      "and will be published on `pos.sales.v1`; posting the same sale again is harmless. "
                      "Authenticate with `X-API-Key` (or `Authorization: Bearer`)."),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -13,8 +12,8 @@ from crm_shared.db import make_engine
 from crm_shared.kafka import ensure_topics, make_consumer, make_producer
 from crm_shared.settings import CommonSettings
 from crm_shared.topics import BROKER_SENTINEL, POS_SALES
+from crm_shared.web import cache_check, database_check
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pos_gateway import SERVICE_NAME
@@ -55,18 +54,11 @@ class Gateway:
         await self.engine.dispose()
 
     def readiness_checks(self) -> dict[str, Any]:
-        async def database() -> None:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-
-        async def cache() -> None:
-            await asyncio.wait_for(self.redis.ping(), 2)
-
         async def broker() -> None:
             if self.settings.relay_enabled and not self.relay.healthy():
                 raise ConnectionError("outbox relay cannot reach the broker (sales are safe in the ledger)")
 
-        return {"database": database, "cache": cache, "broker": broker}
+        return {"database": database_check(self.engine), "cache": cache_check(self.redis), "broker": broker}
 
 
 def build(common: CommonSettings | None = None, settings: GatewaySettings | None = None) -> Gateway:
