@@ -67,6 +67,8 @@ purchases = Table(
     Column("sale_id", String(64), nullable=False),
     Column("kind", String(8), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
+    # The calendar day at the till (the event's own offset); PostgreSQL hands timestamps back in UTC.
+    Column("visit_day", Date),
     Column("total", Numeric, nullable=False),
     Column("item_count", Integer, nullable=False),
     Column("lines", JSONB, nullable=False),
@@ -114,9 +116,9 @@ async def load_profiles(conn: AsyncConnection, member_ids: Iterable[str]) -> dic
 
 
 async def visit_days(conn: AsyncConnection, member_id: str) -> list[date]:
-    rows = await conn.execute(select(purchases.c.occurred_at).where(purchases.c.member_id == member_id,
-                                                                    purchases.c.kind == "sale"))
-    return [row.occurred_at.date() for row in rows]
+    rows = await conn.execute(select(purchases.c.visit_day).where(purchases.c.member_id == member_id,
+                                                                  purchases.c.kind == "sale"))
+    return [row.visit_day for row in rows]
 
 
 async def apply_sales(conn: AsyncConnection, events: list[Envelope[Sale]]) -> list[Profile]:
@@ -133,6 +135,7 @@ async def apply_sales(conn: AsyncConnection, events: list[Envelope[Sale]]) -> li
     await conn.execute(insert(purchases).on_conflict_do_nothing(), [{
         "event_id": e.event_id, "member_id": e.payload.member_id, "store_id": e.payload.store_id,
         "sale_id": e.payload.sale_id, "kind": e.payload.kind, "occurred_at": e.payload.occurred_at,
+        "visit_day": e.payload.occurred_at.date(),
         "total": e.payload.total, "item_count": sum(line.quantity for line in e.payload.lines),
         "lines": [{"sku": line.sku, "description": line.description, "quantity": line.quantity,
                    "unit_price": str(line.unit_price)} for line in e.payload.lines[:50]],

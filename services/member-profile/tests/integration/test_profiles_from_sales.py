@@ -169,3 +169,29 @@ def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_consumer_goes_on(
         assert httpx.get(f"{service.url}/v1/members/nobody/profile", headers=OPS).status_code == 404
     finally:
         service.stop()
+
+
+def test_a_late_visit_rebuilds_the_rhythm_on_the_tills_calendar_day(crm_stack: StackEndpoints, tmp_path: Path) -> None:
+    """00:30 British Summer Time is 23:30 UTC the day before: the rhythm must count the till's day."""
+    from datetime import datetime, timedelta, timezone
+
+    bst = timezone(timedelta(hours=1))
+
+    def visit(sale_id: str, when: datetime) -> Sale:
+        return Sale.model_validate({"sale_id": sale_id, "store_id": "s1", "terminal_id": "t1", "member_id": "night-owl",
+                                    "occurred_at": when.isoformat(), "currency": "GBP",
+                                    "lines": [{"sku": "A", "quantity": 1, "unit_price": "1.00"}]})
+
+    in_order = [visit("1", datetime(2011, 6, 1, 0, 30, tzinfo=bst)), visit("3", datetime(2011, 6, 11, 0, 30, tzinfo=bst))]
+    late = visit("2", datetime(2011, 6, 5, 0, 30, tzinfo=bst))  # arrives after the 11 June visit
+    prefix, schema = f"mr{uuid.uuid4().hex[:6]}.", f"member_profile_{uuid.uuid4().hex[:8]}"
+    service = start_member_profile(crm_stack, tmp_path, prefix, schema)
+    try:
+        asyncio.run(replay_kafka(in_order, bootstrap=crm_stack.kafka_bootstrap, topic_prefix=prefix, progress=False))
+        wait_until_caught_up(crm_stack.kafka_bootstrap, prefix)
+        asyncio.run(replay_kafka([late], bootstrap=crm_stack.kafka_bootstrap, topic_prefix=prefix, progress=False))
+        wait_until_caught_up(crm_stack.kafka_bootstrap, prefix)
+        rhythm = httpx.get(f"{service.url}/v1/members/night-owl/profile", headers=OPS).json()["visit_rhythm"]
+        assert rhythm["intervals"] == 2 and rhythm["mean_days"] == 5.0  # 1 → 5 → 11 June, on the till's calendar
+    finally:
+        service.stop()
