@@ -167,3 +167,75 @@ def sale_recorded_document(sale: Sale, *, source: str, payload: dict[str, Any]) 
         "key": sale.partition_key,
         "payload": payload,
     }
+
+
+# --- member-profile's events -------------------------------------------------------------------
+
+Tier = Literal["member", "silver", "gold", "vip"]
+
+
+class MemberErased(BaseModel):
+    """A member asked to be forgotten. Payload of `member.erased.v1`: every service erases what it
+    holds about them (personal data, contact history); pseudonymous aggregates may stay."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member_id: Identifier
+    erased_at: AwareDatetime
+    requested_by: str = Field(description="Key id (a hash) of the ops key that asked; never a name")
+
+
+class TierChanged(BaseModel):
+    """Payload of `member.tier_changed.v1`: an upgrade or a downgrade, evaluated in event time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member_id: Identifier
+    old_tier: Tier
+    new_tier: Tier
+    rolling_spend: Money = Field(description="Net spend over the 12 months of event time up to `effective_at`")
+    effective_at: AwareDatetime
+
+
+class VisitRhythm(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    intervals: int
+    mean_days: float
+    spread_days: float
+    days_overdue: float | None
+
+
+class MemberProfileUpdated(BaseModel):
+    """Payload of the compacted `member.profiles.v1` (key = member id): the latest profile, for the
+    segmenter and the notifier. Personal data never travels here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member_id: Identifier
+    as_of: AwareDatetime
+    first_purchase_at: AwareDatetime | None
+    last_purchase_at: AwareDatetime | None
+    recency_days: float | None
+    frequency: int
+    returns: int
+    monetary: Money
+    average_basket_value: Money
+    average_basket_size: float
+    returns_rate: float
+    discount_share: float
+    preferred_store: str | None
+    hour_of_day: dict[int, int]
+    weekday: dict[int, int]
+    visit_rhythm: VisitRhythm
+    tier: Tier
+    points_balance: int
+    erased: bool = False
+
+
+def member_event(payload: BaseModel, *, event_type: str, member_id: str, occurred_at: datetime, source: str,
+                 identity: str) -> Envelope[Any]:
+    """Wrap a member event; `identity` names the fact (e.g. `tier/<member>/<sale event id>`) so the same
+    fact always gets the same event id, however often it is recomputed."""
+    return Envelope[Any](event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
+                         occurred_at=occurred_at, source=source, key=member_id, payload=payload)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from crm_shared.auth import KeyRing
 from crm_shared.consumer import IdempotentConsumer
 from crm_shared.db import make_engine
+from crm_shared.kafka import ensure_topics, make_producer
+from crm_shared.outbox import OutboxRelay
 from crm_shared.settings import CommonSettings
+from crm_shared.topics import BROKER_SENTINEL
 from crm_shared.web import cache_check, database_check
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from member_profile import SERVICE_NAME
 from member_profile.cache import ProfileCache
-from member_profile.handlers import ProfileHandlers
+from member_profile.handlers import MemberHandlers, ProfileHandlers
 from member_profile.settings import MemberProfileSettings
+from member_profile.store import outbox
 from member_profile.stream import sales_consumer
 
 
@@ -27,14 +33,18 @@ class MemberProfileService:
     engine: AsyncEngine
     redis: Redis
     handlers: ProfileHandlers
+    members: MemberHandlers
     consumer: IdempotentConsumer[Any]
+    relay: OutboxRelay
 
     async def start(self) -> None:
+        self.relay.start()
         if self.settings.consumer_enabled:
             self.consumer.start()
 
     async def stop(self) -> None:
         await self.consumer.stop()
+        await self.relay.stop()
         await self.redis.aclose()
         await self.engine.dispose()
 
@@ -48,7 +58,16 @@ def build(common: CommonSettings | None = None, settings: MemberProfileSettings 
     engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
     redis = Redis.from_url(common.redis_url)
     cache = ProfileCache(redis, prefix=f"{common.topic_prefix}mp:", ttl_seconds=settings.cache_ttl_seconds)
-    handlers = ProfileHandlers(engine, cache)
+    prefix = common.topic_prefix
+    relay = OutboxRelay(
+        engine, outbox, partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay"),
+        lock_id=0x4D505F52, sentinel_topic=BROKER_SENTINEL.qualified(prefix), idle_poll=settings.relay_idle_poll_seconds,
+        ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix, partitions=common.topic_partitions,
+                              replication=common.topic_replication))
+    rules = settings.loyalty_rules()
+    handlers = ProfileHandlers(engine, cache, rules, topic_prefix=prefix, wake_relay=relay.wake)
+    members = MemberHandlers(engine, cache, rules, topic_prefix=prefix, wake_relay=relay.wake,
+                             call_list_sigmas=settings.call_list_sigmas)
     consumer = sales_consumer(common, engine, handlers, batch=settings.consumer_batch)
     return MemberProfileService(common, settings, KeyRing.from_settings(common.api_keys, common.env), engine, redis,
-                                handlers, consumer)
+                                handlers, members, consumer, relay)

@@ -175,3 +175,28 @@ def profile_view(profile: Profile, as_of: datetime | None) -> dict[str, Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+# --- RFM: 1–5 by quintile over the active population -----------------------------------------
+
+@dataclass(frozen=True)
+class RfmCutpoints:
+    """The 20/40/60/80 % points of recency (days), frequency and monetary over active members."""
+
+    recency: tuple[float, ...]
+    frequency: tuple[float, ...]
+    monetary: tuple[float, ...]
+
+
+def quintile(value: float, cutpoints: tuple[float, ...]) -> int:
+    """1 for the bottom fifth … 5 for the top fifth."""
+    return 1 + sum(1 for cut in cutpoints if value > cut)
+
+
+def rfm_scores(profile: Profile, as_of: datetime | None, cutpoints: RfmCutpoints | None) -> dict[str, int] | None:
+    recency = recency_days(profile, as_of)
+    if cutpoints is None or recency is None:
+        return None
+    return {"r": 6 - quintile(recency, cutpoints.recency),  # the most recent fifth scores 5
+            "f": quintile(profile.frequency, cutpoints.frequency),
+            "m": quintile(float(profile.monetary), cutpoints.monetary)}

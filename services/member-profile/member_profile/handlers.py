@@ -1,53 +1,359 @@
-"""One function per query or event: load, decide with the domain, save, emit."""
+"""One function per command, query or event: load, decide with the domain, save, emit."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from crm_shared.events import Envelope, Sale
+from crm_shared.auth import Principal
+from crm_shared.events import Envelope, MemberErased, MemberProfileUpdated, Sale, member_event
+from crm_shared.outbox import add_events
+from crm_shared.topics import MEMBER_ERASED, MEMBER_PROFILES, MEMBER_TIER_CHANGED
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from member_profile import store
+from member_profile import SERVICE_NAME, store
 from member_profile.cache import ProfileCache
-from member_profile.domain import Profile, profile_view
+from member_profile.domain import Profile, RfmCutpoints, profile_view, rfm_scores
+from member_profile.loyalty import LoyaltyRules, NotEnoughPoints, balance, spend
+from member_profile.members import ConsentGiven, ContactDetails, Enrolment, check_birth_date, consent_time
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class ProfileHandlers:
-    def __init__(self, engine: AsyncEngine, cache: ProfileCache) -> None:
+    def __init__(self, engine: AsyncEngine, cache: ProfileCache, rules: LoyaltyRules, *, topic_prefix: str,
+                 wake_relay: Any = None) -> None:
         self.engine = engine
         self.cache = cache
+        self.rules = rules
+        self.profiles_topic = MEMBER_PROFILES.qualified(topic_prefix)
+        self.tiers_topic = MEMBER_TIER_CHANGED.qualified(topic_prefix)
+        self.wake_relay = wake_relay or (lambda: None)
+        self._rfm: tuple[float, RfmCutpoints | None] = (0.0, None)
+
+    # --- the sales stream ------------------------------------------------------------------
 
     async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> tuple[list[Profile], datetime | None]:
-        """Inside the consumer's transaction: the effect and the record of applied ids commit together."""
+        """Inside the consumer's transaction: profiles, points, tiers and the events announcing them
+        commit together with the record of which sales were applied."""
+        before = await store.as_of(conn)
         changed = await store.apply_sales(conn, events)
-        return changed, await store.as_of(conn)
+        as_of = await store.as_of(conn)
+        if as_of is None:
+            return changed, as_of
+        await store.apply_loyalty(conn, events, self.rules, as_of)
+        latest: dict[str, datetime] = {}
+        last_event: dict[str, str] = {}
+        for event in events:
+            member_id = event.payload.member_id
+            if member_id is not None:
+                latest[member_id] = max(latest.get(member_id, event.payload.occurred_at), event.payload.occurred_at)
+                last_event[member_id] = str(event.event_id)
+        tier_events = await store.evaluate_tiers(conn, latest, self.rules, identity="sale")
+        if before is None or as_of.date() > before.date():
+            # A new day of event time: members who bought nothing may have slipped below their tier.
+            idle = {m: as_of for m in await store.tiered_members(conn) if m not in latest}
+            tier_events += await store.evaluate_tiers(conn, idle, self.rules, identity=as_of.date().isoformat())
+        await add_events(conn, store.outbox, self.tiers_topic, tier_events)
+        await add_events(conn, store.outbox, self.profiles_topic,
+                         await self._profile_events(conn, changed, as_of, last_event))
+        return changed, as_of
 
     async def after_commit(self, outcome: tuple[list[Profile], datetime | None]) -> None:
         """Refresh the read cache once the batch is durable (a crash before this only leaves it stale)."""
         changed, as_of = outcome
         await self.cache.put(changed, as_of)
+        self.wake_relay()
+
+    async def _profile_events(self, conn: AsyncConnection, changed: list[Profile], as_of: datetime,
+                              last_event: dict[str, str]) -> list[Envelope[Any]]:
+        ids = [p.member_id for p in changed]
+        balances = await store.points_balances(conn, ids, as_of)
+        tiers = await store.current_tiers(conn, ids)
+        erased = await store.erased_members(conn, ids)
+        out = []
+        for profile in changed:
+            payload = profile_document(profile, as_of, tier=tiers.get(profile.member_id, "member"),
+                                       points=balances.get(profile.member_id, 0),
+                                       erased=profile.member_id in erased)
+            out.append(member_event(payload, event_type="MemberProfileUpdated", member_id=profile.member_id,
+                                    occurred_at=as_of, source=SERVICE_NAME,
+                                    identity=f"profile/{profile.member_id}/{last_event.get(profile.member_id, as_of)}"))
+        return out
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def rfm_cutpoints(self) -> RfmCutpoints | None:
+        """Quintile cut points over the active population, recomputed at most every 30 s."""
+        computed_at, cutpoints = self._rfm
+        if cutpoints is not None and time.monotonic() - computed_at < 30:
+            return cutpoints
+        async with self.engine.connect() as conn:
+            cutpoints = await store.rfm_cutpoints(conn)
+        self._rfm = (time.monotonic(), cutpoints)
+        return cutpoints
 
     async def profile(self, member_id: str) -> dict[str, Any] | None:
         cached, as_of = await self.cache.get(member_id)
-        if cached is not None and as_of is not None:
-            return profile_view(cached, as_of)
+        if cached is None or as_of is None:
+            async with self.engine.connect() as conn:
+                found = await store.load_profiles(conn, [member_id])
+                as_of = await store.as_of(conn)
+            cached = found.get(member_id)
+            if cached is None:
+                return None
+            await self.cache.put([cached], as_of)
+        view = profile_view(cached, as_of)
+        view["rfm"] = rfm_scores(cached, as_of, await self.rfm_cutpoints())
         async with self.engine.connect() as conn:
-            found = await store.load_profiles(conn, [member_id])
-            as_of = await store.as_of(conn)
-        profile = found.get(member_id)
-        if profile is None:
-            return None
-        await self.cache.put([profile], as_of)
-        return profile_view(profile, as_of)
+            view["tier"] = (await store.current_tiers(conn, [member_id])).get(member_id, "member")
+            view["points_balance"] = (await store.points_balances(conn, [member_id], as_of)).get(member_id, 0)
+        return view
 
     async def history(self, member_id: str, limit: int, before: datetime | None) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             return await store.history(conn, member_id, limit=limit, before=before)
 
-    async def members(self, min_monetary: Decimal | None, limit: int, offset: int) -> dict[str, Any]:
+    async def members(self, *, min_monetary: Decimal | None, tier: str | None, limit: int, offset: int) -> dict[str, Any]:
         async with self.engine.connect() as conn:
-            found = await store.top_members(conn, min_monetary=min_monetary, limit=limit, offset=offset)
+            found = await store.top_members(conn, min_monetary=min_monetary, tier=tier, limit=limit, offset=offset)
             as_of = await store.as_of(conn)
-        return {"as_of": as_of, "limit": limit, "offset": offset, "members": [profile_view(p, as_of) for p in found]}
+            tiers = await store.current_tiers(conn, [p.member_id for p in found])
+        cutpoints = await self.rfm_cutpoints()
+        views = []
+        for profile in found:
+            view = profile_view(profile, as_of)
+            view["tier"] = tiers.get(profile.member_id, "member")
+            view["rfm"] = rfm_scores(profile, as_of, cutpoints)
+            views.append(view)
+        return {"as_of": as_of, "limit": limit, "offset": offset, "members": views}
+
+
+def profile_document(profile: Profile, as_of: datetime, *, tier: str, points: int, erased: bool) -> MemberProfileUpdated:
+    view = profile_view(profile, as_of)
+    return MemberProfileUpdated.model_validate({
+        **{k: view[k] for k in ("member_id", "as_of", "first_purchase_at", "last_purchase_at", "recency_days",
+                                "frequency", "returns", "monetary", "average_basket_value", "average_basket_size",
+                                "returns_rate", "discount_share", "preferred_store", "hour_of_day", "weekday",
+                                "visit_rhythm")},
+        "tier": tier, "points_balance": points, "erased": erased,
+    })
+
+
+
+class MemberRefusal(Exception):
+    """A command refused: HTTP status, error code, the field it is about, why, and any extra facts."""
+
+    def __init__(self, status: int, error: str, field: str, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.field, self.reason, self.extra = status, error, field, reason, extra
+
+
+UNIQUE_FIELDS = {"ux_members_phone": "phone", "ux_members_email": "email", "ux_members_card": "card_number",
+                 "members_pkey": "member_id"}
+
+
+class MemberHandlers:
+    """Enrolment, contact details, consent, erasure, points redemption and the call list."""
+
+    def __init__(self, engine: AsyncEngine, cache: ProfileCache, rules: LoyaltyRules, *, topic_prefix: str,
+                 clock: Any = wall_clock, wake_relay: Any = None, call_list_sigmas: float = 2.0) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.rules = rules
+        self.clock = clock
+        self.erased_topic = MEMBER_ERASED.qualified(topic_prefix)
+        self.profiles_topic = MEMBER_PROFILES.qualified(topic_prefix)
+        self.wake_relay = wake_relay or (lambda: None)
+        self.call_list_sigmas = call_list_sigmas
+
+    def _check_store(self, principal: Principal, store_id: str | None) -> None:
+        if principal.role == "pos" and store_id != principal.scope:
+            raise MemberRefusal(403, "forbidden", "home_store", f"this key is for store {principal.scope!r}")
+
+    async def enrol(self, enrolment: Enrolment, principal: Principal) -> dict[str, Any]:
+        self._check_store(principal, enrolment.home_store)
+        now = self.clock()
+        problem = check_birth_date(enrolment, now.date())
+        if problem:
+            raise MemberRefusal(422, "validation_failed", "birth_date", problem)
+        member_id = enrolment.member_id or f"m-{uuid.uuid4().hex[:12]}"
+        details = enrolment.model_dump(exclude={"member_id", "consents"})
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(store.members).values(member_id=member_id, enrolled_at=now, **details))
+                await self._record_consents(conn, member_id, enrolment.consents, now)
+        except IntegrityError as exc:
+            field = next((f for name, f in UNIQUE_FIELDS.items() if name in str(exc.orig)), "member_id")
+            raise MemberRefusal(409, "conflict", field, f"another member already has this {field}") from exc
+        return await self.member(member_id, principal)
+
+    async def update(self, member_id: str, details: ContactDetails, principal: Principal) -> dict[str, Any]:
+        changes = details.model_dump(exclude_unset=True)
+        problem = check_birth_date(details, self.clock().date())
+        if problem:
+            raise MemberRefusal(422, "validation_failed", "birth_date", problem)
+        async with self.engine.begin() as conn:
+            record = await store.member_record(conn, member_id)
+            if record is None or record["erased_at"] is not None:
+                raise MemberRefusal(404, "not_found", "member_id", f"no enrolled member {member_id!r}")
+            self._check_store(principal, record["home_store"])
+            if "home_store" in changes:
+                self._check_store(principal, changes["home_store"])
+            if changes:
+                try:
+                    await conn.execute(store.members.update().where(store.members.c.member_id == member_id)
+                                       .values(**changes, updated_at=func.now()))
+                except IntegrityError as exc:
+                    field = next((f for name, f in UNIQUE_FIELDS.items() if name in str(exc.orig)), "member_id")
+                    raise MemberRefusal(409, "conflict", field, f"another member already has this {field}") from exc
+        return await self.member(member_id, principal)
+
+    async def set_consent(self, member_id: str, consent: ConsentGiven, principal: Principal) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            record = await store.member_record(conn, member_id)
+            if record is None or record["erased_at"] is not None:
+                raise MemberRefusal(404, "not_found", "member_id", f"no enrolled member {member_id!r}")
+            self._check_store(principal, record["home_store"])
+            await self._record_consents(conn, member_id, [consent], self.clock())
+            return await store.current_consents(conn, member_id)
+
+    async def _record_consents(self, conn: AsyncConnection, member_id: str, given: list[ConsentGiven],
+                               now: datetime) -> None:
+        if given:
+            await conn.execute(insert(store.consents), [
+                {"member_id": member_id, "channel": c.channel, "granted": c.granted, "given_at": consent_time(c, now),
+                 "source": c.source} for c in given])
+
+    async def member(self, member_id: str, principal: Principal) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            record = await store.member_record(conn, member_id)
+            known = record is not None or await store.is_known(conn, member_id)
+            if not known:
+                raise MemberRefusal(404, "not_found", "member_id", f"no member {member_id!r}")
+            if principal.role == "pos" and (record is None or record["home_store"] != principal.scope):
+                raise MemberRefusal(404, "not_found", "member_id", f"no member {member_id!r} at this store")
+            consents_now = await store.current_consents(conn, member_id)
+        personal = None
+        if record is not None and record["erased_at"] is None:
+            personal = {k: record[k] for k in ("given_name", "family_name", "email", "phone", "card_number",
+                                              "birth_date", "home_store", "enrolled_at")}
+        return {"member_id": member_id, "enrolled": record is not None and record["erased_at"] is None,
+                "erased_at": None if record is None else record["erased_at"], "personal": personal,
+                "consents": consents_now}
+
+    async def lookup(self, *, phone: str | None, email: str | None, card_number: str | None,
+                     principal: Principal) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            record = await store.find_member(conn, phone=phone, email=email, card_number=card_number)
+        if record is None or (principal.role == "pos" and record["home_store"] != principal.scope):
+            raise MemberRefusal(404, "not_found", "member", "no enrolled member matches")
+        return await self.member(record["member_id"], principal)
+
+    async def erase(self, member_id: str, principal: Principal) -> dict[str, Any]:
+        """Forget the person: personal data and consents go, pseudonymous purchase history stays for
+        the aggregates, and `member.erased.v1` tells every other service to forget too."""
+        now = self.clock()
+        async with self.engine.begin() as conn:
+            if not await store.is_known(conn, member_id):
+                raise MemberRefusal(404, "not_found", "member_id", f"no member {member_id!r}")
+            personal = {c: None for c in ("given_name", "family_name", "email", "phone", "card_number", "birth_date")}
+            await conn.execute(insert(store.members).values(member_id=member_id, enrolled_at=now, erased_at=now)
+                               .on_conflict_do_update(index_elements=["member_id"],
+                                                      set_={**personal, "erased_at": now, "updated_at": func.now()}))
+            await conn.execute(store.consents.delete().where(store.consents.c.member_id == member_id))
+            payload = MemberErased(member_id=member_id, erased_at=now, requested_by=principal.key_id)
+            await add_events(conn, store.outbox, self.erased_topic, [member_event(
+                payload, event_type="MemberErased", member_id=member_id, occurred_at=now, source=SERVICE_NAME,
+                identity=f"erased/{member_id}")])
+        await self.cache.forget(member_id)
+        self.wake_relay()
+        return {"member_id": member_id, "erased_at": now}
+
+    async def redeem(self, member_id: str, points: int, idempotency_key: str) -> dict[str, Any]:
+        """Spend points (those expiring first), once per idempotency key; never below zero."""
+        async with self.engine.begin() as conn:
+            done = (await conn.execute(select(store.redemptions).where(
+                store.redemptions.c.member_id == member_id,
+                store.redemptions.c.idempotency_key == idempotency_key))).first()
+            if done is not None:
+                if done.points != points:
+                    raise MemberRefusal(409, "conflict", "idempotency_key",
+                                        f"this key already redeemed {done.points} points, not {points}")
+                return {"member_id": member_id, "redeemed": done.points, "balance": done.balance_after,
+                        "idempotency_key": idempotency_key, "replayed": True}
+            as_of = await store.as_of(conn)
+            if as_of is None or not await store.is_known(conn, member_id):
+                raise MemberRefusal(404, "not_found", "member_id", f"no member {member_id!r}")
+            lots = (await store.load_lots(conn, [member_id], lock=True)).get(member_id, [])
+            try:
+                taken = spend(lots, points, as_of)
+            except NotEnoughPoints as short:
+                raise MemberRefusal(409, "not_enough_points", "points", str(short), balance=short.balance) from short
+            await store.take_points(conn, taken)
+            left = balance(lots, as_of) - points
+            await conn.execute(insert(store.points_ledger).values(
+                member_id=member_id, kind="redeem", points=-points, cause=f"redeem:{idempotency_key}", occurred_at=as_of))
+            await conn.execute(insert(store.redemptions).values(
+                member_id=member_id, idempotency_key=idempotency_key, points=points, balance_after=left,
+                redeemed_at=as_of))
+        return {"member_id": member_id, "redeemed": points, "balance": left, "idempotency_key": idempotency_key,
+                "replayed": False}
+
+    async def points(self, member_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            as_of = await store.as_of(conn)
+            if not await store.is_known(conn, member_id):
+                raise MemberRefusal(404, "not_found", "member_id", f"no member {member_id!r}")
+            movements = await store.ledger(conn, member_id, limit=100)
+            balance_now = (await store.points_balances(conn, [member_id], as_of)).get(member_id, 0)
+        return {"member_id": member_id, "as_of": as_of, "balance": balance_now, "movements": movements}
+
+    async def call_list(self, store_id: str, limit: int, principal: Principal) -> dict[str, Any]:
+        """The members a store manager phones this week: high value, overdue by their own rhythm."""
+        if principal.role == "pos" and principal.scope != store_id:
+            raise MemberRefusal(403, "forbidden", "store", f"this key is for store {principal.scope!r}")
+        async with self.engine.connect() as conn:
+            as_of = await store.as_of(conn)
+            if as_of is None:
+                return {"store": store_id, "as_of": None, "members": []}
+            candidates = await store.overdue_key_customers(conn, store_id=store_id, at=as_of,
+                                                           sigmas=self.call_list_sigmas, limit=limit)
+            entries = []
+            for row in candidates:
+                profile = store.profile_from_row(_RowLike(row))
+                if store_id not in (row["home_store"], profile.preferred_store):
+                    continue
+                member_id = profile.member_id
+                record = await store.member_record(conn, member_id)
+                consents_now = await store.current_consents(conn, member_id)
+                phone_ok = consents_now.get("phone", {}).get("granted", False)
+                entries.append({
+                    "member_id": member_id,
+                    "name": None if record is None or record["erased_at"] else
+                    " ".join(filter(None, (record["given_name"], record["family_name"]))) or None,
+                    "phone": record["phone"] if record is not None and phone_ok and not record["erased_at"] else None,
+                    "monetary": profile.monetary,
+                    "reason": (f"last visit {row['days_since']:.0f} days ago; usually every "
+                               f"{profile.rhythm.mean_days:.0f} ± {profile.rhythm.spread_days:.0f} days"),
+                    "days_overdue": round(float(row["days_since"]) - float(row["threshold"]), 1),
+                    "last_purchases": await store.history(conn, member_id, limit=3, before=None),
+                })
+                if len(entries) >= limit:
+                    break
+        return {"store": store_id, "as_of": as_of, "members": entries}
+
+
+class _RowLike:
+    """Lets `profile_from_row` read a plain mapping."""
+
+    def __init__(self, mapping: dict[str, Any]) -> None:
+        self._mapping = mapping

@@ -9,9 +9,11 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.events import Envelope, Sale
+from crm_shared.events import Envelope, Sale, TierChanged, member_event
+from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -22,14 +24,17 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    cast,
     func,
     select,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.dialects.postgresql import JSONB, UUID, array, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from member_profile.domain import Profile, Rhythm, apply_sale, rhythm_of
+from member_profile import SERVICE_NAME
+from member_profile.domain import Profile, RfmCutpoints, Rhythm, apply_sale, rhythm_of
+from member_profile.loyalty import Lot, LoyaltyRules, expired, expires_at, points_for, take_back, tier_for, tier_window_start
 
 metadata = MetaData()
 applied_events = applied_events_table(metadata)
@@ -80,6 +85,82 @@ watermark = Table(
     Column("id", Integer, primary_key=True),
     Column("as_of", DateTime(timezone=True), nullable=False),
 )
+
+# Personal data: only here and in `consents`; erasure empties these columns.
+members = Table(
+    "members", metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("given_name", String(100)),
+    Column("family_name", String(100)),
+    Column("email", String(254)),
+    Column("phone", String(16)),
+    Column("card_number", String(19)),
+    Column("birth_date", Date),
+    Column("home_store", String(64)),
+    Column("enrolled_at", DateTime(timezone=True), nullable=False),
+    Column("erased_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ux_members_phone", "phone", unique=True, postgresql_where=text("phone IS NOT NULL")),
+    Index("ux_members_email", "email", unique=True, postgresql_where=text("email IS NOT NULL")),
+    Index("ux_members_card", "card_number", unique=True, postgresql_where=text("card_number IS NOT NULL")),
+)
+
+consents = Table(
+    "consents", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("member_id", String(64), nullable=False),
+    Column("channel", String(8), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("given_at", DateTime(timezone=True), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_consents_member_channel", "member_id", "channel", "id"),
+)
+
+points_lots = Table(
+    "points_lots", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("member_id", String(64), nullable=False),
+    Column("points", Integer, nullable=False),
+    Column("remaining", Integer, nullable=False),
+    Column("earned_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("cause", String(100), nullable=False),
+    Index("ux_points_lots_cause", "member_id", "cause", unique=True),
+    Index("ix_points_lots_live", "member_id", "expires_at", postgresql_where=text("remaining > 0")),
+)
+
+# Every movement of points, never updated: earn, reverse (a return), redeem, expire.
+points_ledger = Table(
+    "points_ledger", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("member_id", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("points", Integer, nullable=False),
+    Column("cause", String(100), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ux_points_ledger_cause", "member_id", "kind", "cause", unique=True),
+)
+
+redemptions = Table(
+    "redemptions", metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("idempotency_key", String(100), primary_key=True),
+    Column("points", Integer, nullable=False),
+    Column("balance_after", Integer, nullable=False),
+    Column("redeemed_at", DateTime(timezone=True), nullable=False),
+)
+
+tiers = Table(
+    "tiers", metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("tier", String(8), nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("rolling_spend", Numeric, nullable=False),
+)
+
+outbox = outbox_table(metadata)
 
 _COUNTERS = ("frequency", "returns", "items_bought", "lines_bought", "items_returned", "items_on_discount")
 _MONEY = ("monetary", "gross_sales", "discount_total")
@@ -171,12 +252,234 @@ async def history(conn: AsyncConnection, member_id: str, *, limit: int, before: 
     return [dict(row._mapping) for row in await conn.execute(query)]
 
 
-async def top_members(conn: AsyncConnection, *, min_monetary: Decimal | None, limit: int, offset: int) -> list[Profile]:
+async def top_members(conn: AsyncConnection, *, min_monetary: Decimal | None, limit: int, offset: int,
+                      tier: str | None = None) -> list[Profile]:
     query = select(profiles).order_by(profiles.c.monetary.desc(), profiles.c.member_id).limit(limit).offset(offset)
     if min_monetary is not None:
         query = query.where(profiles.c.monetary >= min_monetary)
+    if tier == "member":
+        query = query.where(profiles.c.member_id.not_in(select(tiers.c.member_id).where(tiers.c.tier != "member")))
+    elif tier is not None:
+        query = query.where(profiles.c.member_id.in_(select(tiers.c.member_id).where(tiers.c.tier == tier)))
     return [profile_from_row(row) for row in await conn.execute(query)]
+
+
+async def rfm_cutpoints(conn: AsyncConnection) -> RfmCutpoints | None:
+    """Quintile cut points of recency, frequency and monetary over members who have bought."""
+    latest = await as_of(conn)
+    if latest is None:
+        return None
+    fractions = array([0.2, 0.4, 0.6, 0.8], type_=Float)
+    recency = cast(func.extract("epoch", latest - profiles.c.last_purchase_at) / 86400, Float)
+    row = (await conn.execute(select(
+        func.percentile_cont(fractions).within_group(recency),
+        func.percentile_cont(fractions).within_group(cast(profiles.c.frequency, Float)),
+        func.percentile_cont(fractions).within_group(cast(profiles.c.monetary, Float)),
+    ).where(profiles.c.frequency > 0))).one()
+    if row[0] is None:
+        return None
+    return RfmCutpoints(tuple(row[0]), tuple(row[1]), tuple(float(v) for v in row[2]))
 
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+# --- loyalty, tiers and the events member-profile publishes ------------------------------------
+
+async def load_lots(conn: AsyncConnection, member_ids: Iterable[str], *, lock: bool = False) -> dict[str, list[Lot]]:
+    query = (select(points_lots.c.id, points_lots.c.member_id, points_lots.c.remaining, points_lots.c.expires_at)
+             .where(points_lots.c.member_id.in_(list(member_ids)), points_lots.c.remaining > 0)
+             .order_by(points_lots.c.id))
+    if lock:
+        query = query.with_for_update()
+    lots: dict[str, list[Lot]] = {}
+    for row in await conn.execute(query):
+        lots.setdefault(row.member_id, []).append(Lot(row.id, row.remaining, row.expires_at))
+    return lots
+
+
+async def take_points(conn: AsyncConnection, taken: list[tuple[int, int]]) -> None:
+    for lot_id, points in taken:
+        await conn.execute(points_lots.update().where(points_lots.c.id == lot_id)
+                           .values(remaining=points_lots.c.remaining - points))
+
+
+async def _ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(points_ledger).on_conflict_do_nothing(), rows)
+
+
+async def expire_points(conn: AsyncConnection, member_ids: Iterable[str], as_of: datetime) -> None:
+    """Lapse the lots whose time is up at `as_of` (event time), with a ledger row each."""
+    lots = await load_lots(conn, member_ids, lock=True)
+    rows = []
+    for member_id, member_lots in lots.items():
+        for lot_id, points in expired(member_lots, as_of):
+            await conn.execute(points_lots.update().where(points_lots.c.id == lot_id).values(remaining=0))
+            rows.append({"member_id": member_id, "kind": "expire", "points": -points, "cause": f"lot:{lot_id}",
+                         "occurred_at": as_of})
+    await _ledger(conn, rows)
+
+
+async def apply_loyalty(conn: AsyncConnection, events: list[Envelope[Sale]], rules: LoyaltyRules,
+                        as_of: datetime) -> None:
+    """Points for new sales, taken back for returns; each movement a ledger row with its cause."""
+    earned = []
+    for event in events:
+        sale = event.payload
+        if sale.member_id is None or sale.kind != "sale":
+            continue
+        points = points_for(sale, rules)
+        if points > 0:
+            earned.append({"member_id": sale.member_id, "points": points, "remaining": points,
+                           "earned_at": sale.occurred_at, "expires_at": expires_at(sale.occurred_at, rules),
+                           "cause": str(event.event_id)})
+    if earned:
+        await conn.execute(insert(points_lots).on_conflict_do_nothing(), earned)
+        await _ledger(conn, [{"member_id": e["member_id"], "kind": "earn", "points": e["points"], "cause": e["cause"],
+                              "occurred_at": e["earned_at"]} for e in earned])
+    touched = {e.payload.member_id for e in events if e.payload.member_id is not None}
+    await expire_points(conn, touched, as_of)
+    returns = [e for e in events if e.payload.member_id is not None and e.payload.kind == "return"]
+    if not returns:
+        return
+    lots = await load_lots(conn, {e.payload.member_id for e in returns if e.payload.member_id}, lock=True)
+    rows = []
+    for event in returns:
+        member_id = event.payload.member_id
+        assert member_id is not None
+        member_lots = lots.get(member_id, [])
+        taken = take_back(member_lots, points_for(event.payload, rules), as_of)
+        await take_points(conn, taken)
+        spent = dict(taken)
+        lots[member_id] = [replace(lot, remaining=lot.remaining - spent.get(lot.lot_id, 0)) for lot in member_lots]
+        rows.append({"member_id": member_id, "kind": "reverse", "points": -sum(spent.values()),
+                     "cause": str(event.event_id), "occurred_at": event.payload.occurred_at})
+    await _ledger(conn, rows)
+
+
+async def points_balances(conn: AsyncConnection, member_ids: Iterable[str], as_of: datetime | None) -> dict[str, int]:
+    ids = list(member_ids)
+    if not ids or as_of is None:
+        return {}
+    rows = await conn.execute(
+        select(points_lots.c.member_id, func.sum(points_lots.c.remaining))
+        .where(points_lots.c.member_id.in_(ids), points_lots.c.remaining > 0, points_lots.c.expires_at > as_of)
+        .group_by(points_lots.c.member_id))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def rolling_spend(conn: AsyncConnection, member_ids: Iterable[str], until: datetime,
+                        rules: LoyaltyRules) -> dict[str, Decimal]:
+    ids = list(member_ids)
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(purchases.c.member_id, func.sum(purchases.c.total))
+        .where(purchases.c.member_id.in_(ids), purchases.c.occurred_at > tier_window_start(until, rules),
+               purchases.c.occurred_at <= until)
+        .group_by(purchases.c.member_id))
+    spend = {member_id: Decimal("0") for member_id in ids}
+    spend.update({row[0]: Decimal(row[1]) for row in rows})
+    return spend
+
+
+async def current_tiers(conn: AsyncConnection, member_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(member_ids)
+    if not ids:
+        return {}
+    return {row.member_id: row.tier for row in await conn.execute(
+        select(tiers.c.member_id, tiers.c.tier).where(tiers.c.member_id.in_(ids)))}
+
+
+async def evaluate_tiers(conn: AsyncConnection, at: dict[str, datetime], rules: LoyaltyRules,
+                         identity: str) -> list[Envelope[Any]]:
+    """Re-tier members as of the event time given per member; returns the TierChanged events."""
+    changes: list[Envelope[Any]] = []
+    before = await current_tiers(conn, at)
+    by_time: dict[datetime, list[str]] = {}
+    for member_id, moment in at.items():
+        by_time.setdefault(moment, []).append(member_id)
+    for moment, ids in by_time.items():
+        for member_id, spend in (await rolling_spend(conn, ids, moment, rules)).items():
+            old = before.get(member_id, "member")
+            new = tier_for(spend, rules)
+            if new == old:
+                continue
+            await conn.execute(insert(tiers).values(member_id=member_id, tier=new, since=moment, rolling_spend=spend)
+                               .on_conflict_do_update(index_elements=["member_id"],
+                                                      set_={"tier": new, "since": moment, "rolling_spend": spend}))
+            payload = TierChanged(member_id=member_id, old_tier=old, new_tier=new, rolling_spend=spend,  # type: ignore[arg-type]
+                                  effective_at=moment)
+            changes.append(member_event(payload, event_type="TierChanged", member_id=member_id, occurred_at=moment,
+                                        source=SERVICE_NAME, identity=f"tier/{member_id}/{identity}/{new}"))
+    return changes
+
+
+async def tiered_members(conn: AsyncConnection) -> list[str]:
+    return [row.member_id for row in await conn.execute(select(tiers.c.member_id).where(tiers.c.tier != "member"))]
+
+
+async def erased_members(conn: AsyncConnection, member_ids: Iterable[str]) -> set[str]:
+    ids = list(member_ids)
+    if not ids:
+        return set()
+    rows = await conn.execute(select(members.c.member_id).where(members.c.member_id.in_(ids),
+                                                                members.c.erased_at.is_not(None)))
+    return {row.member_id for row in rows}
+
+
+async def member_record(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
+    row = (await conn.execute(select(members).where(members.c.member_id == member_id))).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def find_member(conn: AsyncConnection, *, phone: str | None, email: str | None,
+                      card_number: str | None) -> dict[str, Any] | None:
+    query = select(members).where(members.c.erased_at.is_(None))
+    if phone is not None:
+        query = query.where(members.c.phone == phone)
+    if email is not None:
+        query = query.where(members.c.email == email)
+    if card_number is not None:
+        query = query.where(members.c.card_number == card_number)
+    row = (await conn.execute(query.limit(1))).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def current_consents(conn: AsyncConnection, member_id: str) -> dict[str, dict[str, Any]]:
+    rows = await conn.execute(
+        select(consents.c.channel, consents.c.granted, consents.c.given_at, consents.c.source)
+        .where(consents.c.member_id == member_id).order_by(consents.c.channel, consents.c.id.desc())
+        .distinct(consents.c.channel))
+    return {row.channel: {"granted": row.granted, "at": row.given_at, "source": row.source} for row in rows}
+
+
+async def is_known(conn: AsyncConnection, member_id: str) -> bool:
+    in_members = (await conn.execute(select(members.c.member_id).where(members.c.member_id == member_id))).first()
+    in_profiles = (await conn.execute(select(profiles.c.member_id).where(profiles.c.member_id == member_id))).first()
+    return in_members is not None or in_profiles is not None
+
+
+async def overdue_key_customers(conn: AsyncConnection, *, store_id: str, at: datetime, sigmas: float,
+                                limit: int) -> list[dict[str, Any]]:
+    """Candidates for a store's call list, highest value first: members who shop there and whose days
+    since their last visit exceed their own mean interval + `sigmas` spreads (at least two intervals).
+    The caller keeps those whose home or preferred store it is."""
+    spread = func.sqrt(profiles.c.rhythm_m2 / func.greatest(profiles.c.rhythm_intervals - 1, 1))
+    days_since = func.extract("epoch", at - profiles.c.last_purchase_at) / 86400
+    threshold = profiles.c.rhythm_mean_days + sigmas * spread
+    home = select(members.c.home_store).where(members.c.member_id == profiles.c.member_id).scalar_subquery()
+    query = (select(profiles, days_since.label("days_since"), threshold.label("threshold"), home.label("home_store"))
+             .where(profiles.c.rhythm_intervals >= 2, days_since > threshold,
+                    profiles.c.store_visits.has_key(store_id))
+             .order_by(profiles.c.monetary.desc(), profiles.c.member_id).limit(limit * 4))
+    return [dict(row._mapping) for row in await conn.execute(query)]
+
+
+async def ledger(conn: AsyncConnection, member_id: str, *, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(points_ledger.c.kind, points_ledger.c.points, points_ledger.c.cause, points_ledger.c.occurred_at)
+        .where(points_ledger.c.member_id == member_id).order_by(points_ledger.c.id.desc()).limit(limit))
+    return [dict(row._mapping) for row in rows]
