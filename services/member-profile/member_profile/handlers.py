@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from member_profile import SERVICE_NAME, store
-from member_profile.cache import ProfileCache
+from member_profile.cache import LoyaltyState, ProfileCache
 from member_profile.domain import Profile, RfmCutpoints, profile_view, rfm_scores
 from member_profile.loyalty import LoyaltyRules, NotEnoughPoints, balance, spend
 from member_profile.members import ConsentGiven, ContactDetails, Enrolment, check_birth_date, consent_time
@@ -41,14 +41,15 @@ class ProfileHandlers:
 
     # --- the sales stream ------------------------------------------------------------------
 
-    async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> tuple[list[Profile], datetime | None]:
+    async def apply_sales(self, conn: AsyncConnection,
+                          events: list[Envelope[Sale]]) -> tuple[list[Profile], datetime | None, dict[str, LoyaltyState]]:
         """Inside the consumer's transaction: profiles, points, tiers and the events announcing them
         commit together with the record of which sales were applied."""
         before = await store.as_of(conn)
         changed = await store.apply_sales(conn, events)
         as_of = await store.as_of(conn)
         if as_of is None:
-            return changed, as_of
+            return changed, as_of, {}
         await store.apply_loyalty(conn, events, self.rules, as_of)
         latest: dict[str, datetime] = {}
         last_event: dict[str, str] = {}
@@ -65,12 +66,12 @@ class ProfileHandlers:
         await add_events(conn, store.outbox, self.tiers_topic, tier_events)
         await add_events(conn, store.outbox, self.profiles_topic,
                          await self._profile_events(conn, changed, as_of, last_event))
-        return changed, as_of
+        return changed, as_of, await loyalty_states(conn, [p.member_id for p in changed])
 
-    async def after_commit(self, outcome: tuple[list[Profile], datetime | None]) -> None:
+    async def after_commit(self, outcome: tuple[list[Profile], datetime | None, dict[str, LoyaltyState]]) -> None:
         """Refresh the read cache once the batch is durable (a crash before this only leaves it stale)."""
-        changed, as_of = outcome
-        await self.cache.put(changed, as_of)
+        changed, as_of, loyalty = outcome
+        await self.cache.put(changed, as_of, loyalty)
         self.wake_relay()
 
     async def _profile_events(self, conn: AsyncConnection, changed: list[Profile], as_of: datetime,
@@ -102,20 +103,21 @@ class ProfileHandlers:
         return cutpoints
 
     async def profile(self, member_id: str) -> dict[str, Any] | None:
-        cached, as_of = await self.cache.get(member_id)
-        if cached is None or as_of is None:
+        """Served from Redis; a miss reads PostgreSQL and fills the cache."""
+        cached, loyalty, as_of = await self.cache.get(member_id)
+        if cached is None or loyalty is None or as_of is None:
             async with self.engine.connect() as conn:
                 found = await store.load_profiles(conn, [member_id])
                 as_of = await store.as_of(conn)
-            cached = found.get(member_id)
-            if cached is None:
-                return None
-            await self.cache.put([cached], as_of)
+                cached = found.get(member_id)
+                if cached is None:
+                    return None
+                loyalty = (await loyalty_states(conn, [member_id]))[member_id]
+            await self.cache.put([cached], as_of, {member_id: loyalty})
         view = profile_view(cached, as_of)
         view["rfm"] = rfm_scores(cached, as_of, await self.rfm_cutpoints())
-        async with self.engine.connect() as conn:
-            view["tier"] = (await store.current_tiers(conn, [member_id])).get(member_id, "member")
-            view["points_balance"] = (await store.points_balances(conn, [member_id], as_of)).get(member_id, 0)
+        view["tier"] = loyalty.tier
+        view["points_balance"] = loyalty.balance(as_of) if as_of is not None else 0
         return view
 
     async def history(self, member_id: str, limit: int, before: datetime | None) -> list[dict[str, Any]]:
@@ -147,6 +149,13 @@ def profile_document(profile: Profile, as_of: datetime, *, tier: str, points: in
         "tier": tier, "points_balance": points, "erased": erased,
     })
 
+
+
+async def loyalty_states(conn: AsyncConnection, member_ids: list[str]) -> dict[str, LoyaltyState]:
+    lots = await store.load_lots(conn, member_ids)
+    tiers = await store.current_tiers(conn, member_ids)
+    return {m: LoyaltyState(tiers.get(m, "member"), tuple((lot.remaining, lot.expires_at) for lot in lots.get(m, [])))
+            for m in member_ids}
 
 
 class MemberRefusal(Exception):
@@ -305,6 +314,7 @@ class MemberHandlers:
             await conn.execute(insert(store.redemptions).values(
                 member_id=member_id, idempotency_key=idempotency_key, points=points, balance_after=left,
                 redeemed_at=as_of))
+        await self.cache.forget(member_id)  # after the commit: the next read refills it with the new balance
         return {"member_id": member_id, "redeemed": points, "balance": left, "idempotency_key": idempotency_key,
                 "replayed": False}
 
