@@ -28,13 +28,16 @@ import typer
 from crm_shared.embedded import EmbeddedStack, free_port, port_is_free
 from crm_shared.kafka import consumer_lag, ensure_topics, wait_for_broker
 from crm_shared.processes import ServiceProcess
-from crm_shared.replay import print_table, replay_http, replay_kafka
+from crm_shared.replay import print_table, publish_catalog, replay_http, replay_kafka
 from crm_shared.services import SERVICES, installed_services
 from crm_shared.settings import CommonSettings
+from crm_shared.topics import CATALOG_PRODUCTS
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 topics_app = typer.Typer(help="Topic administration", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+catalog_app = typer.Typer(help="Product catalog", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_FILE = REPO_ROOT / "deploy" / "demo-data" / "online_retail_2010-12.csv.gz"
@@ -251,8 +254,10 @@ def replay(file: Annotated[Path, typer.Argument(help="UCI Online Retail (or Onli
            limit_invoices: Annotated[int | None, typer.Option(help="only the first N invoices")] = None,
            state_dir: Annotated[Path, typer.Option()] = default_state_dir(),
            progress: Annotated[bool, typer.Option(help="show a progress bar")] = True) -> None:
-    """Send a file of real sales into the running system, with a progress bar and a summary."""
-    from crm_shared.datasets.online_retail import load_sales
+    """Send a file of real sales into the running system, with a progress bar and a summary.
+
+    Reads UCI Online Retail (I or II) or Complete Journey transactions, recognised by the header."""
+    from crm_shared.datasets import load_sales_file
 
     if via not in ("http", "kafka"):
         raise typer.BadParameter("--via must be http or kafka")
@@ -260,7 +265,9 @@ def replay(file: Annotated[Path, typer.Argument(help="UCI Online Retail (or Onli
         raise typer.BadParameter("--speed takes a positive number and excludes --as-fast-as-possible")
     state = _load_env(state_dir)
     started = time.perf_counter()
-    sales, summary = load_sales(file, limit_invoices=limit_invoices)
+    sales, summary = load_sales_file(file)
+    if limit_invoices is not None:
+        sales = sales[:limit_invoices]
     print_table(f"Loaded {file.name} in {time.perf_counter() - started:.1f} s:", summary.as_table(), echo)
     if via == "http":
         url = gateway or state["services"].get("pos-gateway") or "http://127.0.0.1:8001"
@@ -361,6 +368,19 @@ def republish(since: Annotated[str, typer.Option(help="event time, ISO 8601 with
     common = CommonSettings(**{k.removeprefix("CRM_").lower(): v for k, v in state["env"].items()})
     queued = asyncio.run(_republish(common, GatewaySettings(), aware(since), aware(until) if until else None))
     echo(f"queued {queued:,} sales; the gateway's outbox relay publishes them")
+
+
+@catalog_app.command("publish")
+def catalog_publish(file: Annotated[Path, typer.Argument(help="completejourney_products.csv.gz")],
+                    state_dir: Annotated[Path, typer.Option()] = default_state_dir()) -> None:
+    """Publish a product catalog onto the compacted catalog.products.v1 (idempotent)."""
+    from crm_shared.datasets.completejourney import load_products
+
+    state = _load_env(state_dir)
+    common = CommonSettings(**{k.removeprefix("CRM_").lower(): v for k, v in state["env"].items()})
+    products = load_products(file)
+    published = asyncio.run(publish_catalog(products, bootstrap=common.kafka_bootstrap, topic_prefix=common.topic_prefix))
+    echo(f"published {published:,} products to {CATALOG_PRODUCTS.qualified(common.topic_prefix)}")
 
 
 @topics_app.command("create")

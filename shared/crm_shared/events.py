@@ -231,6 +231,8 @@ class MemberProfileUpdated(BaseModel):
     tier: Tier
     points_balance: int
     erased: bool = False
+    categories: dict[str, float] = Field(default_factory=dict, description="Top categories by share of items")
+    brands: dict[str, float] = Field(default_factory=dict, description="Brands by share of items")
 
 
 def member_event(payload: BaseModel, *, event_type: str, member_id: str, occurred_at: datetime, source: str,
@@ -239,3 +241,32 @@ def member_event(payload: BaseModel, *, event_type: str, member_id: str, occurre
     fact always gets the same event id, however often it is recomputed."""
     return Envelope[Any](event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
                          occurred_at=occurred_at, source=source, key=member_id, payload=payload)
+
+
+# --- the product catalog ------------------------------------------------------------------------
+
+class Product(BaseModel):
+    """Payload of the compacted `catalog.products.v1` (key = sku). Supplier terms are optional here;
+    replenishment adds them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sku: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=PRINTABLE)]
+    description: Annotated[str, StringConstraints(max_length=300, pattern=PRINTABLE)] = ""
+    department: str | None = None
+    category: str | None = None
+    product_type: str | None = None
+    brand: str | None = None
+    manufacturer_id: str | None = None
+    package_size: str | None = None
+
+
+def product_listed(product: Product, *, source: str, occurred_at: datetime) -> Envelope[Product]:
+    """Same product, same facts → same event id (a catalog load run twice changes nothing)."""
+    identity = "product/" + product.model_dump_json()
+    return Envelope[Product](event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type="ProductListed",
+                             schema_version=1, occurred_at=occurred_at, source=source, key=product.sku,
+                             payload=product)
+
+
+ProductListed = Envelope[Product]

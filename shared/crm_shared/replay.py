@@ -13,15 +13,16 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import httpx
 from tqdm import tqdm
 
-from crm_shared.events import Sale, sale_recorded
+from crm_shared.events import Product, Sale, product_listed, sale_recorded
 from crm_shared.kafka import make_producer
 from crm_shared.serde import encode, encode_key
-from crm_shared.topics import POS_SALES
+from crm_shared.topics import CATALOG_PRODUCTS, POS_SALES
 
 Via = Literal["http", "kafka"]
 RETRYABLE = {429, 502, 503, 504}
@@ -194,3 +195,21 @@ async def replay_kafka(sales: Sequence[Sale], *, bootstrap: str, topic_prefix: s
         bar.close()
     outcome.seconds = time.perf_counter() - started
     return outcome
+
+
+async def publish_catalog(products: Sequence[Product], *, bootstrap: str, topic_prefix: str = "",
+                          source: str = "crm-catalog", progress: bool = True) -> int:
+    """Every product onto the compacted `catalog.products.v1`, keyed by sku."""
+    topic = CATALOG_PRODUCTS.qualified(topic_prefix)
+    producer = make_producer(bootstrap, client_id="crm-catalog", linger_ms=20, max_batch_size=1024 * 1024)
+    await producer.start()
+    listed_at = datetime.now(UTC)  # a catalog load is an act of now, not a replay of the past
+    try:
+        futures = []
+        for product in tqdm(products, unit="product", desc="catalog", disable=not progress, mininterval=0.5):
+            event = product_listed(product, source=source, occurred_at=listed_at)
+            futures.append(await producer.send(topic, value=encode(event), key=encode_key(event.key)))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(products)

@@ -69,6 +69,8 @@ class Profile:
     weekday: Mapping[str, int] = field(default_factory=dict)       # 0 = Monday -> sales
     rhythm: Rhythm = Rhythm()
     rhythm_needs_rebuild: bool = False
+    category_items: Mapping[str, int] = field(default_factory=dict)  # items bought per catalog category
+    brand_items: Mapping[str, int] = field(default_factory=dict)     # items bought per brand (e.g. National/Private)
 
     @property
     def average_basket_value(self) -> Decimal:
@@ -95,9 +97,13 @@ class Profile:
         return min(self.store_visits.items(), key=lambda item: (-item[1], item[0]))[0]
 
 
-def apply_sale(profile: Profile, sale: Sale) -> Profile:
+CatalogEntry = tuple[str | None, str | None]  # (category, brand) of a sku
+
+
+def apply_sale(profile: Profile, sale: Sale, catalog: Mapping[str, CatalogEntry] | None = None) -> Profile:
     """The profile after one sale or return. Order of arrival does not change the sums; a visit
-    older than the last one asks for the rhythm to be rebuilt from the member's history."""
+    older than the last one asks for the rhythm to be rebuilt from the member's history. Category
+    and brand habits count the items whose sku the catalog knows."""
     if sale.kind == "return":
         items = sum(line.quantity for line in sale.lines)
         return replace(profile, returns=profile.returns + 1, monetary=profile.monetary + sale.total,
@@ -124,7 +130,28 @@ def apply_sale(profile: Profile, sale: Sale) -> Profile:
         weekday=_bump(profile.weekday, str(when.weekday())),
         rhythm=profile.rhythm if out_of_order else profile.rhythm.after_visit(day),
         rhythm_needs_rebuild=profile.rhythm_needs_rebuild or out_of_order,
+        category_items=_add_items(profile.category_items, sale, catalog, 0),
+        brand_items=_add_items(profile.brand_items, sale, catalog, 1),
     )
+
+
+def _add_items(counts: Mapping[str, int], sale: Sale, catalog: Mapping[str, CatalogEntry] | None,
+               which: int) -> Mapping[str, int]:
+    if not catalog:
+        return counts
+    updated = dict(counts)
+    for line in sale.lines:
+        entry = catalog.get(line.sku)
+        label = entry[which] if entry else None
+        if label:
+            updated[label] = updated.get(label, 0) + line.quantity
+    return updated
+
+
+def top_shares(counts: Mapping[str, int], limit: int = 5) -> dict[str, float]:
+    total = sum(counts.values())
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    return {label: round(items / total, 4) for label, items in ranked} if total else {}
 
 
 def _bump(counts: Mapping[str, int], key: str) -> dict[str, int]:
@@ -169,7 +196,10 @@ def profile_view(profile: Profile, as_of: datetime | None) -> dict[str, Any]:
         "visit_rhythm": {"intervals": profile.rhythm.intervals, "mean_days": round(profile.rhythm.mean_days, 3),
                          "spread_days": round(profile.rhythm.spread_days, 3),
                          "days_overdue": _round(days_overdue(profile, as_of))},
-        "categories": {}, "brands": {},  # filled from the product catalog (Complete Journey); Online Retail has none
+        # Shares of items bought, from the product catalog (catalog.products.v1). Online Retail has
+        # no catalog, so these stay empty for it rather than being invented.
+        "categories": top_shares(profile.category_items),
+        "brands": top_shares(profile.brand_items),
     }
 
 

@@ -145,7 +145,7 @@ def profile_document(profile: Profile, as_of: datetime, *, tier: str, points: in
         **{k: view[k] for k in ("member_id", "as_of", "first_purchase_at", "last_purchase_at", "recency_days",
                                 "frequency", "returns", "monetary", "average_basket_value", "average_basket_size",
                                 "returns_rate", "discount_share", "preferred_store", "hour_of_day", "weekday",
-                                "visit_rhythm")},
+                                "visit_rhythm", "categories", "brands")},
         "tier": tier, "points_balance": points, "erased": erased,
     })
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.events import Envelope, Sale, TierChanged, member_event
+from crm_shared.events import Envelope, Product, Sale, TierChanged, member_event
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
@@ -61,6 +61,8 @@ profiles = Table(
     Column("rhythm_mean_days", Float, nullable=False),
     Column("rhythm_m2", Float, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("category_items", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("brand_items", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Index("ix_profiles_monetary", "monetary"),
 )
 
@@ -162,6 +164,15 @@ tiers = Table(
 
 outbox = outbox_table(metadata)
 
+products = Table(
+    "products", metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("category", String(200)),
+    Column("brand", String(100)),
+    Column("department", String(100)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 _COUNTERS = ("frequency", "returns", "items_bought", "lines_bought", "items_returned", "items_on_discount")
 _MONEY = ("monetary", "gross_sales", "discount_total")
 
@@ -173,6 +184,7 @@ def profile_from_row(row: Any) -> Profile:
         **{name: int(m[name]) for name in _COUNTERS}, **{name: Decimal(m[name]) for name in _MONEY},
         store_visits=m["store_visits"], hour_of_day=m["hour_of_day"], weekday=m["weekday"],
         rhythm=Rhythm(m["rhythm_last_visit_day"], m["rhythm_intervals"], m["rhythm_mean_days"], m["rhythm_m2"]),
+        category_items=m["category_items"], brand_items=m["brand_items"],
     )
 
 
@@ -185,6 +197,7 @@ def profile_row(profile: Profile) -> dict[str, Any]:
         "weekday": dict(profile.weekday), "rhythm_last_visit_day": profile.rhythm.last_visit_day,
         "rhythm_intervals": profile.rhythm.intervals, "rhythm_mean_days": profile.rhythm.mean_days,
         "rhythm_m2": profile.rhythm.m2,
+        "category_items": dict(profile.category_items), "brand_items": dict(profile.brand_items),
     }
 
 
@@ -222,10 +235,11 @@ async def apply_sales(conn: AsyncConnection, events: list[Envelope[Sale]]) -> li
                    "unit_price": str(line.unit_price)} for line in e.payload.lines[:50]],
     } for e in members])
     current = await load_profiles(conn, {e.payload.member_id for e in members if e.payload.member_id})
+    catalog = await catalog_entries(conn, {line.sku for e in members for line in e.payload.lines})
     for event in members:
         member_id = event.payload.member_id
         assert member_id is not None
-        current[member_id] = apply_sale(current.get(member_id) or Profile(member_id), event.payload)
+        current[member_id] = apply_sale(current.get(member_id) or Profile(member_id), event.payload, catalog)
     for member_id, profile in list(current.items()):
         if profile.rhythm_needs_rebuild:  # a visit arrived out of order: rebuild from the history
             current[member_id] = replace(profile, rhythm=rhythm_of(await visit_days(conn, member_id)),
@@ -483,3 +497,22 @@ async def ledger(conn: AsyncConnection, member_id: str, *, limit: int) -> list[d
         select(points_ledger.c.kind, points_ledger.c.points, points_ledger.c.cause, points_ledger.c.occurred_at)
         .where(points_ledger.c.member_id == member_id).order_by(points_ledger.c.id.desc()).limit(limit))
     return [dict(row._mapping) for row in rows]
+
+
+async def catalog_entries(conn: AsyncConnection, skus: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+    wanted = list(skus)
+    if not wanted:
+        return {}
+    rows = await conn.execute(select(products.c.sku, products.c.category, products.c.brand)
+                              .where(products.c.sku.in_(wanted)))
+    return {row.sku: (row.category, row.brand) for row in rows}
+
+
+async def upsert_products(conn: AsyncConnection, listed: list[Envelope[Product]]) -> None:
+    latest = {event.payload.sku: event.payload for event in listed}  # the last word per sku in the batch
+    rows = [{"sku": p.sku, "category": " / ".join(filter(None, (p.department, p.category))) or None,
+             "brand": p.brand, "department": p.department} for p in latest.values()]
+    statement = insert(products)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=["sku"], set_={"category": statement.excluded.category, "brand": statement.excluded.brand,
+                                      "department": statement.excluded.department, "updated_at": func.now()}), rows)

@@ -6,10 +6,10 @@ from functools import partial
 from typing import Any
 
 from crm_shared.consumer import IdempotentConsumer, decoder_for
-from crm_shared.events import SaleRecorded
+from crm_shared.events import ProductListed, SaleRecorded
 from crm_shared.kafka import make_consumer, make_producer
 from crm_shared.settings import CommonSettings
-from crm_shared.topics import POS_SALES
+from crm_shared.topics import CATALOG_PRODUCTS, POS_SALES
 
 from member_profile import SERVICE_NAME
 from member_profile.store import applied_events
@@ -25,4 +25,16 @@ def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch:
         consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group,
                                  max_poll_records=batch),
         producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group), max_records=batch,
+    )
+
+
+def catalog_consumer(common: CommonSettings, engine: Any, handle: Any) -> IdempotentConsumer[Any]:
+    prefix = common.topic_prefix
+    group = f"{prefix}{SERVICE_NAME}.catalog"
+    topic = CATALOG_PRODUCTS.qualified(prefix)
+    return IdempotentConsumer(
+        name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=CATALOG_PRODUCTS.dlq(prefix),
+        decode=decoder_for(ProductListed), handle=handle,
+        consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group),
+        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group),
     )
