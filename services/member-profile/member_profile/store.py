@@ -338,13 +338,21 @@ async def expire_points(conn: AsyncConnection, member_ids: Iterable[str], as_of:
 
 async def apply_loyalty(conn: AsyncConnection, events: list[Envelope[Sale]], rules: LoyaltyRules,
                         as_of: datetime) -> None:
-    """Points for new sales, taken back for returns; each movement a ledger row with its cause."""
+    """Points for new sales, taken back for returns; each movement a ledger row with its cause.
+    Category multipliers apply to the skus the catalog knows."""
+    catalog = await catalog_entries(conn, {line.sku for e in events for line in e.payload.lines}) \
+        if rules.category_multipliers else {}
+
+    def category_of(sku: str) -> str | None:
+        entry = catalog.get(sku)
+        return entry[0] if entry else None
+
     earned = []
     for event in events:
         sale = event.payload
         if sale.member_id is None or sale.kind != "sale":
             continue
-        points = points_for(sale, rules)
+        points = points_for(sale, rules, category_of)
         if points > 0:
             earned.append({"member_id": sale.member_id, "points": points, "remaining": points,
                            "earned_at": sale.occurred_at, "expires_at": expires_at(sale.occurred_at, rules),
@@ -364,7 +372,7 @@ async def apply_loyalty(conn: AsyncConnection, events: list[Envelope[Sale]], rul
         member_id = event.payload.member_id
         assert member_id is not None
         member_lots = lots.get(member_id, [])
-        taken = take_back(member_lots, points_for(event.payload, rules), as_of)
+        taken = take_back(member_lots, points_for(event.payload, rules, category_of), as_of)
         await take_points(conn, taken)
         spent = dict(taken)
         lots[member_id] = [replace(lot, remaining=lot.remaining - spent.get(lot.lot_id, 0)) for lot in member_lots]

@@ -34,9 +34,12 @@ def test_a_households_categories_and_private_label_share_come_from_the_catalog(
     skus = {line.sku for s in theirs for line in s.lines}
     catalog = [p for p in load_products(dataset("completejourney_products.csv.gz")) if p.sku in skus]
 
+    by_sku = {p.sku: p for p in catalog}
+    doubled = "GROCERY / SOFT DRINKS"  # double points on soft drinks, from settings
     prefix = f"mc{uuid.uuid4().hex[:6]}."
     service = start_service("member_profile", crm_stack, tmp_path, prefix=prefix,
-                            extra_env={"MEMBER_PROFILE_SCHEMA_NAME": f"member_profile_{uuid.uuid4().hex[:8]}"})
+                            extra_env={"MEMBER_PROFILE_SCHEMA_NAME": f"member_profile_{uuid.uuid4().hex[:8]}",
+                                       "MEMBER_PROFILE_CATEGORY_MULTIPLIERS": f'{{"{doubled}": "2"}}'})
     try:
         asyncio.run(publish_catalog(catalog, bootstrap=crm_stack.kafka_bootstrap, topic_prefix=prefix, progress=False))
         caught_up(crm_stack.kafka_bootstrap, f"{prefix}member-profile.catalog", CATALOG_PRODUCTS.qualified(prefix))
@@ -46,7 +49,6 @@ def test_a_households_categories_and_private_label_share_come_from_the_catalog(
     finally:
         service.stop()
 
-    by_sku = {p.sku: p for p in catalog}
     items: Counter[str] = Counter()
     brands: Counter[str] = Counter()
     for sale in theirs:
@@ -64,4 +66,13 @@ def test_a_households_categories_and_private_label_share_come_from_the_catalog(
     assert profile["categories"][top[0]] == round(top[1] / sum(items.values()), 4)
     assert profile["brands"].get("Private", 0.0) == round(brands["Private"] / sum(brands.values()), 4)
     assert profile["frequency"] == len(theirs)
+
+    def label(sku: str) -> str:
+        product = by_sku.get(sku)
+        return " / ".join(filter(None, (product.department, product.category))) if product else ""
+
+    expected_points = sum(int(sum(line.net * (2 if label(line.sku) == doubled else 1) for line in sale.lines))
+                          for sale in theirs)
+    assert any(label(line.sku) == doubled for sale in theirs for line in sale.lines), "pick a household that buys it"
+    assert profile["points_balance"] == expected_points
     assert profile["monetary"] == str(sum(s.total for s in theirs))
