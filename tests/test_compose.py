@@ -66,7 +66,10 @@ def depends_on(svc: dict) -> dict[str, str]:
 
 
 def service_folders() -> list[Path]:
-    return sorted(p for p in SERVICES_DIR.iterdir() if p.is_dir() and (p / "pyproject.toml").is_file())
+    """Service folders that run: a pyproject.toml and a `python -m <module>` entry point (a service
+    still being built, without `__main__.py`, gets its compose block when it can start)."""
+    return sorted(p for p in SERVICES_DIR.iterdir() if p.is_dir() and (p / "pyproject.toml").is_file()
+                  and (p / p.name.replace("-", "_") / "__main__.py").is_file())
 
 
 def _expand(port_spec: str) -> list[int]:

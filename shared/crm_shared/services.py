@@ -19,7 +19,11 @@ class ServiceSpec:
         return self.module.upper() + "_"
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        """Built far enough to run: the package has its `__main__`."""
+        try:
+            return importlib.util.find_spec(f"{self.module}.__main__") is not None
+        except ModuleNotFoundError:
+            return False
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
