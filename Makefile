@@ -33,8 +33,12 @@ test-all: install
 	$(BIN)/pytest -q
 
 bench: install
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e "shared[test,bench]"
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/profile_exactness.py
+	$(BIN)/python bench/member_profile_throughput.py
+	$(BIN)/python bench/basket_rules.py
 
 drills: install
 	$(BIN)/pytest -q -m "integration or e2e" -k "drill or killed or broker_down"

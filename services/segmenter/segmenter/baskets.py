@@ -1,0 +1,327 @@
+"""Market-basket association rules over an event-time window of baskets (pure: no I/O, no clock).
+
+One `BasketRules` holds the baskets of one window (the service keeps one per store and one for the
+whole chain) and answers, at any moment, exactly what a batch Apriori over those baskets would:
+every rule `antecedents -> consequent` (a single item on the right) with
+
+    support    = baskets holding antecedents and consequent / baskets in the window
+    confidence = baskets holding antecedents and consequent / baskets holding the antecedents
+    lift       = confidence / (baskets holding the consequent / baskets in the window)
+
+A threshold is met when the value, computed as the float division above, is >= the threshold (as in
+mlxtend and efficient-apriori). Rules with an empty antecedent are not produced.
+
+How it is kept, and why (measured with `bench/basket_rules.py` on arules' Groceries, 9,835 baskets
+of up to 32 items, on 2 shared cores, CPython 3.11):
+
+- The rules at min support 0.001 / min confidence 0.5 (arules: 5,668) need itemsets of up to 6
+  items (13,492 frequent itemsets). Counting every sub-itemset of up to 6 items of each basket as
+  it arrives would be 12.1 million counter updates for this month, 1.15 million for the one
+  32-item basket: far too slow on the ingest path, and almost all of them never frequent.
+- Keeping only the frequent itemsets and their negative border current per basket is exact too,
+  but a basket that lifts a border itemset over the threshold (or an eviction that lowers it, the
+  threshold being relative to the window) sets off candidate generation of unbounded size on the
+  ingest path, and every support threshold below the tracked one would need a full mining anyway.
+- Chosen: per basket, only what is bounded by the basket's own size is updated in place: the
+  basket itself (for eviction and the vertical index) and the count of each item and of each pair
+  of items. Feeding the 9,835 baskets one by one takes 0.05 s (add(): median 2.7 us, p99 26 us).
+  Longer itemsets are mined when rules are asked for, by Eclat on a vertical index (one Python
+  int per item, bit i = i-th basket in the window), the pair counts pruning the second level: 0.07
+  to 0.09 s for the 5,668 rules, against mlxtend's apriori 5.1-5.8 s and efficient-apriori 0.7-1.3 s on
+  the same data. The mined itemsets are cached until the next basket changes the window and serve
+  any higher support threshold as they are (another query: ~20 ms, building the rules).
+
+Exactness does not depend on the data: the counts are integers, the index is rebuilt from exactly
+the baskets in the window, and Eclat enumerates every itemset meeting the support threshold.
+A very low support threshold on a small window (say a small store's day) makes any exact Apriori
+enumerate a great many itemsets; `max_rule_items` (arules' `maxlen`, default 10) bounds it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+
+STATE_VERSION = 1
+ARULES_MAX_RULE_ITEMS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationRule:
+    """Baskets holding all of `antecedents` also hold `consequent`, this often."""
+
+    antecedents: frozenset[str]
+    consequent: str
+    support: float
+    confidence: float
+    lift: float
+    baskets: int  # baskets holding antecedents and consequent
+
+
+@dataclass(frozen=True, slots=True)
+class BoughtTogether:
+    """How often `sku` is in the same basket as the product asked about."""
+
+    sku: str
+    baskets: int  # baskets holding both
+    support: float
+    confidence: float  # share of the product's baskets that also hold `sku`
+    lift: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Basket:
+    items: frozenset[str]
+    at: datetime
+    arrival: int  # tells a re-added basket from a stale eviction entry of its earlier self
+
+
+def rule_order(rule: AssociationRule) -> tuple[float, float, float, tuple[str, ...], str]:
+    """Strongest first: lift, then confidence, then support, then the items, so the order never ties."""
+    return (-rule.lift, -rule.confidence, -rule.support, tuple(sorted(rule.antecedents)), rule.consequent)
+
+
+def top_rules_changed(previous: Sequence[AssociationRule], current: Sequence[AssociationRule]) -> bool:
+    """True when the ranked rules differ in which rules they are or in their order (not in their figures)."""
+    return [(r.antecedents, r.consequent) for r in previous] != [(r.antecedents, r.consequent) for r in current]
+
+
+def min_basket_count(min_support: float, baskets: int) -> int:
+    """The fewest baskets an itemset must be in so that `count / baskets >= min_support` in floats."""
+    count = max(1, math.ceil(min_support * baskets))
+    # The product is rounded; settle on the exact float comparison the support is defined by.
+    while count > 1 and (count - 1) / baskets >= min_support:
+        count -= 1
+    while count <= baskets and count / baskets < min_support:
+        count += 1
+    return count
+
+
+class BasketRules:
+    """The baskets of one event-time window, with their item and pair counts, and the rules they imply.
+
+    `window`: when set, a basket older than the latest event time seen minus `window` is evicted as
+    newer baskets arrive, and a basket that arrives already that old is refused.
+    """
+
+    def __init__(self, *, window: timedelta | None = None, max_rule_items: int = ARULES_MAX_RULE_ITEMS) -> None:
+        if window is not None and window <= timedelta(0):
+            raise ValueError("window must be positive")
+        if max_rule_items < 2:
+            raise ValueError("a rule has at least 2 items")
+        self.window = window
+        self.max_rule_items = max_rule_items
+        self.latest_at: datetime | None = None
+        self._baskets: dict[str, _Basket] = {}
+        self._item_baskets: dict[str, int] = {}
+        self._together: dict[str, dict[str, int]] = {}
+        self._by_time: list[tuple[datetime, int, str]] = []
+        self._arrivals = 0
+        self._version = 0
+        self._mined: tuple[int, int, dict[frozenset[str], int]] | None = None  # version, min count, itemsets
+
+    # -- the window --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._baskets)
+
+    def __contains__(self, basket_id: object) -> bool:
+        return basket_id in self._baskets
+
+    def baskets_with(self, sku: str) -> int:
+        return self._item_baskets.get(sku, 0)
+
+    def add(self, basket_id: str, items: Iterable[str], at: datetime) -> bool:
+        """Count a basket (its distinct items; an empty one still counts, as in Apriori).
+
+        False when it is already counted or older than the window.
+        """
+        if at.tzinfo is None:
+            raise ValueError("event time must be timezone-aware")
+        if basket_id in self._baskets:
+            return False  # a redelivered sale
+        if self.window is not None and self.latest_at is not None and at < self.latest_at - self.window:
+            return False
+        self._count(basket_id, frozenset(items), at)
+        if self.latest_at is None or at > self.latest_at:
+            self.latest_at = at
+            if self.window is not None:
+                self.expire_before(at - self.window)
+        return True
+
+    def remove(self, basket_id: str) -> bool:
+        """Forget a basket (a voided sale). False when it is not in the window."""
+        basket = self._baskets.pop(basket_id, None)
+        if basket is None:
+            return False
+        self._uncount(basket.items)
+        if len(self._by_time) > 2 * len(self._baskets) + 64:
+            self._by_time = [(b.at, b.arrival, i) for i, b in self._baskets.items()]
+            heapq.heapify(self._by_time)
+        return True
+
+    def expire_before(self, cutoff: datetime) -> int:
+        """Forget every basket whose event time is before `cutoff`; how many were forgotten."""
+        expired = 0
+        while self._by_time and self._by_time[0][0] < cutoff:
+            _, arrival, basket_id = heapq.heappop(self._by_time)
+            basket = self._baskets.get(basket_id)
+            if basket is not None and basket.arrival == arrival:
+                del self._baskets[basket_id]
+                self._uncount(basket.items)
+                expired += 1
+        return expired
+
+    def _count(self, basket_id: str, items: frozenset[str], at: datetime) -> None:
+        self._arrivals += 1
+        self._baskets[basket_id] = _Basket(items, at, self._arrivals)
+        heapq.heappush(self._by_time, (at, self._arrivals, basket_id))
+        for item in items:
+            self._item_baskets[item] = self._item_baskets.get(item, 0) + 1
+            with_item = self._together.setdefault(item, {})
+            for other in items:
+                if other != item:
+                    with_item[other] = with_item.get(other, 0) + 1
+        self._version += 1
+
+    def _uncount(self, items: frozenset[str]) -> None:
+        for item in items:
+            left = self._item_baskets[item] - 1
+            if left:
+                self._item_baskets[item] = left
+            else:
+                del self._item_baskets[item]
+            with_item = self._together[item]
+            for other in items:
+                if other != item:
+                    together = with_item[other] - 1
+                    if together:
+                        with_item[other] = together
+                    else:
+                        del with_item[other]
+            if not with_item:
+                del self._together[item]
+        self._version += 1
+
+    # -- what the window says ----------------------------------------------------------------
+
+    def bought_with(self, sku: str, limit: int | None = 10) -> list[BoughtTogether]:
+        """The products most often in the same basket as `sku`, most baskets first."""
+        own = self._item_baskets.get(sku, 0)
+        if not own:
+            return []
+        n = len(self._baskets)
+        found = [
+            BoughtTogether(other, together, together / n, together / own, together * n / (own * self._item_baskets[other]))
+            for other, together in self._together.get(sku, {}).items()
+        ]
+        found.sort(key=lambda one: (-one.baskets, -one.lift, one.sku))
+        return found if limit is None else found[:limit]
+
+    def rules(self, min_support: float, min_confidence: float, min_lift: float = 0.0,
+              antecedent: frozenset[str] | None = None, limit: int | None = None) -> list[AssociationRule]:
+        """Every rule meeting all three thresholds (and whose antecedents hold all of `antecedent`), strongest first."""
+        if not 0.0 < min_support <= 1.0:
+            raise ValueError("min_support must be in (0, 1]")
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ValueError("min_confidence must be in [0, 1]")
+        if min_lift < 0.0 or (limit is not None and limit < 0):
+            raise ValueError("min_lift and limit cannot be negative")
+        n = len(self._baskets)
+        if n == 0:
+            return []
+        min_count = min_basket_count(min_support, n)
+        itemsets = self.frequent_itemsets(min_count)
+        wanted = antecedent or frozenset()
+        found: list[AssociationRule] = []
+        for itemset, together in itemsets.items():
+            if len(itemset) < 2 or together < min_count or not wanted <= itemset:
+                continue
+            for consequent in itemset:
+                if consequent in wanted:
+                    continue
+                antecedents = itemset - {consequent}
+                confidence = together / itemsets[antecedents]
+                if confidence < min_confidence:
+                    continue
+                lift = together * n / (itemsets[antecedents] * self._item_baskets[consequent])
+                if lift >= min_lift:
+                    found.append(AssociationRule(antecedents, consequent, together / n, confidence, lift, together))
+        found.sort(key=rule_order)
+        return found if limit is None else found[:limit]
+
+    def frequent_itemsets(self, min_count: int) -> Mapping[frozenset[str], int]:
+        """Every itemset of up to `max_rule_items` items in at least `min_count` baskets (and maybe rarer ones: the cache)."""
+        if self._mined is not None and self._mined[0] == self._version and self._mined[1] <= min_count:
+            return self._mined[2]
+        itemsets = self._eclat(max(1, min_count))
+        self._mined = (self._version, min_count, itemsets)
+        return itemsets
+
+    def _eclat(self, min_count: int) -> dict[frozenset[str], int]:
+        # Rarest first keeps the bitsets that are and-ed deeper down short of set bits.
+        frequent = sorted((c, i) for i, c in self._item_baskets.items() if c >= min_count)
+        order = [item for _, item in frequent]
+        bits = self._vertical_index(order)
+        itemsets: dict[frozenset[str], int] = {}
+
+        def grow(prefix: tuple[str, ...], members: list[tuple[str, int, int]]) -> None:
+            for position, (item, item_bits, count) in enumerate(members):
+                itemset = (*prefix, item)
+                itemsets[frozenset(itemset)] = count
+                if len(itemset) >= self.max_rule_items:
+                    continue
+                paired = self._together.get(item, {}) if not prefix else None
+                extensions: list[tuple[str, int, int]] = []
+                for other, other_bits, _ in members[position + 1:]:
+                    if paired is not None and paired.get(other, 0) < min_count:
+                        continue  # the pair counts already say this pair is too rare
+                    joint = item_bits & other_bits
+                    joint_count = joint.bit_count()
+                    if joint_count >= min_count:
+                        extensions.append((other, joint, joint_count))
+                if extensions:
+                    grow(itemset, extensions)
+
+        grow((), [(item, bits[item], count) for count, item in frequent])
+        return itemsets
+
+    def _vertical_index(self, items: Sequence[str]) -> dict[str, int]:
+        rows = {item: bytearray((len(self._baskets) + 7) // 8) for item in items}
+        for position, basket in enumerate(self._baskets.values()):
+            byte, bit = divmod(position, 8)
+            mask = 1 << bit
+            for item in basket.items:
+                row = rows.get(item)
+                if row is not None:
+                    row[byte] |= mask
+        return {item: int.from_bytes(row, "little") for item, row in rows.items()}
+
+    # -- snapshot ----------------------------------------------------------------------------
+
+    def to_state(self) -> bytes:
+        """The window as bytes (JSON), for the service to persist; the counts are rebuilt on restore."""
+        return orjson.dumps({
+            "state_version": STATE_VERSION,
+            "window_microseconds": None if self.window is None else self.window // timedelta(microseconds=1),
+            "max_rule_items": self.max_rule_items,
+            "latest_at": self.latest_at,
+            "baskets": [[basket_id, sorted(b.items), b.at] for basket_id, b in self._baskets.items()],
+        })
+
+    @classmethod
+    def from_state(cls, state: bytes) -> BasketRules:
+        data = orjson.loads(state)
+        if data.get("state_version") != STATE_VERSION:
+            raise ValueError(f"unknown basket-rules state version {data.get('state_version')!r}")
+        window = None if data["window_microseconds"] is None else timedelta(microseconds=data["window_microseconds"])
+        restored = cls(window=window, max_rule_items=data["max_rule_items"])
+        for basket_id, items, at in data["baskets"]:
+            restored._count(basket_id, frozenset(items), datetime.fromisoformat(at))
+        restored.latest_at = None if data["latest_at"] is None else datetime.fromisoformat(data["latest_at"])
+        return restored
