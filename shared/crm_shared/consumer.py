@@ -81,6 +81,8 @@ class IdempotentConsumer(Generic[E]):
     producer_factory: Callable[[], AIOKafkaProducer]
     max_records: int = 2000
     after_commit: Callable[[Any], Awaitable[None]] | None = None
+    # A contract-valid event the business rules refuse (a date in the future, …): its reason or None.
+    screen: Callable[[E, ConsumerRecord[bytes, bytes]], str | None] | None = None
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     _task: asyncio.Task[None] | None = None
 
@@ -127,15 +129,46 @@ class IdempotentConsumer(Generic[E]):
             try:
                 event_id, event = self.decode(record.value)
             except PoisonMessage as poison:
-                await dead_letter(producer, self.dlq_topic, record, poison.reason, consumer=self.name)
-                self.stats.dead_lettered += 1
-                EVENTS_DEAD.labels(self.name).inc()
+                await self._dead(producer, record, poison.reason)
+                continue
+            reason = self.screen(event, record) if self.screen is not None else None
+            if reason is not None:
+                await self._dead(producer, record, reason)
                 continue
             decoded.append(Decoded(event_id, event, record))
-        fresh, outcome = await self.apply(decoded)
+        return await self._apply_or_isolate(decoded, producer)
+
+    async def _dead(self, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        await dead_letter(producer, self.dlq_topic, record, reason, consumer=self.name)
+        self.stats.dead_lettered += 1
+        EVENTS_DEAD.labels(self.name).inc()
+
+    async def _apply_or_isolate(self, decoded: list[Decoded[E]], producer: AIOKafkaProducer) -> list[E]:
+        """Apply a batch; if the handler fails while the database is fine, the fault is in the data:
+        split the batch until the event that fails alone is found, dead-letter it, apply the rest.
+        If the database itself is unreachable, raise: the batch is read again once it is back."""
+        try:
+            fresh, outcome = await self.apply(decoded)
+        except Exception as exc:
+            await self._database_reachable()  # raises when the fault is the database, not the data
+            if len(decoded) == 1:
+                await self._dead(producer, decoded[0].record, f"handler refused it: {type(exc).__name__}: {exc}"[:2000])
+                return []
+            middle = len(decoded) // 2
+            return (await self._apply_or_isolate(decoded[:middle], producer)
+                    + await self._apply_or_isolate(decoded[middle:], producer))
         if self.after_commit is not None and fresh:
-            await self.after_commit(outcome)
+            try:
+                await self.after_commit(outcome)
+            except Exception as exc:  # caches and wake-ups are best effort; the effect is committed
+                log.warning("after-commit step failed", extra={"consumer": self.name, "error": repr(exc)})
         return fresh
+
+    async def _database_reachable(self) -> None:
+        from sqlalchemy import text
+
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def apply(self, decoded: list[Decoded[E]]) -> tuple[list[E], Any]:
         """Skip what was applied before; apply the rest and record it, in one transaction."""

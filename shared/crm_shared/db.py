@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import ARRAY, String, any_, bindparam, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -28,6 +30,7 @@ def make_engine(database_url: str, *, schema: str, pool_size: int = 10, max_over
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
+        hide_parameters=True,  # SQL errors are logged: their parameters may hold personal data
         json_serializer=lambda value: orjson.dumps(value).decode(),
         json_deserializer=orjson.loads,
         connect_args={"server_settings": {"search_path": f"{schema},public", "application_name": schema}},
@@ -38,6 +41,12 @@ async def ensure_schema(engine: AsyncEngine, schema: str) -> None:
     check_schema_name(schema)
     async with engine.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+
+
+def any_of(column: Any, values: Iterable[str]) -> Any:
+    """`column = ANY(:values)` with the list as one array parameter: an `IN (...)` of a large list
+    runs out of PostgreSQL's 32,767 parameters."""
+    return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
 
 
 def sync_url(database_url: str) -> str:

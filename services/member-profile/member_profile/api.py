@@ -1,6 +1,6 @@
 """HTTP edge of member-profile: parse, call one handler, shape the response."""
 
-from datetime import datetime
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -9,7 +9,7 @@ from crm_shared.events import Identifier
 from crm_shared.web import ApiError, error_body, install_common, service_lifespan
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from member_profile import SERVICE_NAME
 from member_profile.handlers import MemberRefusal
@@ -17,14 +17,18 @@ from member_profile.members import Channel, ConsentGiven, ContactDetails, Enrolm
 
 
 class Redemption(BaseModel):
-    points: int = Field(gt=0, le=10_000_000)
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:\-]+$")]
+    model_config = ConfigDict(extra="forbid")
+
+    points: int = Field(strict=True, gt=0, le=10_000_000)
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9._:\-]+$")]
 
 
 class ConsentChange(BaseModel):
-    granted: bool
+    model_config = ConfigDict(extra="forbid")
+
+    granted: bool = Field(strict=True)
     source: Identifier
-    at: datetime | None = None
+    at: AwareDatetime | None = None
 
 
 def create_app(service: Any) -> FastAPI:
@@ -54,6 +58,8 @@ def create_app(service: Any) -> FastAPI:
         given = [v for v in (phone, email, card_number) if v]
         if len(given) != 1:
             raise ApiError(422, "validation_failed", "query", "give exactly one of phone, email, card_number")
+        if card_number is not None and not re.fullmatch(r"\d{6,19}", card_number):
+            raise ApiError(422, "validation_failed", "card_number", "must be 6 to 19 digits")
         try:
             phone = normalise_phone(phone) if phone else None
             email = normalise_email(email) if email else None
@@ -93,15 +99,18 @@ def create_app(service: Any) -> FastAPI:
     @app.get("/v1/members/{member_id}/history", tags=["profiles"], summary="A member's purchases, newest first")
     async def get_history(member_id: Annotated[Identifier, Path()], _: Annotated[Principal, Depends(reader)],
                           limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                          before: Annotated[datetime | None, Query(description="event time, for the next page")] = None) -> Any:
+                          before: Annotated[AwareDatetime | None,
+                                            Query(description="event time, for the next page")] = None) -> Any:
+        if before is not None and not 1990 <= before.year <= 2200:
+            raise ApiError(422, "validation_failed", "before", "must be between 1990 and 2200")
         return {"member_id": member_id, "purchases": await profiles.history(member_id, limit, before)}
 
     @app.get("/v1/members", tags=["profiles"], summary="Members by value (highest net spend first)")
     async def list_members(_: Annotated[Principal, Depends(reader)],
                            tier: Annotated[Literal["member", "silver", "gold", "vip"] | None, Query()] = None,
-                           min_monetary: Annotated[Decimal | None, Query()] = None,
+                           min_monetary: Annotated[Decimal | None, Query(ge=-10**12, le=10**12)] = None,
                            limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                           offset: Annotated[int, Query(ge=0)] = 0) -> Any:
+                           offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Any:
         return await profiles.members(min_monetary=min_monetary, tier=tier, limit=limit, offset=offset)
 
     @app.get("/v1/members/{member_id}/points", tags=["loyalty"], summary="Points balance and movements")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from crm_shared.auth import Principal
 from crm_shared.events import Envelope, MemberErased, MemberProfileUpdated, Sale, member_event
 from crm_shared.outbox import add_events
 from crm_shared.topics import MEMBER_ERASED, MEMBER_PROFILES, MEMBER_TIER_CHANGED
+from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
@@ -51,18 +53,21 @@ class ProfileHandlers:
         if as_of is None:
             return changed, as_of, {}
         await store.apply_loyalty(conn, events, self.rules, as_of)
-        latest: dict[str, datetime] = {}
         last_event: dict[str, str] = {}
         for event in events:
-            member_id = event.payload.member_id
-            if member_id is not None:
-                latest[member_id] = max(latest.get(member_id, event.payload.occurred_at), event.payload.occurred_at)
-                last_event[member_id] = str(event.event_id)
-        tier_events = await store.evaluate_tiers(conn, latest, self.rules, identity="sale")
+            if event.payload.member_id is not None:
+                last_event[event.payload.member_id] = str(event.event_id)
+        # Tiers on rolling spend up to the event time reached (not the member's own latest sale: a
+        # late-arriving earlier sale must not hide what came after it).
+        tier_events, _ = await store.evaluate_tiers(conn, list(last_event), as_of, self.rules,
+                                                    identity=lambda m: last_event[m])
         if before is None or as_of.date() > before.date():
             # A new day of event time: members who bought nothing may have slipped below their tier.
-            idle = {m: as_of for m in await store.tiered_members(conn) if m not in latest}
-            tier_events += await store.evaluate_tiers(conn, idle, self.rules, identity=as_of.date().isoformat())
+            idle = [m for m in await store.tiered_members(conn) if m not in last_event]
+            day = as_of.date().isoformat()
+            swept, moved = await store.evaluate_tiers(conn, idle, as_of, self.rules, identity=lambda _: day)
+            tier_events += swept
+            changed += (await store.load_profiles(conn, moved)).values()  # their profile events and cache too
         await add_events(conn, store.outbox, self.tiers_topic, tier_events)
         await add_events(conn, store.outbox, self.profiles_topic,
                          await self._profile_events(conn, changed, as_of, last_event))
@@ -104,7 +109,10 @@ class ProfileHandlers:
 
     async def profile(self, member_id: str) -> dict[str, Any] | None:
         """Served from Redis; a miss reads PostgreSQL and fills the cache."""
-        cached, loyalty, as_of = await self.cache.get(member_id)
+        try:
+            cached, loyalty, as_of = await self.cache.get(member_id)
+        except RedisError:  # the cache is a convenience: PostgreSQL answers while Redis is down
+            cached, loyalty, as_of = None, None, None
         if cached is None or loyalty is None or as_of is None:
             async with self.engine.connect() as conn:
                 found = await store.load_profiles(conn, [member_id])
@@ -113,7 +121,8 @@ class ProfileHandlers:
                 if cached is None:
                     return None
                 loyalty = (await loyalty_states(conn, [member_id]))[member_id]
-            await self.cache.put([cached], as_of, {member_id: loyalty})
+            with contextlib.suppress(RedisError):
+                await self.cache.put([cached], as_of, {member_id: loyalty})
         view = profile_view(cached, as_of)
         view["rfm"] = rfm_scores(cached, as_of, await self.rfm_cutpoints())
         view["tier"] = loyalty.tier
@@ -211,11 +220,13 @@ class MemberHandlers:
         if problem:
             raise MemberRefusal(422, "validation_failed", "birth_date", problem)
         async with self.engine.begin() as conn:
-            record = await store.member_record(conn, member_id)
+            record = await store.member_record(conn, member_id, lock=True)
             if record is None or record["erased_at"] is not None:
                 raise MemberRefusal(404, "not_found", "member_id", f"no enrolled member {member_id!r}")
             self._check_store(principal, record["home_store"])
             if "home_store" in changes:
+                if changes["home_store"] is None:
+                    raise MemberRefusal(422, "validation_failed", "home_store", "a member keeps a home store")
                 self._check_store(principal, changes["home_store"])
             if changes:
                 try:
@@ -227,8 +238,10 @@ class MemberHandlers:
         return await self.member(member_id, principal)
 
     async def set_consent(self, member_id: str, consent: ConsentGiven, principal: Principal) -> dict[str, Any]:
+        if consent.at is not None and consent.at > self.clock():
+            raise MemberRefusal(422, "validation_failed", "at", "must not be in the future")
         async with self.engine.begin() as conn:
-            record = await store.member_record(conn, member_id)
+            record = await store.member_record(conn, member_id, lock=True)
             if record is None or record["erased_at"] is not None:
                 raise MemberRefusal(404, "not_found", "member_id", f"no enrolled member {member_id!r}")
             self._check_store(principal, record["home_store"])
@@ -274,6 +287,7 @@ class MemberHandlers:
         async with self.engine.begin() as conn:
             if not await store.is_known(conn, member_id):
                 raise MemberRefusal(404, "not_found", "member_id", f"no member {member_id!r}")
+            await store.member_record(conn, member_id, lock=True)  # waits for an edit in flight
             personal = {c: None for c in ("given_name", "family_name", "email", "phone", "card_number", "birth_date")}
             await conn.execute(insert(store.members).values(member_id=member_id, enrolled_at=now, erased_at=now)
                                .on_conflict_do_update(index_elements=["member_id"],
@@ -289,6 +303,12 @@ class MemberHandlers:
 
     async def redeem(self, member_id: str, points: int, idempotency_key: str) -> dict[str, Any]:
         """Spend points (those expiring first), once per idempotency key; never below zero."""
+        try:
+            return await self._redeem(member_id, points, idempotency_key)
+        except IntegrityError:  # the same key raced in from another till: its answer is the answer
+            return await self._redeem(member_id, points, idempotency_key)
+
+    async def _redeem(self, member_id: str, points: int, idempotency_key: str) -> dict[str, Any]:
         async with self.engine.begin() as conn:
             done = (await conn.execute(select(store.redemptions).where(
                 store.redemptions.c.member_id == member_id,

@@ -17,7 +17,7 @@ Channel = Literal["email", "sms", "push", "phone"]
 CHANNELS: tuple[Channel, ...] = ("email", "sms", "push", "phone")
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-_EMAIL = re.compile(rf"^[^@\s]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
+_EMAIL = re.compile(rf"^[^@\s\x00-\x1f\x7f]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 _PHONE_NOISE = re.compile(r"[\s().-]")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
+from crm_shared.db import any_of
 from crm_shared.events import Envelope, Product, Sale, TierChanged, member_event
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     cast,
     func,
     select,
@@ -123,8 +125,8 @@ points_lots = Table(
     "points_lots", metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("member_id", String(64), nullable=False),
-    Column("points", Integer, nullable=False),
-    Column("remaining", Integer, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
     Column("earned_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("cause", String(100), nullable=False),
@@ -138,8 +140,8 @@ points_ledger = Table(
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("member_id", String(64), nullable=False),
     Column("kind", String(8), nullable=False),
-    Column("points", Integer, nullable=False),
-    Column("cause", String(100), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("cause", String(200), nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ux_points_ledger_cause", "member_id", "kind", "cause", unique=True),
@@ -149,8 +151,8 @@ redemptions = Table(
     "redemptions", metadata,
     Column("member_id", String(64), primary_key=True),
     Column("idempotency_key", String(100), primary_key=True),
-    Column("points", Integer, nullable=False),
-    Column("balance_after", Integer, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
     Column("redeemed_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -167,9 +169,9 @@ outbox = outbox_table(metadata)
 products = Table(
     "products", metadata,
     Column("sku", String(64), primary_key=True),
-    Column("category", String(200)),
-    Column("brand", String(100)),
-    Column("department", String(100)),
+    Column("category", Text),
+    Column("brand", Text),
+    Column("department", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
@@ -205,7 +207,7 @@ async def load_profiles(conn: AsyncConnection, member_ids: Iterable[str]) -> dic
     ids = list(member_ids)
     if not ids:
         return {}
-    rows = await conn.execute(select(profiles).where(profiles.c.member_id.in_(ids)))
+    rows = await conn.execute(select(profiles).where(any_of(profiles.c.member_id, ids)))
     return {row.member_id: profile_from_row(row) for row in rows}
 
 
@@ -303,7 +305,7 @@ async def ping(conn: AsyncConnection) -> None:
 
 async def load_lots(conn: AsyncConnection, member_ids: Iterable[str], *, lock: bool = False) -> dict[str, list[Lot]]:
     query = (select(points_lots.c.id, points_lots.c.member_id, points_lots.c.remaining, points_lots.c.expires_at)
-             .where(points_lots.c.member_id.in_(list(member_ids)), points_lots.c.remaining > 0)
+             .where(any_of(points_lots.c.member_id, member_ids), points_lots.c.remaining > 0)
              .order_by(points_lots.c.id))
     if lock:
         query = query.with_for_update()
@@ -387,7 +389,7 @@ async def points_balances(conn: AsyncConnection, member_ids: Iterable[str], as_o
         return {}
     rows = await conn.execute(
         select(points_lots.c.member_id, func.sum(points_lots.c.remaining))
-        .where(points_lots.c.member_id.in_(ids), points_lots.c.remaining > 0, points_lots.c.expires_at > as_of)
+        .where(any_of(points_lots.c.member_id, ids), points_lots.c.remaining > 0, points_lots.c.expires_at > as_of)
         .group_by(points_lots.c.member_id))
     return {row[0]: int(row[1]) for row in rows}
 
@@ -399,7 +401,7 @@ async def rolling_spend(conn: AsyncConnection, member_ids: Iterable[str], until:
         return {}
     rows = await conn.execute(
         select(purchases.c.member_id, func.sum(purchases.c.total))
-        .where(purchases.c.member_id.in_(ids), purchases.c.occurred_at > tier_window_start(until, rules),
+        .where(any_of(purchases.c.member_id, ids), purchases.c.occurred_at > tier_window_start(until, rules),
                purchases.c.occurred_at <= until)
         .group_by(purchases.c.member_id))
     spend = {member_id: Decimal("0") for member_id in ids}
@@ -412,31 +414,32 @@ async def current_tiers(conn: AsyncConnection, member_ids: Iterable[str]) -> dic
     if not ids:
         return {}
     return {row.member_id: row.tier for row in await conn.execute(
-        select(tiers.c.member_id, tiers.c.tier).where(tiers.c.member_id.in_(ids)))}
+        select(tiers.c.member_id, tiers.c.tier).where(any_of(tiers.c.member_id, ids)))}
 
 
-async def evaluate_tiers(conn: AsyncConnection, at: dict[str, datetime], rules: LoyaltyRules,
-                         identity: str) -> list[Envelope[Any]]:
-    """Re-tier members as of the event time given per member; returns the TierChanged events."""
+async def evaluate_tiers(conn: AsyncConnection, member_ids: list[str], at: datetime, rules: LoyaltyRules,
+                         identity: Callable[[str], str]) -> tuple[list[Envelope[Any]], list[str]]:
+    """Re-tier members on their rolling spend up to `at` (the event time the service has reached);
+    returns the TierChanged events and the members whose tier moved."""
+    if not member_ids:
+        return [], []
+    before = await current_tiers(conn, member_ids)
     changes: list[Envelope[Any]] = []
-    before = await current_tiers(conn, at)
-    by_time: dict[datetime, list[str]] = {}
-    for member_id, moment in at.items():
-        by_time.setdefault(moment, []).append(member_id)
-    for moment, ids in by_time.items():
-        for member_id, spend in (await rolling_spend(conn, ids, moment, rules)).items():
-            old = before.get(member_id, "member")
-            new = tier_for(spend, rules)
-            if new == old:
-                continue
-            await conn.execute(insert(tiers).values(member_id=member_id, tier=new, since=moment, rolling_spend=spend)
-                               .on_conflict_do_update(index_elements=["member_id"],
-                                                      set_={"tier": new, "since": moment, "rolling_spend": spend}))
-            payload = TierChanged(member_id=member_id, old_tier=old, new_tier=new, rolling_spend=spend,  # type: ignore[arg-type]
-                                  effective_at=moment)
-            changes.append(member_event(payload, event_type="TierChanged", member_id=member_id, occurred_at=moment,
-                                        source=SERVICE_NAME, identity=f"tier/{member_id}/{identity}/{new}"))
-    return changes
+    moved: list[str] = []
+    for member_id, spend in (await rolling_spend(conn, member_ids, at, rules)).items():
+        old = before.get(member_id, "member")
+        new = tier_for(spend, rules)
+        if new == old:
+            continue
+        await conn.execute(insert(tiers).values(member_id=member_id, tier=new, since=at, rolling_spend=spend)
+                           .on_conflict_do_update(index_elements=["member_id"],
+                                                  set_={"tier": new, "since": at, "rolling_spend": spend}))
+        payload = TierChanged(member_id=member_id, old_tier=old, new_tier=new, rolling_spend=spend,  # type: ignore[arg-type]
+                              effective_at=at)
+        changes.append(member_event(payload, event_type="TierChanged", member_id=member_id, occurred_at=at,
+                                    source=SERVICE_NAME, identity=f"tier/{member_id}/{identity(member_id)}/{new}"))
+        moved.append(member_id)
+    return changes, moved
 
 
 async def tiered_members(conn: AsyncConnection) -> list[str]:
@@ -447,13 +450,14 @@ async def erased_members(conn: AsyncConnection, member_ids: Iterable[str]) -> se
     ids = list(member_ids)
     if not ids:
         return set()
-    rows = await conn.execute(select(members.c.member_id).where(members.c.member_id.in_(ids),
+    rows = await conn.execute(select(members.c.member_id).where(any_of(members.c.member_id, ids),
                                                                 members.c.erased_at.is_not(None)))
     return {row.member_id for row in rows}
 
 
-async def member_record(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
-    row = (await conn.execute(select(members).where(members.c.member_id == member_id))).first()
+async def member_record(conn: AsyncConnection, member_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    query = select(members).where(members.c.member_id == member_id)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -473,7 +477,8 @@ async def find_member(conn: AsyncConnection, *, phone: str | None, email: str | 
 async def current_consents(conn: AsyncConnection, member_id: str) -> dict[str, dict[str, Any]]:
     rows = await conn.execute(
         select(consents.c.channel, consents.c.granted, consents.c.given_at, consents.c.source)
-        .where(consents.c.member_id == member_id).order_by(consents.c.channel, consents.c.id.desc())
+        .where(consents.c.member_id == member_id)
+        .order_by(consents.c.channel, consents.c.given_at.desc(), consents.c.id.desc())
         .distinct(consents.c.channel))
     return {row.channel: {"granted": row.granted, "at": row.given_at, "source": row.source} for row in rows}
 
@@ -512,7 +517,7 @@ async def catalog_entries(conn: AsyncConnection, skus: Iterable[str]) -> dict[st
     if not wanted:
         return {}
     rows = await conn.execute(select(products.c.sku, products.c.category, products.c.brand)
-                              .where(products.c.sku.in_(wanted)))
+                              .where(any_of(products.c.sku, wanted)))
     return {row.sku: (row.category, row.brand) for row in rows}
 
 

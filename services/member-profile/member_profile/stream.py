@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -14,6 +15,17 @@ from crm_shared.topics import CATALOG_PRODUCTS, POS_SALES
 from member_profile import SERVICE_NAME
 from member_profile.store import applied_events
 
+MAX_AHEAD_OF_RECORD = timedelta(hours=24)
+
+
+def sale_from_the_future(event: Any, record: Any) -> str | None:
+    """Event time moves every member's recency, expiry and tiers, so one sale dated years ahead
+    (typed wrong, or sent straight to Kafka past the gateway's check) must not move it."""
+    produced = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    if event.payload.occurred_at > produced + MAX_AHEAD_OF_RECORD:
+        return f"occurred_at {event.payload.occurred_at.isoformat()} is more than 24 h after the record was written"
+    return None
+
 
 def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:
     prefix = common.topic_prefix
@@ -22,6 +34,7 @@ def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch:
     return IdempotentConsumer(
         name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=POS_SALES.dlq(prefix),
         decode=decoder_for(SaleRecorded), handle=handlers.apply_sales, after_commit=handlers.after_commit,
+        screen=sale_from_the_future,
         consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group,
                                  max_poll_records=batch),
         producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group), max_records=batch,

@@ -179,3 +179,53 @@ def test_call_list_names_high_value_members_overdue_by_their_own_rhythm(service:
     assert httpx.get(f"{url}/v1/call-list", params={"store": "s9"}, headers={"x-api-key": "dev-pos-s1"}).status_code == 403
 
 
+
+
+def test_a_sale_dated_years_ahead_is_dead_lettered_and_event_time_stays(service: Any) -> None:
+    process, prefix, bootstrap = service
+    url: str = process.url
+    before = httpx.get(f"{url}/v1/members", params={"limit": 1}, headers=OPS).json()["as_of"]
+    typo = a_sale("typo-2031", "fat-finger", datetime(2031, 1, 10, 11, tzinfo=UTC), "3.00")
+    asyncio.run(replay_kafka([typo], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+    dead = asyncio.run(read_topic(bootstrap, POS_SALES.dlq(prefix), expected=1, timeout=30))
+    reasons = [dict(r.headers)["dlq.reason"].decode() for r in dead]
+    assert any("more than 24 h after the record was written" in r for r in reasons)
+    publish(bootstrap, prefix, [])  # wait until the consumer has moved past it
+    assert httpx.get(f"{url}/v1/members", params={"limit": 1}, headers=OPS).json()["as_of"] == before
+    assert httpx.get(f"{url}/v1/members/fat-finger/profile", headers=OPS).status_code == 404
+
+
+def test_a_late_earlier_sale_does_not_hide_the_spend_after_it(service: Any) -> None:
+    process, prefix, bootstrap = service
+    url: str = process.url
+    at = T0 + timedelta(days=600)
+    publish(bootstrap, prefix, [a_sale("g1", "gold-late", at, "2500.00")])
+    publish(bootstrap, prefix, [a_sale("g0", "gold-late", at - timedelta(minutes=10), "3.00")])
+    assert httpx.get(f"{url}/v1/members/gold-late/profile", headers=OPS).json()["tier"] == "gold"
+
+
+def test_odd_requests_get_a_4xx_naming_the_field_and_a_raced_redemption_answers_once(service: Any) -> None:
+    process, prefix, bootstrap = service
+    url: str = process.url
+    naive = httpx.put(f"{url}/v1/members/x/consents/email", json={"granted": True, "source": "s1",
+                                                                   "at": "2024-01-01T00:00:00"}, headers=OPS)
+    assert naive.status_code == 422 and naive.json()["detail"][0]["field"] == "at"
+    assert httpx.get(f"{url}/v1/members", params={"offset": 10**20}, headers=OPS).status_code == 422
+    card = httpx.get(f"{url}/v1/members/lookup", params={"card_number": "12\u00003456"}, headers=OPS)
+    assert card.status_code == 422 and card.json()["detail"][0]["field"] == "card_number"
+    nul_email = httpx.post(f"{url}/v1/members", json={"member_id": "nul", "home_store": "s1",
+                                                       "email": "b\u0000ob@example.com"}, headers=OPS)
+    assert nul_email.status_code == 422 and nul_email.json()["detail"][0]["field"] == "email"
+
+    publish(bootstrap, prefix, [a_sale("r1", "racer", T0 + timedelta(days=601), "100.00")])
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, headers=OPS) as client:
+            return list(await asyncio.gather(*(client.post("/v1/members/racer/points/redeem",
+                                                           json={"points": 40, "idempotency_key": "same-key"})
+                                               for _ in range(8))))
+
+    answers = asyncio.run(race())
+    assert {r.status_code for r in answers} == {200}
+    assert {r.json()["balance"] for r in answers} == {60}
+    assert httpx.get(f"{url}/v1/members/racer/points", headers=OPS).json()["balance"] == 60
