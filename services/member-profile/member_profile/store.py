@@ -501,7 +501,7 @@ async def overdue_key_customers(conn: AsyncConnection, *, store_id: str, at: dat
     query = (select(profiles, days_since.label("days_since"), threshold.label("threshold"), home.label("home_store"))
              .where(profiles.c.rhythm_intervals >= 2, days_since > threshold,
                     profiles.c.store_visits.has_key(store_id))
-             .order_by(profiles.c.monetary.desc(), profiles.c.member_id).limit(limit * 4))
+             .order_by(profiles.c.monetary.desc(), profiles.c.member_id).limit(max(limit * 50, 5000)))
     return [dict(row._mapping) for row in await conn.execute(query)]
 
 
