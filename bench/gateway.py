@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -508,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra environment for the gateway, for experiments (e.g. POS_GATEWAY_LIVE_STATS_ENABLED=false)")
     parser.add_argument("--gc-probe", choices=("off", "measure", "freeze"), default="off",
                         help="experiment: run the gateway under bench/gc_probe.py to log GC pauses (and gc.freeze())")
-    parser.add_argument("--state-dir", type=Path, default=None, help="embedded stack folder (default: a temp folder)")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="embedded stack folder, kept after the run (default: a temp folder, removed)")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
     args = parser.parse_args(argv)
     ceiling_seconds = args.ceiling_seconds or args.seconds
@@ -552,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               work=work, seconds=ceiling_seconds)
     finally:
         stack.stop()
+        if args.state_dir is None:  # a run leaves 0.5-2 GB of PostgreSQL data behind; the logs stay
+            shutil.rmtree(state, ignore_errors=True)
 
     report = summarise(results)
     print("\n".join(report), flush=True)

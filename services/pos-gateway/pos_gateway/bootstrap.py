@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -20,8 +22,27 @@ from pos_gateway import SERVICE_NAME
 from pos_gateway.cache import LiveStats
 from pos_gateway.handlers import GatewayHandlers
 from pos_gateway.settings import GatewaySettings
-from pos_gateway.store import OutboxRelay, SaleWriter
+from pos_gateway.store import RELAY_STALE_AFTER, OutboxRelay, SaleWriter, relay_heartbeat_age
 from pos_gateway.stream import LiveStatsConsumer
+
+
+@dataclass
+class Background:
+    """The gateway's work besides HTTP: the outbox relay and the live-stats consumer."""
+
+    settings: GatewaySettings
+    relay: OutboxRelay
+    live_stats_consumer: LiveStatsConsumer
+
+    async def start(self) -> None:
+        if self.settings.relay_enabled:
+            self.relay.start()
+        if self.settings.live_stats_enabled:
+            self.live_stats_consumer.start()
+
+    async def stop(self) -> None:
+        await self.live_stats_consumer.stop()
+        await self.relay.stop()
 
 
 @dataclass
@@ -32,61 +53,87 @@ class Gateway:
     engine: AsyncEngine
     redis: Redis
     writer: SaleWriter
-    relay: OutboxRelay
     live_stats: LiveStats
-    live_stats_consumer: LiveStatsConsumer
     handlers: GatewayHandlers
+    background: Background | None  # None: it runs in its own process (`python -m pos_gateway background`)
     started: bool = field(default=False)
 
     async def start(self) -> None:
-        self.writer.start()
-        if self.settings.relay_enabled:
-            self.relay.start()
-        if self.settings.live_stats_enabled:
-            self.live_stats_consumer.start()
+        if self.background is not None:
+            await self.background.start()
         self.started = True
 
     async def stop(self) -> None:
-        await self.live_stats_consumer.stop()
-        await self.relay.stop()
+        if self.background is not None:
+            await self.background.stop()
         await self.writer.stop()
         await self.redis.aclose()
         await self.engine.dispose()
 
     def readiness_checks(self) -> dict[str, Any]:
+        background = self.background
+
         async def broker() -> None:
-            if self.settings.relay_enabled and not self.relay.healthy():
+            if not self.settings.relay_enabled:
+                return
+            if background is not None:
+                healthy = background.relay.healthy()
+            else:  # the relay runs in another process: its heartbeat row says how it is doing
+                age = await relay_heartbeat_age(self.engine)
+                healthy = age is not None and age < RELAY_STALE_AFTER
+            if not healthy:
                 raise ConnectionError("outbox relay cannot reach the broker (sales are safe in the ledger)")
 
         return {"database": database_check(self.engine), "cache": cache_check(self.redis), "broker": broker}
 
 
-def build(common: CommonSettings | None = None, settings: GatewaySettings | None = None) -> Gateway:
-    common = common or CommonSettings()
-    settings = settings or GatewaySettings()
-    keyring = KeyRing.from_settings(common.api_keys, common.env)
+def make_gateway_engine(common: CommonSettings, settings: GatewaySettings) -> AsyncEngine:
     # No pre-ping: it costs a round trip per group commit; a dead connection fails its batch (503, the
     # terminal retries) and the pool replaces it.
-    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size,
-                         pre_ping=False)
-    redis = Redis.from_url(common.redis_url)
+    return make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size,
+                       pre_ping=False)
+
+
+def live_stats_store(common: CommonSettings, redis: Redis) -> LiveStats:
+    return LiveStats(redis, prefix=f"{common.topic_prefix}pg:live:")
+
+
+def build_background(common: CommonSettings, settings: GatewaySettings, engine: AsyncEngine,
+                     redis: Redis) -> Background:
     prefix = common.topic_prefix
-    sales_topic = POS_SALES.qualified(prefix)
-    producer_factory = partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay")
     relay = OutboxRelay(
-        engine, producer_factory, batch_size=settings.relay_batch_size, idle_poll=settings.relay_idle_poll_seconds,
+        engine, partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay"),
+        batch_size=settings.relay_batch_size, idle_poll=settings.relay_idle_poll_seconds,
         retention_hours=settings.outbox_retention_hours,
         ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix,
                               partitions=common.topic_partitions, replication=common.topic_replication),
         sentinel_topic=BROKER_SENTINEL.qualified(prefix),
+        wake_channel=f"{settings.schema_name}.outbox",  # the channel the outbox trigger notifies
+        relay_id=f"{socket.gethostname()}:{os.getpid()}",
     )
-    writer = SaleWriter(engine, sales_topic=sales_topic, max_batch=settings.writer_max_batch, on_commit=relay.wake)
-    live_stats = LiveStats(redis, prefix=f"{prefix}pg:live:")
     group = f"{prefix}{SERVICE_NAME}.live-stats"
     consumer = LiveStatsConsumer(
-        partial(make_consumer, common.kafka_bootstrap, sales_topic, group_id=group, client_id=group),
+        partial(make_consumer, common.kafka_bootstrap, POS_SALES.qualified(prefix), group_id=group, client_id=group),
         partial(make_producer, common.kafka_bootstrap, client_id=group),
-        live_stats, dlq_topic=POS_SALES.dlq(prefix), name=group,
+        live_stats_store(common, redis), dlq_topic=POS_SALES.dlq(prefix), name=group,
+        # In its own process a fetch can be large: fewer script calls and commits, and a backlog
+        # (after a restart) lands in few steps. Sharing the API's event loop, it must stay small.
+        max_records=250 if settings.background == "inline" else 2000,
     )
+    return Background(settings, relay, consumer)
+
+
+def build(common: CommonSettings | None = None, settings: GatewaySettings | None = None) -> Gateway:
+    """The HTTP API's side; with `background="inline"` it also runs the relay and the live stats."""
+    common = common or CommonSettings()
+    settings = settings or GatewaySettings()
+    keyring = KeyRing.from_settings(common.api_keys, common.env)
+    engine = make_gateway_engine(common, settings)
+    redis = Redis.from_url(common.redis_url)
+    background = build_background(common, settings, engine, redis) if settings.background == "inline" else None
+    writer = SaleWriter(engine, sales_topic=POS_SALES.qualified(common.topic_prefix), max_batch=settings.writer_max_batch,
+                        concurrency=settings.writer_concurrency,
+                        on_commit=background.relay.wake if background is not None else None)
+    live_stats = live_stats_store(common, redis)
     handlers = GatewayHandlers(writer, engine, live_stats, max_future=timedelta(hours=settings.max_future_hours))
-    return Gateway(common, settings, keyring, engine, redis, writer, relay, live_stats, consumer, handlers)
+    return Gateway(common, settings, keyring, engine, redis, writer, live_stats, handlers, background)

@@ -1,7 +1,8 @@
 """Live sales figures in Redis, in hourly buckets of event time.
 
 Each sale is applied once: the Lua script marks its event id as seen and adds its figures in one
-atomic step, so a redelivered event changes nothing. Money is kept in 1/10000 units (exact).
+atomic step, so a redelivered event changes nothing; one call carries a whole batch of sales.
+Money is kept in 1/10000 units (exact).
 """
 
 from __future__ import annotations
@@ -11,31 +12,44 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from crm_shared.events import Envelope, Sale
 from redis.asyncio import Redis
 
 from pos_gateway.domain import hour_bucket, money_units, units_to_money, window_buckets
 
-APPLY_SALE = """
+# ARGV[1] is the key prefix, ARGV[2] a JSON array with one [event id, store, hour bucket,
+# "sales"|"returns", revenue units, event time (epoch s), [[sku, quantity], ...]] per sale; numbers
+# travel as strings (Lua numbers are doubles). Keys touched by the batch get their TTL once, at the end.
+APPLY_SALES = """
 local p = ARGV[1]
-if not redis.call('SET', p .. 'seen:' .. ARGV[2], '1', 'NX', 'EX', 1209600) then return 0 end
-local store, bucket, ttl = ARGV[3], ARGV[4], 691200
-local h = p .. 'h:' .. store .. ':' .. bucket
-redis.call('HINCRBY', h, ARGV[5], 1)
-redis.call('HINCRBY', h, 'revenue_units', ARGV[6])
-redis.call('EXPIRE', h, ttl)
-redis.call('SADD', p .. 'stores', store)
-local latest = redis.call('GET', p .. 'latest')
-if (not latest) or tonumber(ARGV[7]) > tonumber(latest) then redis.call('SET', p .. 'latest', ARGV[7]) end
-local chain = p .. 'skus:' .. bucket
-local local_ = p .. 'skus:' .. store .. ':' .. bucket
-for i = 8, #ARGV, 2 do
-  redis.call('ZINCRBY', chain, ARGV[i + 1], ARGV[i])
-  redis.call('ZINCRBY', local_, ARGV[i + 1], ARGV[i])
+local ttl = 691200
+local applied = 0
+local touched, stores = {}, {}
+local latest = tonumber(redis.call('GET', p .. 'latest') or '-1')
+local newest = latest
+for _, sale in ipairs(cjson.decode(ARGV[2])) do
+  local event_id, store, bucket, kind, revenue, at, skus = unpack(sale)
+  if redis.call('SET', p .. 'seen:' .. event_id, '1', 'NX', 'EX', 1209600) then
+    applied = applied + 1
+    local h = p .. 'h:' .. store .. ':' .. bucket
+    redis.call('HINCRBY', h, kind, 1)
+    redis.call('HINCRBY', h, 'revenue_units', revenue)
+    stores[store] = true
+    if tonumber(at) > newest then newest = tonumber(at) end
+    local chain = p .. 'skus:' .. bucket
+    local local_ = p .. 'skus:' .. store .. ':' .. bucket
+    for _, pair in ipairs(skus) do
+      redis.call('ZINCRBY', chain, pair[2], pair[1])
+      redis.call('ZINCRBY', local_, pair[2], pair[1])
+    end
+    touched[h], touched[chain], touched[local_] = true, true, true
+  end
 end
-redis.call('EXPIRE', chain, ttl)
-redis.call('EXPIRE', local_, ttl)
-return 1
+for key in pairs(touched) do redis.call('EXPIRE', key, ttl) end
+for store in pairs(stores) do redis.call('SADD', p .. 'stores', store) end
+if newest > latest then redis.call('SET', p .. 'latest', string.format('%d', newest)) end
+return applied
 """
 
 
@@ -51,27 +65,23 @@ class LiveStats:
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._script = redis.register_script(APPLY_SALE)
+        self._script = redis.register_script(APPLY_SALES)
 
     async def apply(self, events: list[Envelope[Sale]]) -> int:
-        """Add each sale's figures once; returns how many were new."""
+        """Add each sale's figures once; returns how many were new. One script call per batch."""
         if not events:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                sale = event.payload
-                sign = -1 if sale.kind == "return" else 1
-                skus: dict[str, int] = {}
-                for line in sale.lines:
-                    skus[line.sku] = skus.get(line.sku, 0) + sign * line.quantity
-                args: list[Any] = [self.prefix, str(event.event_id), sale.store_id, hour_bucket(sale.occurred_at),
-                                   "returns" if sale.kind == "return" else "sales", money_units(sale.total),
-                                   int(sale.occurred_at.timestamp())]
-                for sku, quantity in skus.items():
-                    args += [sku, quantity]
-                await self._script(keys=[], args=args, client=pipe)
-            results = await pipe.execute()
-        return sum(int(r) for r in results)
+        batch = []
+        for event in events:
+            sale = event.payload
+            sign = -1 if sale.kind == "return" else 1
+            skus: dict[str, int] = {}
+            for line in sale.lines:
+                skus[line.sku] = skus.get(line.sku, 0) + sign * line.quantity
+            batch.append((str(event.event_id), sale.store_id, hour_bucket(sale.occurred_at),
+                          "returns" if sale.kind == "return" else "sales", str(money_units(sale.total)),
+                          str(int(sale.occurred_at.timestamp())), [(sku, str(q)) for sku, q in skus.items()]))
+        return int(await self._script(keys=[], args=[self.prefix, orjson.dumps(batch)]))
 
     async def latest_event_time(self) -> datetime | None:
         raw = await self.redis.get(self.prefix + "latest")

@@ -18,12 +18,13 @@ log = logging.getLogger(__name__)
 
 class LiveStatsConsumer:
     def __init__(self, consumer_factory: Any, producer_factory: Any, live_stats: LiveStats, *, dlq_topic: str,
-                 name: str) -> None:
+                 name: str, max_records: int) -> None:
         self.consumer_factory = consumer_factory
         self.producer_factory = producer_factory
         self.live_stats = live_stats
         self.dlq_topic = dlq_topic
         self.name = name
+        self.max_records = max_records  # per fetch, applied in one script call
         self._task: asyncio.Task[None] | None = None
         self.applied = 0
         self.dead_lettered = 0
@@ -44,19 +45,19 @@ class LiveStatsConsumer:
                 await consumer.start()
                 await producer.start()
                 while True:
-                    # Small fetches, and a yield after each partition's chunk: this shares the event
-                    # loop with the HTTP API, which must not stall behind a backlog.
-                    batches = await consumer.getmany(timeout_ms=500, max_records=250)
+                    # A yield after each partition's chunk: this may share the event loop with the HTTP
+                    # API, which must not stall behind a backlog (it then asks for small fetches).
+                    batches = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                    events: list[Envelope[Sale]] = []
                     for records in batches.values():
-                        events: list[Envelope[Sale]] = []
                         for record in records:
                             try:
                                 events.append(decode(SaleRecorded, record.value))
                             except PoisonMessage as poison:
                                 await dead_letter(producer, self.dlq_topic, record, poison.reason, consumer=self.name)
                                 self.dead_lettered += 1
-                        self.applied += await self.live_stats.apply(events)
                         await asyncio.sleep(0)
+                    self.applied += await self.live_stats.apply(events)  # one script call per fetch
                     if batches:
                         await consumer.commit()
             except asyncio.CancelledError:

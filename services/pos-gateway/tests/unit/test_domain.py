@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from crm_shared.events import Sale
 from pos_gateway.domain import (
@@ -57,6 +59,21 @@ def test_the_same_price_written_differently_has_the_same_fingerprint() -> None:
     padded = sale(lines=[line("85123A", 6, "1.50", discount="0.00")])
 
     assert fingerprint(short) == fingerprint(padded)
+
+
+@pytest.mark.parametrize("price", ["0", "0.00", "0.5", "0.50", "2.55", "12.00", "100", "100.0", "1000.5000",
+                                   "0.0001", "10", "007.50", "39.9500"])
+def test_fingerprints_already_in_the_ledger_stay_valid(price: str) -> None:
+    # The ledger keeps fingerprints made by normalising each price as a Decimal; a resubmission of
+    # such a sale must still be recognised as the same sale.
+    recorded = sale(lines=[line("85123A", 6, price, discount=price)])
+    canonical = recorded.model_dump(mode="json")
+    canonical["lines"] = [{**each, "unit_price": format(Decimal(each["unit_price"]).normalize(), "f"),
+                           "discount": format(Decimal(each["discount"]).normalize(), "f")}
+                          for each in canonical["lines"]]
+    canonical["occurred_at"] = recorded.occurred_at.timestamp()
+
+    assert fingerprint(recorded) == hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def test_the_same_instant_in_two_time_zones_has_the_same_fingerprint() -> None:
