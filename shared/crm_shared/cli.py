@@ -373,12 +373,21 @@ def republish(since: Annotated[str, typer.Option(help="event time, ISO 8601 with
 @catalog_app.command("publish")
 def catalog_publish(file: Annotated[Path, typer.Argument(help="completejourney_products.csv.gz")],
                     state_dir: Annotated[Path, typer.Option()] = default_state_dir()) -> None:
-    """Publish a product catalog onto the compacted catalog.products.v1 (idempotent)."""
-    from crm_shared.datasets.completejourney import load_products
+    """Publish a product catalog onto the compacted catalog.products.v1 (idempotent), with supplier
+    terms generated from a seed where the data has none (see crm_shared.supplier_terms). An Online
+    Retail file (no product file exists for it) gives a catalog built from its sales."""
+    from crm_shared.supplier_terms import catalog_with_terms, products_from_sales
 
     state = _load_env(state_dir)
     common = CommonSettings(**{k.removeprefix("CRM_").lower(): v for k, v in state["env"].items()})
-    products = load_products(file)
+    if "online_retail" in file.name:
+        from crm_shared.datasets.online_retail import load_sales
+
+        products = products_from_sales(load_sales(file)[0])
+    else:
+        from crm_shared.datasets.completejourney import load_products
+
+        products = catalog_with_terms(load_products(file))
     published = asyncio.run(publish_catalog(products, bootstrap=common.kafka_bootstrap, topic_prefix=common.topic_prefix))
     echo(f"published {published:,} products to {CATALOG_PRODUCTS.qualified(common.topic_prefix)}")
 

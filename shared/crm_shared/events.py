@@ -259,6 +259,13 @@ class Product(BaseModel):
     brand: str | None = None
     manufacturer_id: str | None = None
     package_size: str | None = None
+    # Supplier terms (replenishment); `crm_shared.supplier_terms` fills them where the data has none.
+    supplier_id: Identifier | None = None
+    unit_cost: Money | None = None
+    pack_size: int | None = Field(default=None, ge=1, le=100_000)
+    min_order_quantity: int | None = Field(default=None, ge=1, le=1_000_000)
+    lead_time_days: int | None = Field(default=None, ge=0, le=365)
+    shelf_capacity: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 def product_listed(product: Product, *, source: str, occurred_at: datetime) -> Envelope[Product]:

@@ -1,0 +1,3 @@
+"""replenishment: live stock per store × SKU, online demand forecasts, reorder points, supplier orders."""
+
+SERVICE_NAME = "replenishment"

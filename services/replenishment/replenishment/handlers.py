@@ -1,0 +1,547 @@
+"""One function per command, query or event: load, decide with the domain, save, emit, in one unit of work."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from crm_shared.events import EVENT_NAMESPACE, Envelope, Product, Sale
+from crm_shared.outbox import add_events
+from crm_shared.supply_events import (
+    GoodsReceipt,
+    LowStock,
+    OrderLine,
+    PurchaseOrder,
+    SupplierAck,
+    goods_received,
+    low_stock_detected,
+    purchase_order_raised,
+    supplier_acknowledged,
+)
+from crm_shared.topics import INVENTORY_LOW_STOCK, INVENTORY_RECEIPTS, SUPPLIER_ACKS, SUPPLIER_REORDERS
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from replenishment import SERVICE_NAME, store
+from replenishment.domain import (
+    DemandModel,
+    Policy,
+    Refused,
+    Terms,
+    after,
+    days_of_cover,
+    is_low,
+    order_quantity,
+    overdue,
+    po_id_for,
+    receive,
+    record_demand,
+    reorder_levels,
+)
+
+UNASSIGNED = Terms("unassigned")  # a sku the catalog has no terms for: forecast and levels, but no orders
+
+
+def need_id_for(store_id: str, sku: str, cycle: date) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"need/{store_id}/{sku}/{cycle.isoformat()}")
+
+
+@dataclass
+class SalesOutcome:
+    lines: int = 0
+    needs: int = 0
+    orders: list[str] = field(default_factory=list)
+    low_stock: int = 0
+    late_lines: int = 0
+
+
+class SupplyHandlers:
+    def __init__(self, engine: AsyncEngine, policy: Policy, *, topic_prefix: str, wake_relay: Any = None) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.reorders_topic = SUPPLIER_REORDERS.qualified(topic_prefix)
+        self.low_stock_topic = INVENTORY_LOW_STOCK.qualified(topic_prefix)
+        self.receipts_topic = INVENTORY_RECEIPTS.qualified(topic_prefix)
+        self.acks_topic = SUPPLIER_ACKS.qualified(topic_prefix)
+        self.wake_relay = wake_relay or (lambda: None)
+
+    async def after_commit(self, _: Any) -> None:
+        self.wake_relay()
+
+    # --- the catalog --------------------------------------------------------------------------
+
+    async def apply_catalog(self, conn: AsyncConnection, listed: list[Envelope[Product]]) -> None:
+        latest = {event.payload.sku: event.payload for event in listed}
+        rows = [{"sku": p.sku, "description": p.description, "supplier_id": p.supplier_id, "unit_cost": p.unit_cost,
+                 "pack_size": p.pack_size, "min_order_quantity": p.min_order_quantity,
+                 "lead_time_days": p.lead_time_days, "shelf_capacity": p.shelf_capacity} for p in latest.values()]
+        statement = insert(store.products)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=["sku"], set_={**{c: statement.excluded[c] for c in rows[0] if c != "sku"},
+                                          "updated_at": func.now()}), rows)
+
+    # --- the sales stream: the hot path ---------------------------------------------------------
+
+    async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> SalesOutcome:
+        """Stock, sell-through, forecasts, reorder points and needs for one batch of sales, in the
+        consumer's transaction; purchase orders for the ordering cycles that closed in it."""
+        outcome = SalesOutcome()
+        stock_delta: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # sold, returned
+        demand: dict[tuple[str, str], list[tuple[date, int]]] = defaultdict(list)
+        daily: dict[tuple[str, str, date], list[int]] = defaultdict(lambda: [0, 0])
+        last_at: dict[tuple[str, str], datetime] = {}
+        latest: dict[str, datetime] = {}
+        for event in sorted(events, key=lambda e: e.payload.occurred_at):
+            sale = event.payload
+            at, day = sale.occurred_at, sale.occurred_at.date()
+            returning = sale.kind == "return"
+            if sale.store_id not in latest or at > latest[sale.store_id]:
+                latest[sale.store_id] = at
+            for line in sale.lines:
+                key = (sale.store_id, line.sku)
+                stock_delta[key][returning] += line.quantity
+                daily[(sale.store_id, line.sku, day)][returning] += line.quantity
+                demand[key].append((day, -line.quantity if returning else line.quantity))
+                last_at[key] = at
+                outcome.lines += 1
+        days = await store.advance_stores(conn, latest)
+        rows = await store.lock_stock(conn, list(stock_delta))
+        terms = await store.terms_for(conn, {sku for _, sku in stock_delta})
+        need_rows: list[dict[str, Any]] = []
+        low_events: list[Envelope[Any]] = []
+        for key, row in rows.items():
+            store_id, sku = key
+            sold, returned = stock_delta[key]
+            row["on_hand"] += returned - sold
+            row["sold"] += sold
+            row["returned"] += returned
+            model = store.model_of(row)
+            for day, quantity in demand[key]:
+                model, late = record_demand(model, day, quantity)
+                row["late_lines"] += late
+                outcome.late_lines += late
+            row.update(store.model_columns(model))
+            at = last_at[key]
+            row["last_event_at"] = max(filter(None, (row["last_event_at"], at)))
+            row["negative_since"] = (row["negative_since"] or at) if row["on_hand"] < 0 else None
+            today = days[store_id][1]
+            sku_terms, unit_cost = terms.get(sku, (UNASSIGNED, None))
+            self._levels(row, model, today, sku_terms)
+            if is_low(row["on_hand"], row["forecast_daily"], self.policy):
+                if row["low_since"] is None:
+                    row["low_since"] = today
+                    low_events.append(self._low_stock_event(row, latest[store_id]))
+            else:
+                row["low_since"] = None
+            if sku_terms is UNASSIGNED:
+                continue
+            quantity = order_quantity(row["on_hand"], row["on_order"], _levels_of(row), sku_terms)
+            if quantity > 0:
+                need_rows.append({
+                    "need_id": need_id_for(store_id, sku, today), "store_id": store_id, "sku": sku, "cycle": today,
+                    "supplier_id": sku_terms.supplier_id, "quantity": quantity, "pack_size": sku_terms.pack_size,
+                    "unit_cost": unit_cost, "lead_time_days": sku_terms.lead_time_days,
+                    "reorder_point": row["reorder_point"], "order_up_to": row["order_up_to"],
+                    "on_hand": row["on_hand"], "on_order": row["on_order"],
+                    "forecast_daily": row["forecast_daily"], "detected_at": at})
+        if need_rows:
+            created = {r.need_id for r in await conn.execute(
+                insert(store.needs).on_conflict_do_nothing().returning(store.needs.c.need_id), need_rows)}
+            for need in need_rows:
+                if need["need_id"] in created:  # a need already raised this cycle is not raised again
+                    rows[(need["store_id"], need["sku"])]["on_order"] += need["quantity"]
+                    outcome.needs += 1
+        await store.save_stock(conn, rows.values())
+        await store.add_daily_sales(conn, [{"store_id": s, "sku": k, "day": d, "sold": v[0], "returned": v[1]}
+                                           for (s, k, d), v in daily.items()])
+        closed = {s: after_day for s, (before_day, after_day) in days.items()
+                  if before_day is not None and after_day > before_day}
+        if closed:
+            outcome.orders = await self.raise_orders(conn, closed, latest)
+        await add_events(conn, store.outbox, self.low_stock_topic, low_events)
+        outcome.low_stock = len(low_events)
+        return outcome
+
+    def _levels(self, row: dict[str, Any], model: DemandModel, today: date, terms: Terms) -> None:
+        levels = reorder_levels(model, today, terms, self.policy)
+        row.update(forecast_daily=levels.forecast_daily, sigma_daily=levels.sigma_daily,
+                   reorder_point=levels.reorder_point, order_up_to=levels.order_up_to)
+
+    def _low_stock_event(self, row: dict[str, Any], as_of: datetime) -> Envelope[Any]:
+        cover = days_of_cover(row["on_hand"], row["forecast_daily"]) or 0.0
+        low = LowStock(store_id=row["store_id"], sku=row["sku"], on_hand=row["on_hand"], on_order=row["on_order"],
+                       forecast_daily=round(row["forecast_daily"], 4), days_of_cover=round(cover, 2), as_of=as_of)
+        return low_stock_detected(low, source=SERVICE_NAME,
+                                  identity=f"{row['store_id']}/{row['sku']}/{row['low_since'].isoformat()}")
+
+    async def raise_orders(self, conn: AsyncConnection, closed: dict[str, date],
+                           as_of: dict[str, datetime]) -> list[str]:
+        """One purchase order per supplier × store for the needs of the cycles that closed. A need is
+        on one order line, ever: its `po_id` is set once, and the order's id is derived from supplier,
+        store and cycle (unique), so a redelivery, a restart or a second replica raises nothing twice."""
+        needs = store.needs
+        pending = (await conn.execute(
+            select(needs).where(store.any_of(needs.c.store_id, list(closed)), needs.c.po_id.is_(None))
+            .order_by(needs.c.store_id, needs.c.supplier_id, needs.c.sku).with_for_update(skip_locked=True))).all()
+        groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for need in pending:
+            if need.cycle < closed[need.store_id]:
+                groups[(need.store_id, need.supplier_id)].append(need)
+        raised: list[str] = []
+        events: list[Envelope[Any]] = []
+        for (store_id, supplier_id), group in groups.items():
+            cycle = max(n.cycle for n in group)
+            po_id = po_id_for(supplier_id, store_id, cycle)
+            raised_at = as_of[store_id]
+            expected_by = raised_at + timedelta(days=max(n.lead_time_days for n in group))
+            inserted = (await conn.execute(insert(store.purchase_orders).on_conflict_do_nothing().returning(
+                store.purchase_orders.c.po_id), [{
+                    "po_id": po_id, "supplier_id": supplier_id, "store_id": store_id, "cycle": cycle,
+                    "status": "raised", "raised_at": raised_at, "expected_by": expected_by}])).first()
+            if inserted is None:
+                continue  # that cycle's order exists: these needs wait for the next cycle
+            await conn.execute(update(needs).where(store.any_of_uuid(needs.c.need_id, [n.need_id for n in group]))
+                               .values(po_id=po_id))
+            await conn.execute(insert(store.po_lines), [{
+                "po_id": po_id, "sku": n.sku, "need_id": n.need_id, "quantity": n.quantity,
+                "unit_cost": n.unit_cost} for n in group])
+            order = PurchaseOrder(po_id=po_id, supplier_id=supplier_id, store_id=store_id, cycle=cycle,
+                                  raised_at=raised_at, expected_by=expected_by, lines=[OrderLine(
+                                      sku=n.sku, quantity=n.quantity, pack_size=n.pack_size, unit_cost=n.unit_cost,
+                                      need_id=n.need_id, reorder_point=n.reorder_point, order_up_to=n.order_up_to,
+                                      on_hand=n.on_hand, on_order=n.on_order,
+                                      forecast_daily=round(n.forecast_daily, 4)) for n in group])
+            events.append(purchase_order_raised(order, source=SERVICE_NAME))
+            raised.append(po_id)
+        await add_events(conn, store.outbox, self.reorders_topic, events)
+        return raised
+
+    # --- goods receipts -----------------------------------------------------------------------
+
+    async def apply_receipts(self, conn: AsyncConnection, events: list[Envelope[GoodsReceipt]]) -> None:
+        for event in events:
+            await self._receive(conn, event.payload)
+
+    async def receive_goods(self, receipt: GoodsReceipt) -> dict[str, Any]:
+        """`POST /v1/receipts`: applied here, then announced on inventory.receipts.v1 (our own consumer
+        finds its event id applied and skips it)."""
+        event = goods_received(receipt, source=SERVICE_NAME)
+        async with self.engine.begin() as conn:
+            fresh = (await conn.execute(insert(store.applied_events).on_conflict_do_nothing().returning(
+                store.applied_events.c.event_id), [{"event_id": event.event_id, "topic": self.receipts_topic}])).first()
+            result = await self._receive(conn, receipt)
+            if fresh is not None:
+                await add_events(conn, store.outbox, self.receipts_topic, [event])
+        self.wake_relay()
+        return result
+
+    async def _receive(self, conn: AsyncConnection, receipt: GoodsReceipt) -> dict[str, Any]:
+        delivered: dict[str, int] = defaultdict(int)
+        for line in receipt.lines:
+            delivered[line.sku] += line.quantity
+        existing = (await conn.execute(select(store.receipts).where(
+            store.receipts.c.store_id == receipt.store_id, store.receipts.c.receipt_id == receipt.receipt_id))).first()
+        if existing is not None:
+            return {"receipt_id": receipt.receipt_id, "store_id": receipt.store_id, "po_id": existing.po_id,
+                    "already_recorded": True, "over_delivered": existing.over_delivered}
+        if not await store.known_store(conn, receipt.store_id):
+            raise Refused(404, "not_found", "store_id", f"unknown store {receipt.store_id!r}")
+        unknown = sorted(set(delivered) - await store.known_skus(conn, delivered))
+        if unknown:
+            raise Refused(422, "validation_failed", "lines.sku", f"unknown sku {unknown[0]!r}")
+        release: dict[str, int] = {}
+        result: dict[str, Any] = {"receipt_id": receipt.receipt_id, "store_id": receipt.store_id,
+                                  "po_id": receipt.po_id, "already_recorded": False, "over_delivered": False}
+        if receipt.po_id is not None:
+            po = await self._order_for_update(conn, receipt.po_id)
+            if po.store_id != receipt.store_id:
+                raise Refused(422, "validation_failed", "po_id", f"order {po.po_id} is for store {po.store_id}")
+            after(po.status, "receive")
+            lines = await self._lines(conn, po.po_id)
+            outcome = receive({sku: line.quantity for sku, line in lines.items()},
+                              {sku: line.received for sku, line in lines.items()}, dict(delivered))
+            for sku, total in outcome.received.items():
+                if sku in lines:
+                    await conn.execute(update(store.po_lines).where(store.po_lines.c.po_id == po.po_id,
+                                                                    store.po_lines.c.sku == sku).values(received=total))
+            over = bool(outcome.over_delivered or outcome.unordered)
+            await conn.execute(update(store.purchase_orders).where(store.purchase_orders.c.po_id == po.po_id).values(
+                status=outcome.status, received_at=receipt.received_at,
+                over_delivered=store.purchase_orders.c.over_delivered | over))
+            release = outcome.on_order_release
+            result.update(status=outcome.status, over_delivered=over, over_delivered_units=outcome.over_delivered,
+                          unordered_units=outcome.unordered, received=outcome.received)
+        rows = await store.lock_stock(conn, [(receipt.store_id, sku) for sku in delivered])
+        for (_, sku), row in rows.items():
+            row["on_hand"] += delivered[sku]
+            row["received"] += delivered[sku]
+            row["on_order"] = max(0, row["on_order"] - release.get(sku, 0))
+            row["negative_since"] = row["negative_since"] if row["on_hand"] < 0 else None
+        await store.save_stock(conn, rows.values())
+        await conn.execute(insert(store.receipts), [{
+            "store_id": receipt.store_id, "receipt_id": receipt.receipt_id, "po_id": receipt.po_id,
+            "received_at": receipt.received_at, "lines": [f"{sku}:{q}" for sku, q in delivered.items()],
+            "over_delivered": result["over_delivered"]}])
+        return result
+
+    # --- stock counts ---------------------------------------------------------------------------
+
+    async def count_stock(self, count_id: str, store_id: str, sku: str, counted: int, counted_at: datetime) -> dict[str, Any]:
+        """Sets on hand to what was counted; the difference is recorded as shrinkage (positive = missing)."""
+        async with self.engine.begin() as conn:
+            existing = (await conn.execute(select(store.stock_counts).where(
+                store.stock_counts.c.count_id == count_id))).first()
+            if existing is not None:
+                return {**dict(existing._mapping), "already_recorded": True}
+            if not await store.known_store(conn, store_id):
+                raise Refused(404, "not_found", "store_id", f"unknown store {store_id!r}")
+            if not await store.known_skus(conn, [sku]):
+                raise Refused(422, "validation_failed", "sku", f"unknown sku {sku!r}")
+            row = (await store.lock_stock(conn, [(store_id, sku)]))[(store_id, sku)]
+            shrinkage = row["on_hand"] - counted
+            row["on_hand"] = counted
+            row["shrinkage"] += shrinkage
+            row["negative_since"] = None
+            await store.save_stock(conn, [row])
+            record = {"count_id": count_id, "store_id": store_id, "sku": sku, "expected": shrinkage + counted,
+                      "counted": counted, "shrinkage": shrinkage, "counted_at": counted_at}
+            await conn.execute(insert(store.stock_counts), [record])
+        return {**record, "already_recorded": False}
+
+    # --- the purchase-order lifecycle -----------------------------------------------------------
+
+    async def _order_for_update(self, conn: AsyncConnection, po_id: str) -> Any:
+        po = (await conn.execute(select(store.purchase_orders).where(store.purchase_orders.c.po_id == po_id)
+                                 .with_for_update())).first()
+        if po is None:
+            raise Refused(404, "not_found", "po_id", f"no purchase order {po_id!r}")
+        return po
+
+    async def _lines(self, conn: AsyncConnection, po_id: str) -> dict[str, Any]:
+        return {row.sku: row for row in await conn.execute(
+            select(store.po_lines).where(store.po_lines.c.po_id == po_id).order_by(store.po_lines.c.sku))}
+
+    async def _release_open_quantities(self, conn: AsyncConnection, po: Any) -> None:
+        """An order that will not come (rejected, closed short): its outstanding units leave on-order."""
+        lines = await self._lines(conn, po.po_id)
+        rows = await store.lock_stock(conn, [(po.store_id, sku) for sku in lines])
+        for (_, sku), row in rows.items():
+            row["on_order"] = max(0, row["on_order"] - max(0, lines[sku].quantity - lines[sku].received))
+        await store.save_stock(conn, rows.values())
+
+    async def apply_acks(self, conn: AsyncConnection, events: list[Envelope[SupplierAck]]) -> None:
+        for event in events:
+            await self._acknowledge(conn, event.payload)
+
+    async def acknowledge(self, ack: SupplierAck) -> dict[str, Any]:
+        """`POST /v1/suppliers/orders/{po}/ack`; announced on supplier.acks.v1 like an EDI answer."""
+        event = supplier_acknowledged(ack, source=SERVICE_NAME)
+        async with self.engine.begin() as conn:
+            fresh = (await conn.execute(insert(store.applied_events).on_conflict_do_nothing().returning(
+                store.applied_events.c.event_id), [{"event_id": event.event_id, "topic": self.acks_topic}])).first()
+            status = await self._acknowledge(conn, ack)
+            if fresh is not None:
+                await add_events(conn, store.outbox, self.acks_topic, [event])
+        self.wake_relay()
+        return {"po_id": ack.po_id, "status": status}
+
+    async def _acknowledge(self, conn: AsyncConnection, ack: SupplierAck) -> str:
+        po = await self._order_for_update(conn, ack.po_id)
+        if po.supplier_id != ack.supplier_id:
+            raise Refused(403, "forbidden", "po_id", f"order {ack.po_id} is not for supplier {ack.supplier_id}")
+        status = after(po.status, ack.decision)
+        if status != po.status:
+            await conn.execute(update(store.purchase_orders).where(store.purchase_orders.c.po_id == po.po_id)
+                               .values(status=status, acked_at=ack.acked_at, reason=ack.reason))
+            if status == "rejected":
+                await self._release_open_quantities(conn, po)
+        return status
+
+    async def ship(self, po_id: str, supplier_id: str | None, at: datetime | None) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            po = await self._order_for_update(conn, po_id)
+            if supplier_id is not None and po.supplier_id != supplier_id:
+                raise Refused(403, "forbidden", "po_id", f"order {po_id} is not for supplier {supplier_id}")
+            status = after(po.status, "ship")
+            if status != po.status:
+                await conn.execute(update(store.purchase_orders).where(store.purchase_orders.c.po_id == po_id)
+                                   .values(status=status, shipped_at=at or await self._now(conn)))
+        return {"po_id": po_id, "status": status}
+
+    async def close(self, po_id: str, at: datetime | None) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            po = await self._order_for_update(conn, po_id)
+            status = after(po.status, "close")
+            if status != po.status:
+                if po.status != "rejected":
+                    await self._release_open_quantities(conn, po)
+                await conn.execute(update(store.purchase_orders).where(store.purchase_orders.c.po_id == po_id)
+                                   .values(status=status, closed_at=at or await self._now(conn)))
+        return {"po_id": po_id, "status": status}
+
+    async def _now(self, conn: AsyncConnection) -> datetime:
+        """Event time the service has reached (the latest sale seen), else the wall clock."""
+        return await store.event_time(conn) or datetime.now(UTC)
+
+    async def event_time(self) -> datetime:
+        async with self.engine.connect() as conn:
+            return await self._now(conn)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def order(self, po_id: str, supplier_id: str | None = None) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            po = (await conn.execute(select(store.purchase_orders).where(
+                store.purchase_orders.c.po_id == po_id))).first()
+            if po is None:
+                raise Refused(404, "not_found", "po_id", f"no purchase order {po_id!r}")
+            if supplier_id is not None and po.supplier_id != supplier_id:
+                raise Refused(403, "forbidden", "po_id", f"order {po_id} is not for supplier {supplier_id}")
+            lines = await self._lines(conn, po_id)
+            now = await self._now(conn)
+        return order_view(po, lines.values(), now)
+
+    async def orders(self, *, supplier_id: str | None = None, store_id: str | None = None, open_only: bool = False,
+                     overdue_only: bool = False, limit: int = 100) -> dict[str, Any]:
+        po = store.purchase_orders
+        query = select(po).order_by(po.c.raised_at.desc(), po.c.po_id).limit(limit)
+        if supplier_id is not None:
+            query = query.where(po.c.supplier_id == supplier_id)
+        if store_id is not None:
+            query = query.where(po.c.store_id == store_id)
+        async with self.engine.connect() as conn:
+            now = await self._now(conn)
+            if open_only or overdue_only:
+                query = query.where(po.c.status.in_(("raised", "acknowledged", "shipped", "partially_received")))
+            if overdue_only:
+                query = query.where(po.c.expected_by < now)
+            orders = (await conn.execute(query)).all()
+            lines: dict[str, list[Any]] = defaultdict(list)
+            if orders:
+                for row in await conn.execute(select(store.po_lines).where(
+                        store.any_of(store.po_lines.c.po_id, [o.po_id for o in orders])).order_by(store.po_lines.c.sku)):
+                    lines[row.po_id].append(row)
+        return {"as_of": now, "orders": [order_view(o, lines[o.po_id], now) for o in orders]}
+
+    async def stock_view(self, store_id: str, sku: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(store.stock).where(store.stock.c.store_id == store_id,
+                                                                store.stock.c.sku == sku))).first()
+            if row is None:
+                if not await store.known_store(conn, store_id):
+                    raise Refused(404, "not_found", "store_id", f"unknown store {store_id!r}")
+                raise Refused(404, "not_found", "sku", f"no stock of {sku!r} at {store_id!r}")
+            day = (await conn.execute(select(store.stores.c.current_day).where(
+                store.stores.c.store_id == store_id))).scalar()
+            terms = await store.terms_for(conn, [sku])
+        sku_terms, unit_cost = terms.get(sku, (UNASSIGNED, None))
+        return stock_document(dict(row._mapping), day, sku_terms, unit_cost, self.policy)
+
+    async def below_reorder_point(self, store_id: str, limit: int) -> dict[str, Any]:
+        s = store.stock
+        async with self.engine.connect() as conn:
+            if not await store.known_store(conn, store_id):
+                raise Refused(404, "not_found", "store_id", f"unknown store {store_id!r}")
+            rows = (await conn.execute(select(s).where(s.c.store_id == store_id,
+                                                       s.c.on_hand + s.c.on_order <= s.c.reorder_point,
+                                                       s.c.forecast_daily > 0)
+                                       .order_by(s.c.sku).limit(limit))).all()
+            day = (await conn.execute(select(store.stores.c.current_day).where(
+                store.stores.c.store_id == store_id))).scalar()
+            terms = await store.terms_for(conn, [r.sku for r in rows])
+        items = []
+        for row in rows:
+            sku_terms, unit_cost = terms.get(row.sku, (UNASSIGNED, None))
+            items.append(stock_document(dict(row._mapping), day, sku_terms, unit_cost, self.policy))
+        return {"store_id": store_id, "as_of_day": day, "below": "reorder_point", "items": items}
+
+    async def supplier_products(self, supplier_id: str, limit: int) -> dict[str, Any]:
+        """A supplier's own products at every store: stock, days of cover, the forecast to plan for."""
+        s, p, st = store.stock, store.products, store.stores
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(
+                select(s, st.c.current_day).join(p, p.c.sku == s.c.sku).join(st, st.c.store_id == s.c.store_id)
+                .where(p.c.supplier_id == supplier_id).order_by(s.c.sku, s.c.store_id).limit(limit))).all()
+            terms = await store.terms_for(conn, {r.sku for r in rows})
+        items = []
+        for row in rows:
+            sku_terms, unit_cost = terms[row.sku]
+            doc = stock_document(dict(row._mapping), row.current_day, sku_terms, unit_cost, self.policy)
+            items.append(doc)
+        return {"supplier_id": supplier_id, "items": items}
+
+    async def sell_through(self, supplier_id: str, *, since: date | None, sku: str | None, store_id: str | None,
+                           limit: int) -> dict[str, Any]:
+        d, p = store.daily_sales, store.products
+        query = (select(d).join(p, p.c.sku == d.c.sku).where(p.c.supplier_id == supplier_id)
+                 .order_by(d.c.day.desc(), d.c.sku, d.c.store_id).limit(limit))
+        if since is not None:
+            query = query.where(d.c.day >= since)
+        if sku is not None:
+            query = query.where(d.c.sku == sku)
+        if store_id is not None:
+            query = query.where(d.c.store_id == store_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {"supplier_id": supplier_id, "days": [
+            {"sku": r.sku, "store_id": r.store_id, "day": r.day, "sold": r.sold, "returned": r.returned} for r in rows]}
+
+    async def supplier_of(self, sku: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(store.products.c.supplier_id).where(
+                and_(store.products.c.sku == sku)))).scalar()
+
+
+def _levels_of(row: dict[str, Any]) -> Any:
+    from replenishment.domain import Levels
+
+    return Levels(row["forecast_daily"], row["sigma_daily"], row["reorder_point"], row["order_up_to"])
+
+
+def stock_document(row: dict[str, Any], day: date | None, terms: Terms, unit_cost: Any, policy: Policy) -> dict[str, Any]:
+    """The stock of one store × sku with its forecast and levels rolled to the store's current day."""
+    model = store.model_of(row)
+    if day is not None:
+        levels = reorder_levels(model, day, terms, policy)
+        forecast, sigma, reorder_point, order_up_to = (levels.forecast_daily, levels.sigma_daily,
+                                                       levels.reorder_point, levels.order_up_to)
+    else:
+        forecast, sigma, reorder_point, order_up_to = (row["forecast_daily"], row["sigma_daily"],
+                                                       row["reorder_point"], row["order_up_to"])
+    cover = days_of_cover(row["on_hand"], forecast)
+    return {
+        "store_id": row["store_id"], "sku": row["sku"], "on_hand": row["on_hand"], "on_order": row["on_order"],
+        "negative": row["on_hand"] < 0, "negative_since": row["negative_since"],
+        "sold": row["sold"], "returned": row["returned"], "received": row["received"],
+        "shrinkage": row["shrinkage"], "as_of_day": day, "last_event_at": row["last_event_at"],
+        "forecast_daily": round(forecast, 4), "forecast_sigma_daily": round(sigma, 4),
+        "forecast_days_learned": model.days_learned,
+        "forecast_wape": None if model.wape is None else round(model.wape, 4),
+        "reorder_point": reorder_point, "order_up_to": order_up_to,
+        "below_reorder_point": row["on_hand"] + row["on_order"] <= reorder_point and forecast > 0,
+        "days_of_cover": None if cover is None else round(cover, 2),
+        "low_stock": is_low(row["on_hand"], forecast, policy),
+        "supplier_id": None if terms is UNASSIGNED else terms.supplier_id,
+        "terms": None if terms is UNASSIGNED else {
+            "pack_size": terms.pack_size, "min_order_quantity": terms.min_order_quantity,
+            "lead_time_days": terms.lead_time_days, "shelf_capacity": terms.shelf_capacity,
+            "unit_cost": None if unit_cost is None else str(unit_cost)},
+        "late_lines": row["late_lines"],
+    }
+
+
+def order_view(po: Any, lines: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "po_id": po.po_id, "supplier_id": po.supplier_id, "store_id": po.store_id, "cycle": po.cycle,
+        "status": po.status, "raised_at": po.raised_at, "expected_by": po.expected_by, "acked_at": po.acked_at,
+        "shipped_at": po.shipped_at, "received_at": po.received_at, "closed_at": po.closed_at,
+        "reason": po.reason, "over_delivered": po.over_delivered,
+        "overdue": overdue(po.status, po.expected_by, now),
+        "lines": [{"sku": line.sku, "quantity": line.quantity, "received": line.received,
+                   "unit_cost": None if line.unit_cost is None else str(line.unit_cost),
+                   "need_id": str(line.need_id)} for line in lines],
+    }

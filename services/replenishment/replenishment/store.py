@@ -1,0 +1,281 @@
+"""replenishment's tables and the unit-of-work queries its handlers use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
+from crm_shared.consumer import applied_events_table
+from crm_shared.db import any_of
+from crm_shared.outbox import outbox_table
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    any_,
+    bindparam,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from replenishment.domain import DemandModel, Terms
+
+metadata = MetaData()
+applied_events = applied_events_table(metadata)
+outbox = outbox_table(metadata)
+
+products = Table(
+    "products", metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("supplier_id", String(64)),
+    Column("unit_cost", Numeric),
+    Column("pack_size", Integer),
+    Column("min_order_quantity", Integer),
+    Column("lead_time_days", Integer),
+    Column("shelf_capacity", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_products_supplier", "supplier_id"),
+)
+
+# The event time each store has reached, and its day at the till (the ordering cycle).
+stores = Table(
+    "stores", metadata,
+    Column("store_id", String(64), primary_key=True),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+    Column("current_day", Date, nullable=False),
+)
+
+stock = Table(
+    "stock", metadata,
+    Column("store_id", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("on_hand", BigInteger, nullable=False),
+    Column("on_order", BigInteger, nullable=False),
+    Column("sold", BigInteger, nullable=False),
+    Column("returned", BigInteger, nullable=False),
+    Column("received", BigInteger, nullable=False),
+    Column("shrinkage", BigInteger, nullable=False),
+    Column("negative_since", DateTime(timezone=True)),
+    Column("low_since", Date),
+    Column("last_event_at", DateTime(timezone=True)),
+    Column("late_lines", BigInteger, nullable=False),
+    # The demand model (domain.DemandModel) and the levels last computed from it.
+    Column("level", Float, nullable=False),
+    Column("season", ARRAY(Float), nullable=False),
+    Column("days_learned", Integer, nullable=False),
+    Column("error_square", Float, nullable=False),
+    Column("error_abs", Float, nullable=False),
+    Column("actual_abs", Float, nullable=False),
+    Column("open_day", Date),
+    Column("open_quantity", Float, nullable=False),
+    Column("forecast_daily", Float, nullable=False),
+    Column("sigma_daily", Float, nullable=False),
+    Column("reorder_point", Integer, nullable=False),
+    Column("order_up_to", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+daily_sales = Table(
+    "daily_sales", metadata,
+    Column("store_id", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("sold", BigInteger, nullable=False),
+    Column("returned", BigInteger, nullable=False),
+)
+
+# One need per store × sku × ordering cycle, ever: the primary key is derived from exactly that.
+needs = Table(
+    "needs", metadata,
+    Column("need_id", UUID(as_uuid=True), primary_key=True),
+    Column("store_id", String(64), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("cycle", Date, nullable=False),
+    Column("supplier_id", String(64), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("pack_size", Integer, nullable=False),
+    Column("unit_cost", Numeric),
+    Column("lead_time_days", Integer, nullable=False),
+    Column("reorder_point", Integer, nullable=False),
+    Column("order_up_to", Integer, nullable=False),
+    Column("on_hand", BigInteger, nullable=False),
+    Column("on_order", BigInteger, nullable=False),
+    Column("forecast_daily", Float, nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False),
+    Column("po_id", String(64)),
+    UniqueConstraint("store_id", "sku", "cycle", name="ux_needs_store_sku_cycle"),
+    Index("ix_needs_unordered", "store_id", postgresql_where=text("po_id IS NULL")),
+)
+
+purchase_orders = Table(
+    "purchase_orders", metadata,
+    Column("po_id", String(64), primary_key=True),
+    Column("supplier_id", String(64), nullable=False),
+    Column("store_id", String(64), nullable=False),
+    Column("cycle", Date, nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("raised_at", DateTime(timezone=True), nullable=False),
+    Column("expected_by", DateTime(timezone=True), nullable=False),
+    Column("acked_at", DateTime(timezone=True)),
+    Column("shipped_at", DateTime(timezone=True)),
+    Column("received_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("over_delivered", Boolean, nullable=False, server_default=text("false")),
+    UniqueConstraint("supplier_id", "store_id", "cycle", name="ux_po_supplier_store_cycle"),
+    Index("ix_po_supplier_status", "supplier_id", "status"),
+)
+
+po_lines = Table(
+    "po_lines", metadata,
+    Column("po_id", String(64), ForeignKey("purchase_orders.po_id"), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("need_id", UUID(as_uuid=True), nullable=False, unique=True),
+    Column("quantity", Integer, nullable=False),
+    Column("received", Integer, nullable=False, server_default="0"),
+    Column("unit_cost", Numeric),
+)
+
+stock_counts = Table(
+    "stock_counts", metadata,
+    Column("count_id", String(64), primary_key=True),
+    Column("store_id", String(64), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("expected", BigInteger, nullable=False),
+    Column("counted", BigInteger, nullable=False),
+    Column("shrinkage", BigInteger, nullable=False),
+    Column("counted_at", DateTime(timezone=True), nullable=False),
+)
+
+receipts = Table(
+    "receipts", metadata,
+    Column("store_id", String(64), primary_key=True),
+    Column("receipt_id", String(64), primary_key=True),
+    Column("po_id", String(64)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("lines", ARRAY(Text), nullable=False),
+    Column("over_delivered", Boolean, nullable=False),
+)
+
+def any_of_uuid(column: Any, values: Iterable[Any]) -> Any:
+    return column == any_(bindparam(None, list(values), type_=ARRAY(UUID(as_uuid=True))))
+
+
+MODEL_COLUMNS = ("level", "season", "days_learned", "error_square", "error_abs", "actual_abs", "open_day",
+                 "open_quantity")
+
+
+def model_of(row: Any) -> DemandModel:
+    m = row if isinstance(row, dict) else row._mapping
+    return DemandModel(level=m["level"], season=tuple(m["season"]), days_learned=m["days_learned"],
+                       error_square=m["error_square"], error_abs=m["error_abs"], actual_abs=m["actual_abs"],
+                       open_day=m["open_day"], open_quantity=m["open_quantity"])
+
+
+def model_columns(model: DemandModel) -> dict[str, Any]:
+    return {"level": model.level, "season": list(model.season), "days_learned": model.days_learned,
+            "error_square": model.error_square, "error_abs": model.error_abs, "actual_abs": model.actual_abs,
+            "open_day": model.open_day, "open_quantity": model.open_quantity}
+
+
+def new_stock_row(store_id: str, sku: str) -> dict[str, Any]:
+    return {"store_id": store_id, "sku": sku, "on_hand": 0, "on_order": 0, "sold": 0, "returned": 0, "received": 0,
+            "shrinkage": 0, "negative_since": None, "low_since": None, "last_event_at": None, "late_lines": 0,
+            **model_columns(DemandModel()), "forecast_daily": 0.0, "sigma_daily": 0.0, "reorder_point": 0,
+            "order_up_to": 0}
+
+
+STOCK_COLUMNS = [c.name for c in stock.columns if c.name != "updated_at"]
+
+
+async def lock_stock(conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The stock rows of `keys` (missing ones created), locked for this transaction in key order, so
+    two replicas touching the same store × sku take turns instead of overwriting each other."""
+    keys = sorted(set(keys))
+    if not keys:
+        return {}
+    await conn.execute(insert(stock).on_conflict_do_nothing(), [new_stock_row(s, k) for s, k in keys])
+    result = await conn.execute(text(
+        "SELECT s.* FROM stock s JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS k(store_id, sku) "
+        "ON s.store_id = k.store_id AND s.sku = k.sku ORDER BY s.store_id, s.sku FOR UPDATE OF s"),
+        {"stores": [s for s, _ in keys], "skus": [k for _, k in keys]})
+    return {(row.store_id, row.sku): dict(row._mapping) for row in result}
+
+
+async def save_stock(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> None:
+    rows = [{c: row[c] for c in STOCK_COLUMNS} for row in rows]
+    if not rows:
+        return
+    statement = insert(stock)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=["store_id", "sku"],
+        set_={**{c: statement.excluded[c] for c in STOCK_COLUMNS if c not in ("store_id", "sku")},
+              "updated_at": func.now()}), rows)
+
+
+async def add_daily_sales(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    statement = insert(daily_sales)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=["store_id", "sku", "day"],
+        set_={"sold": daily_sales.c.sold + statement.excluded.sold,
+              "returned": daily_sales.c.returned + statement.excluded.returned}), rows)
+
+
+async def terms_for(conn: AsyncConnection, skus: Iterable[str]) -> dict[str, tuple[Terms, Any]]:
+    """Supplier terms (and unit cost) of the skus the catalog has them for."""
+    rows = await conn.execute(select(products).where(any_of(products.c.sku, list(skus)),
+                                                     products.c.supplier_id.is_not(None)))
+    return {row.sku: (Terms(row.supplier_id, row.pack_size or 1, row.min_order_quantity or 1,
+                            row.lead_time_days if row.lead_time_days is not None else 2, row.shelf_capacity),
+                      row.unit_cost) for row in rows}
+
+
+async def advance_stores(conn: AsyncConnection, latest: dict[str, Any]) -> dict[str, tuple[date | None, date]]:
+    """Move each store's event time forward; returns (day before, day after) per store."""
+    if not latest:
+        return {}
+    before = {row.store_id: row.current_day for row in await conn.execute(
+        select(stores.c.store_id, stores.c.current_day).where(any_of(stores.c.store_id, list(latest)))
+        .with_for_update())}
+    statement = insert(stores)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=["store_id"],
+        set_={"as_of": func.greatest(stores.c.as_of, statement.excluded.as_of),
+              "current_day": func.greatest(stores.c.current_day, statement.excluded.current_day)}),
+        [{"store_id": s, "as_of": at, "current_day": at.date()} for s, at in latest.items()])
+    return {s: (before.get(s), max(before.get(s) or at.date(), at.date())) for s, at in latest.items()}
+
+
+async def known_store(conn: AsyncConnection, store_id: str) -> bool:
+    return (await conn.execute(select(stores.c.store_id).where(stores.c.store_id == store_id))).first() is not None
+
+
+async def known_skus(conn: AsyncConnection, skus: Iterable[str]) -> set[str]:
+    skus = list(skus)
+    found = {row.sku for row in await conn.execute(select(products.c.sku).where(any_of(products.c.sku, skus)))}
+    found |= {row.sku for row in await conn.execute(select(stock.c.sku).where(any_of(stock.c.sku, skus)).distinct())}
+    return found
+
+
+async def event_time(conn: AsyncConnection) -> Any:
+    return (await conn.execute(select(func.max(stores.c.as_of)))).scalar()

@@ -1,0 +1,297 @@
+"""replenishment against the real broker and PostgreSQL: stock from sales, orders raised once per need
+whatever the redeliveries and crashes, the purchase-order lifecycle, supplier isolation, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from crm_shared.datasets.online_retail import load_sales
+from crm_shared.events import Product, Sale
+from crm_shared.kafka import consumer_lag
+from crm_shared.processes import ServiceProcess
+from crm_shared.replay import publish_catalog, replay_kafka
+from crm_shared.supplier_terms import products_from_sales
+from crm_shared.testing import REPO_ROOT, StackEndpoints, read_topic, start_service
+from crm_shared.topics import CATALOG_PRODUCTS, INVENTORY_LOW_STOCK, INVENTORY_RECEIPTS, POS_SALES, SUPPLIER_REORDERS
+from replenishment.edifact import parse_order_lines
+
+pytestmark = pytest.mark.integration
+
+SLICE = REPO_ROOT / "deploy" / "demo-data" / "online_retail_2010-12.csv.gz"
+OPS = {"x-api-key": "dev-ops"}
+SUP_A = {"x-api-key": "dev-supplier-sup-a"}
+SUP_B = {"x-api-key": "dev-supplier-sup-b"}
+
+
+def caught_up(bootstrap: str, prefix: str, name: str, topic: str, timeout: float = 90) -> None:
+    group, qualified = f"{prefix}replenishment.{name}", f"{prefix}{topic}"
+    deadline = time.monotonic() + timeout
+    while asyncio.run(consumer_lag(bootstrap, group, [qualified])).get(qualified) != 0:
+        assert time.monotonic() < deadline, f"{group} did not catch up within {timeout}s"
+        time.sleep(0.3)
+
+
+def start(crm_stack: StackEndpoints, tmp: Path, prefix: str, schema: str, **env: str) -> ServiceProcess:
+    return start_service("replenishment", crm_stack, tmp, prefix=prefix,
+                         extra_env={"REPLENISHMENT_SCHEMA_NAME": schema, **env})
+
+
+def sale(sale_id: str, when: datetime, lines: dict[str, int], *, store: str = "s1", kind: str = "sale") -> Sale:
+    return Sale.model_validate({"sale_id": sale_id, "store_id": store, "terminal_id": "t1", "occurred_at": when.isoformat(),
+                                "currency": "GBP", "kind": kind,
+                                "lines": [{"sku": sku, "quantity": q, "unit_price": "1.00"} for sku, q in lines.items()]})
+
+
+CATALOG = [
+    Product(sku="A", supplier_id="sup-a", unit_cost="0.60", pack_size=6, min_order_quantity=12, lead_time_days=2,
+            shelf_capacity=500),
+    Product(sku="B", supplier_id="sup-a", unit_cost="1.10", pack_size=1, min_order_quantity=1, lead_time_days=3),
+    Product(sku="C", supplier_id="sup-b", unit_cost="2.00", pack_size=10, min_order_quantity=10, lead_time_days=1),
+]
+
+
+def steady_sales(days: int) -> list[Sale]:
+    """Steady demand at store s1 (10 A, 4 B, 5 C, 3 D a day), from Monday 3 Jan 2011. D has no
+    supplier terms in the catalog: it is forecast but never ordered."""
+    start_day = datetime(2011, 1, 3, 10, 0, tzinfo=UTC)
+    return [sale(f"d{d}", start_day + timedelta(days=d), {"A": 10, "B": 4, "C": 5, "D": 3}) for d in range(days)]
+
+
+def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints, tmp_path: Path) -> None:
+    prefix, schema = f"rp{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
+    bootstrap = crm_stack.kafka_bootstrap
+    service = start(crm_stack, tmp_path, prefix, schema)
+    url = service.url
+    try:
+        asyncio.run(publish_catalog(CATALOG, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "catalog", CATALOG_PRODUCTS.name)
+        sales = steady_sales(21)
+        # Three weeks at once (one batch: needs are checked at the store's latest day), then the next
+        # day, which closes the ordering cycle of the day before.
+        asyncio.run(replay_kafka(sales[:20], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        asyncio.run(replay_kafka(sales[20:], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+
+        a = httpx.get(f"{url}/v1/stock/s1/A", headers=OPS).json()
+        assert a["on_hand"] == -210 and a["negative"] is True and a["sold"] == 210
+        assert a["forecast_daily"] == pytest.approx(10, abs=0.5)  # steady demand learned
+        assert a["reorder_point"] >= 20 and a["supplier_id"] == "sup-a"
+        assert a["on_hand"] + a["on_order"] > a["reorder_point"]  # what was ordered covers it
+        # D is never ordered (no supplier terms): it stays below its reorder point.
+        below = httpx.get(f"{url}/v1/stock/s1", params={"below": "reorder_point"}, headers=OPS).json()
+        assert [(item["sku"], item["supplier_id"]) for item in below["items"]] == [("D", None)]
+
+        # The needs of A, B and C became one order per supplier × store when their cycle closed.
+        orders = asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=2, timeout=30))
+        documents = [orjson.loads(r.value) for r in orders]
+        by_supplier = defaultdict(list)
+        for document in documents:
+            by_supplier[document["payload"]["supplier_id"]].append(document["payload"])
+        assert set(by_supplier) == {"sup-a", "sup-b"}
+        need_ids = [line["need_id"] for d in documents for line in d["payload"]["lines"]]
+        assert len(need_ids) == len(set(need_ids)), "a need appears on two order lines"
+        for payload in by_supplier["sup-a"]:
+            for line in payload["lines"]:
+                if line["sku"] == "A":
+                    assert line["quantity"] % 6 == 0 and line["quantity"] >= 12  # whole packs, at least the MOQ
+
+        # The whole stream delivered again, then the service SIGKILLed and restarted: nothing new.
+        asyncio.run(replay_kafka(sales, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        service.kill()
+        service = start(crm_stack, tmp_path, prefix, schema)
+        url = service.url
+        asyncio.run(replay_kafka(sales[-3:], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        again = asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=len(orders),
+                                       timeout=30, settle=2.0))
+        assert sorted(orjson.loads(r.value)["event_id"] for r in again) == sorted(d["event_id"] for d in documents)
+        assert httpx.get(f"{url}/v1/stock/s1/A", headers=OPS).json()["on_hand"] == -210
+
+        order_a = by_supplier["sup-a"][0]
+        po = order_a["po_id"]
+        # Supplier isolation: sup-b neither sees nor acknowledges sup-a's order.
+        assert httpx.get(f"{url}/v1/orders/{po}", headers=SUP_B).status_code == 403
+        refused = httpx.post(f"{url}/v1/suppliers/orders/{po}/ack", json={"decision": "accepted"}, headers=SUP_B)
+        assert refused.status_code == 403 and refused.json()["detail"][0]["field"] == "po_id"
+        mine = httpx.get(f"{url}/v1/suppliers/me/stock", headers=SUP_B).json()
+        assert {item["sku"] for item in mine["items"]} == {"C"}
+        through = httpx.get(f"{url}/v1/suppliers/me/sell-through", headers=SUP_B).json()
+        assert {d["sku"] for d in through["days"]} == {"C"} and sum(d["sold"] for d in through["days"]) == 105
+        assert httpx.get(f"{url}/v1/suppliers/me/orders", headers=SUP_A).json()["orders"]
+        assert httpx.get(f"{url}/v1/stock/s1/A", headers={"x-api-key": "dev-supplier-sup-a"}).status_code == 403
+
+        # EDIFACT ORDERS D.96A parses back to the same lines.
+        edifact = httpx.get(f"{url}/v1/orders/{po}/edifact", headers=SUP_A)
+        assert edifact.status_code == 200 and "ORDERS:D:96A:UN" in edifact.text
+        assert parse_order_lines(edifact.text) == [(line["sku"], line["quantity"]) for line in order_a["lines"]]
+
+        # Lifecycle: accepted, shipped, received in part, then more than ordered (accepted, flagged), closed.
+        ack = httpx.post(f"{url}/v1/suppliers/orders/{po}/ack", json={"decision": "accepted"}, headers=SUP_A)
+        assert ack.status_code == 200 and ack.json()["status"] == "acknowledged"
+        assert httpx.post(f"{url}/v1/suppliers/orders/{po}/ship", json={}, headers=SUP_A).json()["status"] == "shipped"
+        ordered = {line["sku"]: line["quantity"] for line in order_a["lines"]}
+        sku, quantity = next(iter(ordered.items()))
+        before = httpx.get(f"{url}/v1/stock/s1/{sku}", headers=OPS).json()
+        on_order_before = before["on_order"]
+        received_at = (sales[-1].occurred_at + timedelta(hours=1)).isoformat()
+        first = httpx.post(f"{url}/v1/receipts", headers=OPS, json={
+            "receipt_id": "r1", "store_id": "s1", "po_id": po, "received_at": received_at,
+            "lines": [{"sku": sku, "quantity": quantity - 1}]})
+        assert first.status_code == 201 and first.json()["status"] == "partially_received"
+        assert first.json()["over_delivered"] is False
+        after_first = httpx.get(f"{url}/v1/stock/s1/{sku}", headers=OPS).json()
+        assert after_first["on_hand"] == before["on_hand"] + quantity - 1
+        assert after_first["on_order"] == on_order_before - (quantity - 1)
+        assert after_first["received"] == quantity - 1
+        rest = [{"sku": s, "quantity": q} for s, q in ordered.items() if s != sku] + [{"sku": sku, "quantity": 5}]
+        second = httpx.post(f"{url}/v1/receipts", headers=OPS, json={
+            "receipt_id": "r2", "store_id": "s1", "po_id": po, "received_at": received_at, "lines": rest})
+        assert second.status_code == 201, second.text
+        assert second.json()["status"] == "received" and second.json()["over_delivered"] is True
+        assert second.json()["over_delivered_units"] == {sku: 4}
+        repeat = httpx.post(f"{url}/v1/receipts", headers=OPS, json={
+            "receipt_id": "r2", "store_id": "s1", "po_id": po, "received_at": received_at, "lines": rest})
+        assert repeat.json()["already_recorded"] is True
+        assert httpx.get(f"{url}/v1/stock/s1/{sku}", headers=OPS).json()["received"] == quantity + 4
+        assert httpx.post(f"{url}/v1/orders/{po}/close", headers=OPS).json()["status"] == "closed"
+        late_ack = httpx.post(f"{url}/v1/suppliers/orders/{po}/ack", json={"decision": "rejected"}, headers=SUP_A)
+        assert late_ack.status_code == 409 and late_ack.json()["detail"][0]["field"] == "status"
+        receipts = asyncio.run(read_topic(bootstrap, INVENTORY_RECEIPTS.qualified(prefix), expected=2, timeout=20))
+        assert len(receipts) == 2
+
+        # Overdue: sup-b's order (1-day lead time, never acknowledged) once event time is 3 days on.
+        asyncio.run(replay_kafka([sale("later", sales[-1].occurred_at + timedelta(days=3), {"D": 1})],
+                                 bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        overdue = httpx.get(f"{url}/v1/orders/overdue", headers=OPS).json()["orders"]
+        assert {o["supplier_id"] for o in overdue} == {"sup-b"} and all(o["overdue"] for o in overdue)
+
+        # Stock count: on hand set to what was counted, the difference booked as shrinkage.
+        counted = httpx.post(f"{url}/v1/stock/counts", headers=OPS, json={
+            "count_id": "c1", "store_id": "s1", "sku": "C", "counted": 7, "counted_at": received_at}).json()
+        c = httpx.get(f"{url}/v1/stock/s1/C", headers=OPS).json()
+        assert c["on_hand"] == 7 and c["shrinkage"] == counted["shrinkage"] == counted["expected"] - 7
+        assert c["negative"] is False
+
+        # Low stock was announced for the skus whose cover ran out.
+        low = asyncio.run(read_topic(bootstrap, INVENTORY_LOW_STOCK.qualified(prefix), expected=4, timeout=20))
+        assert {orjson.loads(r.value)["payload"]["sku"] for r in low} == {"A", "B", "C", "D"}
+
+        # Bad input: 4xx naming the field.
+        def refusal(response: httpx.Response) -> tuple[int, str]:
+            return response.status_code, response.json()["detail"][0]["field"]
+
+        base = {"receipt_id": "r9", "store_id": "s1", "received_at": received_at}
+        assert refusal(httpx.post(f"{url}/v1/receipts", headers=OPS, json={
+            **base, "lines": [{"sku": "A", "quantity": -3}]})) == (422, "lines.0.quantity")
+        assert refusal(httpx.post(f"{url}/v1/receipts", headers=OPS, json={
+            **base, "store_id": "nowhere", "lines": [{"sku": "A", "quantity": 3}]})) == (404, "store_id")
+        assert refusal(httpx.post(f"{url}/v1/receipts", headers=OPS, json={
+            **base, "lines": [{"sku": "NOPE", "quantity": 3}]})) == (422, "lines.sku")
+        assert refusal(httpx.get(f"{url}/v1/stock/s1/NOPE", headers=OPS)) == (404, "sku")
+        assert refusal(httpx.get(f"{url}/v1/stock/s1", params={"below": "shelf"}, headers=OPS)) == (422, "query.below")
+        assert refusal(httpx.post(f"{url}/v1/stock/counts", headers=OPS, json={
+            "count_id": "c2", "store_id": "s1", "sku": "A", "counted": -1, "counted_at": received_at})) == (422, "counted")
+        assert httpx.get(f"{url}/v1/stock/s1/A", headers={"x-api-key": "dev-pos-s2"}).status_code == 403
+    finally:
+        service.stop()
+
+
+def batch_stock(sales: list[Sale]) -> dict[tuple[str, str], int]:
+    on_hand: dict[tuple[str, str], int] = defaultdict(int)
+    for s in sales:
+        for line in s.lines:
+            on_hand[(s.store_id, line.sku)] += line.quantity if s.kind == "return" else -line.quantity
+    return on_hand
+
+
+def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack: StackEndpoints,
+                                                                       tmp_path: Path) -> None:
+    """A month of real Online Retail sales (20,000 lines), SIGKILLed mid-stream, restarted, delivered twice."""
+    sales = load_sales(SLICE)[0]
+    catalog = products_from_sales(sales)
+    prefix, schema = f"rk{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
+    bootstrap = crm_stack.kafka_bootstrap
+    asyncio.run(publish_catalog(catalog, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+    asyncio.run(replay_kafka(sales, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+    service = start(crm_stack, tmp_path, prefix, schema, REPLENISHMENT_CONSUMER_BATCH="200")
+    applied: list[float] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill it once it has applied some sales but not all
+        metrics = httpx.get(f"{service.url}/metrics").text
+        applied = [float(line.split()[-1]) for line in metrics.splitlines()
+                   if line.startswith("crm_consumer_events_applied_total") and f"{prefix}replenishment.sales" in line]
+        if applied and applied[0] > 0:
+            break
+        time.sleep(0.05)
+    service.kill()
+    assert applied and 0 < applied[0] < len(sales), f"killed at {applied}: the drill needs a partial state"
+    service = start(crm_stack, tmp_path, prefix, schema)
+    try:
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name, timeout=120)
+        asyncio.run(replay_kafka(sales, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name, timeout=120)
+        expected = batch_stock(sales)
+        busiest = sorted(expected, key=lambda k: expected[k])[:25] + [k for k in expected if k[0] != "or-united-kingdom"][:25]
+        for store_id, sku in busiest:
+            served = httpx.get(f"{service.url}/v1/stock/{store_id}/{sku}", headers=OPS).json()
+            assert served["on_hand"] == expected[(store_id, sku)], (store_id, sku)
+        orders: dict[str, Any] = {}
+        for record in asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=1,
+                                             timeout=30, settle=2.0)):
+            payload = orjson.loads(record.value)["payload"]
+            orders.setdefault(payload["po_id"], payload)
+        listed = httpx.get(f"{service.url}/v1/orders", params={"limit": 1000}, headers=OPS).json()["orders"]
+        assert orders and {o["po_id"] for o in listed} == set(orders)
+        need_ids = [line["need_id"] for o in orders.values() for line in o["lines"]]
+        assert len(need_ids) == len(set(need_ids))
+        keys = [(o["store_id"], o["supplier_id"], o["cycle"]) for o in orders.values()]
+        assert len(keys) == len(set(keys)), "two orders for one supplier × store × cycle"
+    finally:
+        service.stop()
+
+
+def test_poison_records_go_to_the_dead_letter_topics_and_the_consumers_go_on(crm_stack: StackEndpoints,
+                                                                            tmp_path: Path) -> None:
+    from aiokafka import AIOKafkaProducer
+    from crm_shared.serde import encode
+    from crm_shared.supply_events import GoodsReceipt, goods_received
+
+    prefix, schema = f"rz{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
+    bootstrap = crm_stack.kafka_bootstrap
+    service = start(crm_stack, tmp_path, prefix, schema)
+    unknown_store = goods_received(GoodsReceipt(receipt_id="x1", store_id="nowhere", received_at=datetime.now(UTC),
+                                                lines=[{"sku": "A", "quantity": 1}]), source="test")
+
+    async def inject() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        await producer.send_and_wait(POS_SALES.qualified(prefix), b"\xff not json", key=b"s1")
+        await producer.send_and_wait(INVENTORY_RECEIPTS.qualified(prefix), orjson.dumps({"payload": {}}), key=b"s1")
+        await producer.send_and_wait(INVENTORY_RECEIPTS.qualified(prefix), encode(unknown_store), key=b"nowhere")
+        await producer.stop()
+
+    try:
+        asyncio.run(inject())
+        asyncio.run(replay_kafka(steady_sales(2), bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        caught_up(bootstrap, prefix, "receipts", INVENTORY_RECEIPTS.name)
+        dead_sales = asyncio.run(read_topic(bootstrap, POS_SALES.dlq(prefix), expected=1))
+        dead_receipts = asyncio.run(read_topic(bootstrap, INVENTORY_RECEIPTS.dlq(prefix), expected=2))
+        assert [dict(r.headers)["dlq.reason"].decode()[:14] for r in dead_sales] == ["not valid JSON"]
+        reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in dead_receipts)
+        assert reasons[0].startswith("breaks the contract") and "unknown store" in reasons[1]
+        assert httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()["on_hand"] == -20
+    finally:
+        service.stop()

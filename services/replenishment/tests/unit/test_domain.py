@@ -1,0 +1,188 @@
+"""The pure decisions: forecasts in event time, reorder points, order quantities, the order lifecycle."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from crm_shared.events import Product
+from crm_shared.supplier_terms import products_from_sales, with_supplier_terms
+from replenishment.domain import (
+    DemandModel,
+    Levels,
+    Policy,
+    Refused,
+    Terms,
+    after,
+    days_of_cover,
+    is_low,
+    order_quantity,
+    outlook,
+    overdue,
+    po_id_for,
+    receive,
+    record_demand,
+    reorder_levels,
+)
+from replenishment.edifact import parse_order_lines, render_orders
+
+MONDAY = date(2011, 1, 3)
+
+
+def learned(daily: list[float], start: date = MONDAY) -> DemandModel:
+    model = DemandModel()
+    for offset, quantity in enumerate(daily):
+        model, late = record_demand(model, start + timedelta(days=offset), quantity)
+        assert not late
+    return model
+
+
+def test_steady_demand_is_forecast_and_its_error_shrinks() -> None:
+    model = learned([10.0] * 30)
+    day = MONDAY + timedelta(days=30)
+    assert model.days_learned == 29  # the 30th day is still open: more of it may be sold
+    assert model.forecast(day) == pytest.approx(10.0)
+    assert model.sigma == pytest.approx(0.0)
+
+
+def test_the_weekday_season_is_learned() -> None:
+    # Busy Mondays (30), quiet other days (5): after ten weeks Monday's forecast stands well above Tuesday's.
+    week = [30.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]
+    model = learned(week * 10 + [0.0])
+    next_monday = MONDAY + timedelta(days=70)
+    assert model.forecast(next_monday) > 20 > 8 > model.forecast(next_monday + timedelta(days=1))
+
+
+def test_days_without_sales_are_learned_as_zeros_and_a_late_sale_is_counted_late() -> None:
+    model = learned([10.0] * 14)
+    model, _ = record_demand(model, MONDAY + timedelta(days=30), 1.0)  # 16 silent days in between
+    assert model.forecast(MONDAY + timedelta(days=31)) < 3
+    model, late = record_demand(model, MONDAY + timedelta(days=20), 5.0)
+    assert late and model.open_quantity == 1.0
+
+
+def test_a_same_day_return_nets_against_that_days_demand() -> None:
+    model, _ = record_demand(DemandModel(), MONDAY, 80.0)
+    model, _ = record_demand(model, MONDAY, -80.0)  # the order cancelled minutes later
+    model, _ = record_demand(model, MONDAY + timedelta(days=1), 0.0)
+    assert model.level == 0.0
+
+
+def test_outlook_rolls_in_the_days_not_yet_seen() -> None:
+    model = learned([10.0] * 21)
+    assert outlook(model, MONDAY + timedelta(days=21), 3) == pytest.approx(30.0)
+    assert outlook(model, MONDAY + timedelta(days=60), 3) < 3  # a long silence: demand has faded
+
+
+def test_reorder_point_is_demand_over_lead_time_plus_safety_stock() -> None:
+    week = [14.0, 6.0, 10.0, 10.0, 10.0, 12.0, 8.0]
+    model = learned(week * 8 + [0.0])
+    today = MONDAY + timedelta(days=56)
+    terms = Terms("sup", pack_size=1, lead_time_days=4)
+    policy = Policy(service_level_z=1.65, review_days=7)
+    levels = reorder_levels(model, today, terms, policy)
+    over_lead = sum(model.forecast(today + timedelta(days=i)) for i in range(4))
+    assert levels.reorder_point == math.ceil(over_lead + 1.65 * model.sigma * 2)
+    assert levels.reorder_point > over_lead  # a noisy sku carries safety stock
+    assert levels.order_up_to >= levels.reorder_point + 7 * 8
+
+
+def test_order_up_to_is_capped_by_the_shelf_but_stays_a_pack_above_the_reorder_point() -> None:
+    model = learned([50.0] * 20)
+    levels = reorder_levels(model, MONDAY + timedelta(days=20), Terms("sup", pack_size=12, lead_time_days=2,
+                                                                      shelf_capacity=60), Policy())
+    assert levels.reorder_point == 100 and levels.order_up_to == 112
+
+
+def test_order_quantity_is_rounded_to_whole_packs_and_the_moq() -> None:
+    levels = Levels(forecast_daily=10, sigma_daily=2, reorder_point=30, order_up_to=100)
+    terms = Terms("sup", pack_size=12, min_order_quantity=50)
+    assert order_quantity(31, 0, levels, terms) == 0  # above the reorder point
+    assert order_quantity(20, 10, levels, terms) == 72  # 70 wanted → 6 packs
+    assert order_quantity(95, -70, levels, terms) == 84  # 75 wanted → 7 packs
+    assert order_quantity(90, -60, levels, terms) == 72
+    assert order_quantity(29, 0, Levels(10, 2, 30, 35), terms) == 60  # 6 wanted, but the MOQ (50) in packs
+    assert order_quantity(-40, 0, levels, terms) == 144  # negative stock: sold before it was booked in
+
+
+def test_nothing_is_ordered_for_a_sku_nobody_buys() -> None:
+    assert order_quantity(0, 0, Levels(0.0, 0.0, 0, 1), Terms("sup")) == 0
+
+
+def test_days_of_cover_and_low_stock() -> None:
+    assert days_of_cover(30, 10.0) == 3.0
+    assert days_of_cover(-5, 10.0) == 0.0
+    assert days_of_cover(30, 0.0) is None
+    assert is_low(15, 10.0, Policy(low_cover_days=2)) and not is_low(25, 10.0, Policy(low_cover_days=2))
+
+
+def test_the_order_lifecycle_refuses_what_does_not_apply() -> None:
+    assert after("raised", "accepted") == "acknowledged"
+    assert after("acknowledged", "accepted") == "acknowledged"  # the same answer twice changes nothing
+    assert after("acknowledged", "ship") == "shipped"
+    assert after("received", "close") == "closed"
+    with pytest.raises(Refused) as refused:
+        after("closed", "rejected")
+    assert refused.value.status == 409 and refused.value.field == "status"
+    with pytest.raises(Refused):
+        after("rejected", "ship")
+
+
+def test_partial_and_over_delivery() -> None:
+    partial = receive({"A": 24, "B": 6}, {}, {"A": 20})
+    assert partial.status == "partially_received" and partial.on_order_release == {"A": 20}
+    rest = receive({"A": 24, "B": 6}, partial.received, {"A": 10, "B": 6, "Z": 1})
+    assert rest.status == "received"
+    assert rest.over_delivered == {"A": 6} and rest.unordered == {"Z": 1}
+    assert rest.on_order_release == {"A": 4, "B": 6}  # never more than what was on order
+
+
+def test_overdue_is_judged_in_event_time() -> None:
+    due = datetime(2011, 1, 5, tzinfo=UTC)
+    assert overdue("acknowledged", due, due + timedelta(hours=1))
+    assert not overdue("received", due, due + timedelta(days=9))
+    assert not overdue("raised", due, due - timedelta(hours=1))
+
+
+def test_order_ids_name_supplier_store_and_cycle() -> None:
+    cycle = date(2011, 1, 4)
+    assert po_id_for("sup-a", "s1", cycle) == po_id_for("sup-a", "s1", cycle)
+    assert po_id_for("sup-a", "s1", cycle) != po_id_for("sup-a", "s2", cycle)
+    assert po_id_for("sup-a", "s1", cycle).startswith("po-20110104-")
+
+
+def test_edifact_orders_parse_back_to_the_same_lines() -> None:
+    order = {"po_id": "po-20110104-0123456789ab", "supplier_id": "mfr-69", "store_id": "cj-367",
+             "raised_at": datetime(2011, 1, 4, 18, tzinfo=UTC), "expected_by": datetime(2011, 1, 7, 18, tzinfo=UTC),
+             "lines": [{"sku": "1004906", "quantity": 24, "unit_cost": "1.15"},
+                       {"sku": "85123A", "quantity": 6, "unit_cost": None}]}
+    text = render_orders(order)
+    assert "UNH+" in text and "ORDERS:D:96A:UN" in text and "BGM+220+po-20110104-0123456789ab+9" in text
+    assert parse_order_lines(text) == [("1004906", 24), ("85123A", 6)]
+
+
+def test_supplier_terms_are_deterministic_and_keep_what_the_data_says() -> None:
+    product = Product(sku="1004906", manufacturer_id="69")
+    first, second = with_supplier_terms(product), with_supplier_terms(product)
+    assert first == second and first.supplier_id == "mfr-69"
+    assert first.pack_size in (1, 6, 12, 24, 48) and first.min_order_quantity % first.pack_size == 0
+    assert 1 <= first.lead_time_days <= 7 and first.shelf_capacity >= 4 * first.pack_size
+    many = [Product(sku=str(n)) for n in range(200)]
+    assert [with_supplier_terms(p) for p in many] != [with_supplier_terms(p, seed="other") for p in many]
+    assert len({with_supplier_terms(p).supplier_id for p in many}) > 10  # spread over the suppliers
+    kept = with_supplier_terms(Product(sku="X", supplier_id="acme", pack_size=10, lead_time_days=0))
+    assert (kept.supplier_id, kept.pack_size, kept.lead_time_days) == ("acme", 10, 0)
+
+
+def test_a_catalog_from_sales_costs_less_than_it_sells_for() -> None:
+    from crm_shared.events import Sale
+
+    sales = [Sale.model_validate({"sale_id": str(i), "store_id": "s", "terminal_id": "t", "currency": "GBP",
+                                  "occurred_at": "2011-01-03T10:00:00+00:00",
+                                  "lines": [{"sku": "A", "description": "LANTERN", "quantity": 1,
+                                             "unit_price": price}]}) for i, price in enumerate(("2.00", "2.50", "9.00"))]
+    (product,) = products_from_sales(sales)
+    assert product.description == "LANTERN" and product.sku == "A"
+    assert product.unit_cost is not None and 0 < product.unit_cost < 2.50  # 55-70 % of the median price
+    assert product.supplier_id is not None and product.supplier_id.startswith("sup-")
