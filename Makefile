@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/profile_exactness.py
 	$(BIN)/python bench/member_profile_throughput.py
 	$(BIN)/python bench/basket_rules.py
+	$(BIN)/python bench/churn_cdnow.py
 
 drills: install
 	$(BIN)/pytest -q -m "integration or e2e" -k "drill or killed or broker_down"
