@@ -277,3 +277,60 @@ def product_listed(product: Product, *, source: str, occurred_at: datetime) -> E
 
 
 ProductListed = Envelope[Product]
+
+
+# --- the segmenter's events ---------------------------------------------------------------------
+
+SegmentDimension = Literal["value_tier", "persona", "cluster"]
+
+
+class MemberSegmentChanged(BaseModel):
+    """Payload of `member.segments.v1` (key = member id): one of a member's segments changed.
+
+    `dimension` says which: `value_tier` (the RFM map: champions … lost), `persona` (a rule a
+    marketer can read: dormant, new_member, price_sensitive, brand_loyal, …; `dormant` — overdue by
+    the member's own rhythm — is the notifier's wake-up trigger) or `cluster` (learned online).
+    `current` is the member's whole segment set after the change, so a consumer needs no other state."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member_id: Identifier
+    dimension: SegmentDimension
+    old: str | None
+    new: str | None
+    reason: str = Field(max_length=500, description="Why, in words: the rule or the features behind the change")
+    as_of: AwareDatetime = Field(description="Event time the decision was taken at")
+    current: dict[str, str] = Field(default_factory=dict, description="Every dimension's segment after the change")
+    p_active: float | None = Field(default=None, ge=0, le=1, description="Probability the member is still active")
+    expected_next_visit_at: AwareDatetime | None = None
+
+
+class RuleDocument(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    antecedents: list[str]
+    consequent: str
+    support: float
+    confidence: float
+    lift: float
+
+
+class AssociationRulesChanged(BaseModel):
+    """Payload of `analytics.associations.v1` (key = scope): the top rules of a scope (`chain` or a
+    store id) over its event-time window, published when they change."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: str
+    window_start: AwareDatetime | None
+    window_end: AwareDatetime
+    baskets: int
+    min_support: float
+    min_confidence: float
+    rules: list[RuleDocument]
+
+
+def segmenter_event(payload: BaseModel, *, event_type: str, key: str, occurred_at: datetime, identity: str) -> Envelope[Any]:
+    """Same decision, same event id (a redelivered profile or a restart republishes nothing new)."""
+    return Envelope[Any](event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
+                         occurred_at=occurred_at, source="segmenter", key=key, payload=payload)

@@ -1,7 +1,4 @@
-"""segmenter: value tiers and behaviour segments learned online, churn risk, market-basket rules.
-
-Being built (issue 5): the pure market-basket module comes first; the service entry point
-(`python -m segmenter`) arrives with the consumers, and `crm up` starts it from then on.
-"""
+"""segmenter: value tiers, personas and behaviour clusters learned online on every profile change,
+churn risk and dormancy by each member's own rhythm, market-basket rules and product analytics."""
 
 SERVICE_NAME = "segmenter"

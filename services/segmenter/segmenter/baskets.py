@@ -49,6 +49,17 @@ import orjson
 
 STATE_VERSION = 1
 ARULES_MAX_RULE_ITEMS = 10
+MAX_ITEMSETS = 300_000  # beyond this a threshold is too low for the window: refuse rather than run out of memory
+
+
+class TooManyItemsets(ValueError):
+    """The support threshold lets through more itemsets than `max_itemsets` (say, a small store whose
+    few baskets are the same long wholesale order: every subset of it is "frequent")."""
+
+    def __init__(self, limit: int, min_count: int, baskets: int) -> None:
+        super().__init__(f"more than {limit:,} frequent itemsets at {min_count} of {baskets:,} baskets: "
+                         "raise min_support")
+        self.limit, self.min_count, self.baskets = limit, min_count, baskets
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +120,15 @@ class BasketRules:
     newer baskets arrive, and a basket that arrives already that old is refused.
     """
 
-    def __init__(self, *, window: timedelta | None = None, max_rule_items: int = ARULES_MAX_RULE_ITEMS) -> None:
+    def __init__(self, *, window: timedelta | None = None, max_rule_items: int = ARULES_MAX_RULE_ITEMS,
+                 max_itemsets: int = MAX_ITEMSETS) -> None:
         if window is not None and window <= timedelta(0):
             raise ValueError("window must be positive")
         if max_rule_items < 2:
             raise ValueError("a rule has at least 2 items")
         self.window = window
         self.max_rule_items = max_rule_items
+        self.max_itemsets = max_itemsets
         self.latest_at: datetime | None = None
         self._baskets: dict[str, _Basket] = {}
         self._item_baskets: dict[str, int] = {}
@@ -274,6 +287,8 @@ class BasketRules:
             for position, (item, item_bits, count) in enumerate(members):
                 itemset = (*prefix, item)
                 itemsets[frozenset(itemset)] = count
+                if len(itemsets) > self.max_itemsets:
+                    raise TooManyItemsets(self.max_itemsets, min_count, len(self._baskets))
                 if len(itemset) >= self.max_rule_items:
                     continue
                 paired = self._together.get(item, {}) if not prefix else None

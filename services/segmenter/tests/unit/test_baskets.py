@@ -266,3 +266,14 @@ def test_groceries_after_evicting_half_equals_a_fresh_count_of_the_other_half(gr
     assert month.expire_before(T0 + timedelta(minutes=half)) == half
     assert month.rules(0.002, 0.4) == shop(list(groceries[half:])).rules(0.002, 0.4) != []
     assert month.bought_with("whole milk") == shop(list(groceries[half:])).bought_with("whole milk")
+
+
+def test_a_threshold_too_low_for_the_window_is_refused_not_mined_to_exhaustion() -> None:
+    from segmenter.baskets import TooManyItemsets
+
+    rules = BasketRules(max_itemsets=10_000)
+    order = [f"sku{i}" for i in range(40)]  # the same 40-line wholesale order, twice
+    rules.add("a", order, T0)
+    rules.add("b", order, T0)
+    with pytest.raises(TooManyItemsets, match="raise min_support"):
+        rules.rules(0.5, 0.5)

@@ -1,0 +1,418 @@
+"""One function per event batch or query: load, decide with the domain, save, emit.
+
+Everything learned (the clusters, the churn model, the event-time clock) is snapshotted in the
+same transaction as the applied event ids; the in-memory copies are swapped in only after that
+transaction commits, so a failed or retried batch never teaches the model twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from crm_shared.events import (
+    AssociationRulesChanged,
+    Envelope,
+    MemberErased,
+    MemberProfileUpdated,
+    MemberSegmentChanged,
+    RuleDocument,
+    Sale,
+    segmenter_event,
+)
+from crm_shared.outbox import add_events
+from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MEMBER_SEGMENTS
+from prometheus_client import Counter, Gauge
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from segmenter import domain, store
+from segmenter.baskets import AssociationRule, BasketRules, TooManyItemsets
+from segmenter.churn import ChurnEstimate, ChurnModel, PurchaseSummary
+from segmenter.clusters import OnlineClusters
+from segmenter.settings import SegmenterSettings
+
+log = logging.getLogger(__name__)
+DAY = timedelta(days=1)
+BasketRow = tuple[str, str, datetime, list[str]]  # basket id, store, event time, SKUs
+
+RECLASSIFIED = Counter("crm_segmenter_reclassified_total", "Profile updates classified")
+SEGMENT_CHANGES = Counter("crm_segmenter_segment_changes_total", "Segment changes published", ["dimension"])
+BASKETS = Gauge("crm_segmenter_baskets_in_window", "Baskets in the chain-wide rules window")
+
+
+@dataclass
+class ProfilesOutcome:
+    clusters: OnlineClusters | None = None
+    churn: ChurnModel | None = None
+    clock: datetime | None = None
+    population: domain.Population | None = None
+    churn_fitted_at: datetime | None = None
+    published: int = 0
+
+
+@dataclass
+class Learned:
+    """What a batch decided, before it is saved."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Envelope[Any]] = field(default_factory=list)
+
+
+def held_segments(row: dict[str, Any] | None) -> domain.MemberSegments:
+    if row is None:
+        return domain.MemberSegments()
+    scores = row.get("scores")
+    return domain.MemberSegments(row.get("value_tier"), row.get("persona"), row.get("cluster"),
+                                 domain.Scores(*scores) if scores else None)
+
+
+def cluster_index(label: str | None) -> int | None:
+    return int(label.split("-", 1)[1]) if label and label.startswith("cluster-") else None
+
+
+def summary_of_row(row: dict[str, Any], clock: datetime) -> PurchaseSummary | None:
+    first, last = row.get("first_purchase_at"), row.get("last_purchase_at")
+    if first is None or last is None:
+        return None
+    repeat = max(int(row["visits"]) - 1, 0)
+    return PurchaseSummary(repeat_visits=repeat, recency_days=max((last - first) / DAY, 0.0),
+                           age_days=max((clock - first) / DAY, 0.0),
+                           mean_interval_days=row.get("interval_mean") if repeat >= 1 else None,
+                           spread_days=row.get("interval_spread") if repeat >= 2 else None)
+
+
+class SegmentHandlers:
+    def __init__(self, engine: AsyncEngine, settings: SegmenterSettings, *, topic_prefix: str,
+                 wake_relay: Any = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.segments_topic = MEMBER_SEGMENTS.qualified(topic_prefix)
+        self.rules_topic = ANALYTICS_ASSOCIATIONS.qualified(topic_prefix)
+        self.wake_relay = wake_relay or (lambda: None)
+        self.clusters = OnlineClusters(n_clusters=settings.n_clusters, algorithm=settings.cluster_algorithm)
+        self.churn = ChurnModel()
+        self.churn_fitted_at: datetime | None = None
+        self.clock: datetime | None = None
+        self.population = domain.Population()
+        window = timedelta(days=settings.basket_window_days)
+        self.window = window
+        self.chain_rules = BasketRules(window=window)
+        self.store_rules: dict[str, BasketRules] = {}
+        self.rules_lock = asyncio.Lock()
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Snapshots back into memory; the basket windows rebuilt from the baskets table."""
+        async with self.engine.connect() as conn:
+            clusters = await store.load_state(conn, "clusters")
+            if clusters is not None:
+                self.clusters = OnlineClusters.from_state(clusters)
+            churn = await store.load_state(conn, "churn")
+            if churn is not None:
+                data = orjson.loads(churn)
+                self.churn = ChurnModel.from_state(data["model"])
+                self.churn_fitted_at = datetime.fromisoformat(data["fitted_at"]) if data.get("fitted_at") else None
+            self.clock = await store.load_clock(conn)
+            if self.clock is not None:
+                self.population = domain.population_of(
+                    await store.active_population(conn, self.settings.active_days, self.clock))
+            rows = await store.baskets_since(conn, None)
+        async with self.rules_lock:
+            await asyncio.to_thread(self._add_baskets, rows)
+        log.info("segmenter state restored", extra={"clock": self.clock and self.clock.isoformat(),
+                                                     "learned": self.clusters.learned, "baskets": len(rows)})
+
+    # --- member.profiles.v1 -------------------------------------------------------------------
+
+    async def apply_profiles(self, conn: AsyncConnection, events: list[Envelope[MemberProfileUpdated]]) -> ProfilesOutcome:
+        latest: dict[str, Envelope[MemberProfileUpdated]] = {}
+        for event in events:
+            latest[event.payload.member_id] = event  # a batch holds a member's updates in order: keep the last
+        erased = await store.erased_among(conn, list(latest))
+        for member_id, event in list(latest.items()):
+            if member_id in erased or event.payload.erased:
+                del latest[member_id]
+                if event.payload.erased:
+                    await store.erase(conn, member_id, event.payload.as_of)
+        if not latest:
+            return ProfilesOutcome()
+        previous_clock = self.clock
+        clock = max([e.payload.as_of for e in latest.values()] + ([previous_clock] if previous_clock else []))
+        population = self.population
+        if population.members < 5:
+            population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
+        existing = await store.load_members(conn, list(latest))
+        model = self.clusters.copy()
+        learned = await asyncio.to_thread(self._classify_profiles, model, list(latest.values()), existing,
+                                          population, clock)
+        await store.save_members(conn, learned.rows)
+        outcome = ProfilesOutcome(clusters=model, churn=self.churn, clock=clock, population=population)
+        if previous_clock is None or clock.date() > previous_clock.date():
+            await self._sweep(conn, clock, learned, outcome)
+        await store.record_changes(conn, learned.changes)
+        await add_events(conn, store.outbox, self.segments_topic, learned.events)
+        await store.save_state(conn, "clusters", model.to_state())
+        await store.save_clock(conn, clock)
+        outcome.published = len(learned.events)
+        RECLASSIFIED.inc(len(latest))
+        return outcome
+
+    async def after_profiles(self, outcome: ProfilesOutcome) -> None:
+        if outcome.clusters is not None:
+            self.clusters = outcome.clusters
+        if outcome.churn is not None:
+            self.churn = outcome.churn
+        if outcome.clock is not None:
+            self.clock = outcome.clock
+        if outcome.population is not None:
+            self.population = outcome.population
+        if outcome.churn_fitted_at is not None:
+            self.churn_fitted_at = outcome.churn_fitted_at
+        if outcome.published:
+            self.wake_relay()
+
+    def _classify_profiles(self, model: OnlineClusters, events: list[Envelope[MemberProfileUpdated]],
+                           existing: dict[str, dict[str, Any]], population: domain.Population,
+                           clock: datetime) -> Learned:
+        learned = Learned()
+        for event in events:
+            profile = event.payload
+            row = existing.get(profile.member_id)
+            held = held_segments(row)
+            feats = domain.features(profile)
+            distances = model.learn_one(feats)
+            cluster = (domain.sticky_cluster(distances, cluster_index(held.cluster), margin=self.settings.cluster_margin)
+                       if distances else None)
+            summary = domain.purchase_summary(profile, clock)
+            churn = self.churn.estimate(summary, self.settings.churn_horizon_days) if summary else None
+            facts = domain.persona_facts(profile, feats, clock, churn)
+            last = profile.last_purchase_at
+            recency = (clock - last) / DAY if last else float(self.settings.active_days)
+            visits = profile.visit_rhythm.intervals + 1 if profile.first_purchase_at else 0
+            decided = domain.classify(current=held, recency_days=recency, visits=visits, monetary=float(profile.monetary),
+                                      facts=facts, population=population, cluster=cluster, churn=churn,
+                                      band=self.settings.score_band)
+            new_row = {
+                "member_id": profile.member_id, "as_of": profile.as_of, "first_purchase_at": profile.first_purchase_at,
+                "last_purchase_at": last, "visits": visits, "monetary": float(profile.monetary),
+                "basket_value": float(profile.average_basket_value), "basket_size": profile.average_basket_size,
+                "interval_mean": profile.visit_rhythm.mean_days if profile.visit_rhythm.intervals >= 1 else None,
+                "interval_spread": profile.visit_rhythm.spread_days if profile.visit_rhythm.intervals >= 2 else None,
+                "features": feats, "facts": facts_document(facts), "profile_event_id": event.event_id,
+            }
+            new_row.update(self._segment_columns(decided.segments, churn, clock))
+            learned.rows.append(new_row)
+            self._record(learned, profile.member_id, decided, churn, clock, identity=str(event.event_id))
+        return learned
+
+    @staticmethod
+    def _segment_columns(segments: domain.MemberSegments, churn: ChurnEstimate | None, clock: datetime) -> dict[str, Any]:
+        scores = segments.scores
+        return {
+            "value_tier": segments.value_tier, "persona": segments.persona, "cluster": segments.cluster,
+            "scores": [scores.recency, scores.frequency, scores.monetary] if scores else None,
+            "p_active": churn.p_active if churn else None,
+            "expected_next_visit_at": (clock + timedelta(days=churn.expected_next_visit_days)
+                                       if churn and churn.expected_next_visit_days is not None else None),
+        }
+
+    def _record(self, learned: Learned, member_id: str, decided: domain.Classified, churn: ChurnEstimate | None,
+                clock: datetime, *, identity: str) -> None:
+        current = decided.segments.as_dict()
+        next_visit = (clock + timedelta(days=churn.expected_next_visit_days)
+                      if churn and churn.expected_next_visit_days is not None else None)
+        for change in decided.changes:
+            SEGMENT_CHANGES.labels(change.dimension).inc()
+            learned.changes.append({"member_id": member_id, "dimension": change.dimension, "old": change.old,
+                                    "new": change.new, "reason": change.reason, "as_of": clock})
+            payload = MemberSegmentChanged(member_id=member_id, dimension=change.dimension,  # type: ignore[arg-type]
+                                           old=change.old, new=change.new, reason=change.reason[:500], as_of=clock,
+                                           current=current, p_active=churn.p_active if churn else None,
+                                           expected_next_visit_at=next_visit)
+            learned.events.append(segmenter_event(payload, event_type="MemberSegmentChanged", key=member_id,
+                                                  occurred_at=clock,
+                                                  identity=f"segment/{member_id}/{change.dimension}/{identity}"))
+
+    async def _sweep(self, conn: AsyncConnection, clock: datetime, learned: Learned, outcome: ProfilesOutcome) -> None:
+        """Event time entered a new day: refit what is due, re-decide everyone (recency moved for
+        members who bought nothing: some become dormant, some slip a value tier) and record sizes."""
+        rows = {row["member_id"]: row for row in await store.all_members(conn)}
+        for row in learned.rows:  # this batch's members as just decided
+            rows[row["member_id"]] = row
+        churn = self.churn
+        if self.churn_fitted_at is None or clock - self.churn_fitted_at >= timedelta(days=self.settings.churn_refit_days):
+            summaries = [s for s in (summary_of_row(r, clock) for r in rows.values()) if s is not None]
+            if len(summaries) >= 50:
+                churn = ChurnModel.from_state(self.churn.to_state())
+                await asyncio.to_thread(churn.fit, summaries)
+                outcome.churn_fitted_at = clock
+                await store.save_state(conn, "churn", orjson.dumps({"model": churn.to_state(),
+                                                                   "fitted_at": clock.isoformat()}))
+                outcome.churn = churn
+        population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
+        outcome.population = population
+        model = outcome.clusters or self.clusters
+        swept = await asyncio.to_thread(self._reclassify_rows, list(rows.values()), population, churn, clock, model)
+        await store.save_members(conn, swept.rows)
+        learned.changes += swept.changes
+        learned.events += swept.events
+        await store.record_sizes(conn, clock.date())
+
+    def _reclassify_rows(self, rows: list[dict[str, Any]], population: domain.Population, churn_model: ChurnModel,
+                         clock: datetime, model: OnlineClusters) -> Learned:
+        learned = Learned()
+        day = clock.date().isoformat()
+        for row in rows:
+            summary = summary_of_row(row, clock)
+            churn = churn_model.estimate(summary, self.settings.churn_horizon_days) if summary else None
+            held = held_segments(row)
+            facts = facts_from_document(row["facts"], churn, row, clock)
+            last = row.get("last_purchase_at")
+            recency = (clock - last) / DAY if last else float(self.settings.active_days)
+            cluster = cluster_index(held.cluster)
+            if cluster is None:  # first seen while the clusters were still being seeded
+                cluster = model.predict_one(row["features"])
+            decided = domain.classify(current=held, recency_days=recency, visits=int(row["visits"]),
+                                      monetary=float(row["monetary"]), facts=facts, population=population,
+                                      cluster=cluster, churn=churn, band=self.settings.score_band)
+            columns = self._segment_columns(decided.segments, churn, clock)
+            if decided.changes or any(row.get(k) != v for k, v in columns.items() if k in ("p_active",)):
+                updated = {**row, **columns}
+                learned.rows.append(updated)
+            self._record(learned, row["member_id"], decided, churn, clock, identity=f"sweep/{day}")
+        return learned
+
+    # --- member.erased.v1 ------------------------------------------------------------------------
+
+    async def apply_erasures(self, conn: AsyncConnection, events: list[Envelope[MemberErased]]) -> None:
+        for event in events:
+            await store.erase(conn, event.payload.member_id, event.payload.erased_at)
+
+    # --- pos.sales.v1: baskets and product sales ------------------------------------------------
+
+    async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> list[BasketRow]:
+        baskets: list[BasketRow] = []
+        daily: dict[tuple[str, str, date], list[Any]] = defaultdict(lambda: [0, Decimal(0), 0])
+        names: dict[str, str] = {}
+        for event in events:
+            sale = event.payload
+            sign = -1 if sale.kind == "return" else 1
+            day = sale.occurred_at.date()  # the till's calendar day
+            seen: set[str] = set()
+            for line in sale.lines:
+                entry = daily[(sale.store_id, line.sku, day)]
+                entry[0] += sign * line.quantity
+                entry[1] += sign * line.net
+                if line.sku not in seen and sign > 0:
+                    entry[2] += 1
+                seen.add(line.sku)
+                if line.description and line.sku not in names:
+                    names[line.sku] = line.description
+            if sale.kind == "sale":
+                baskets.append((str(event.event_id), sale.store_id, sale.occurred_at, sorted(seen)))
+        await store.add_baskets(conn, [{"basket_id": b, "store_id": s, "at": at, "items": items}
+                                       for b, s, at, items in baskets])
+        await store.add_product_sales(conn, [(s, k, d, q, r, n) for (s, k, d), (q, r, n) in daily.items()])
+        await store.name_products(conn, names)
+        return baskets
+
+    async def after_sales(self, baskets: list[BasketRow]) -> None:
+        if baskets:
+            async with self.rules_lock:
+                self._add_baskets(baskets)
+
+    def _add_baskets(self, rows: list[BasketRow]) -> None:
+        for basket_id, store_id, at, items in rows:
+            self.chain_rules.add(basket_id, items, at)
+            rules = self.store_rules.get(store_id)
+            if rules is None:
+                rules = self.store_rules[store_id] = BasketRules(window=self.window)
+            rules.add(basket_id, items, at)
+        BASKETS.set(len(self.chain_rules))
+
+    def rules_for(self, scope: str | None) -> BasketRules | None:
+        return self.chain_rules if scope in (None, "chain") else self.store_rules.get(scope)
+
+    async def rules(self, *, scope: str | None, min_support: float, min_confidence: float, min_lift: float,
+                    antecedent: frozenset[str] | None, limit: int | None) -> tuple[list[AssociationRule], int]:
+        async with self.rules_lock:
+            rules = self.rules_for(scope)
+            if rules is None:
+                return [], 0
+            found = await asyncio.to_thread(rules.rules, min_support, min_confidence, min_lift, antecedent, limit)
+            return found, len(rules)
+
+    async def bought_with(self, sku: str, scope: str | None, limit: int) -> tuple[list[Any], int]:
+        async with self.rules_lock:
+            rules = self.rules_for(scope)
+            if rules is None:
+                return [], 0
+            return rules.bought_with(sku, limit), rules.baskets_with(sku)
+
+    async def publish_rules_if_changed(self) -> int:
+        """Publish each scope's top rules when they differ from what was last published."""
+        published = 0
+        async with self.engine.connect() as conn:
+            fingerprints = await store.last_fingerprints(conn)
+        scopes = ["chain", *sorted(self.store_rules)]
+        for scope in scopes:
+            async with self.rules_lock:
+                rules = self.rules_for(scope)
+                if rules is None or len(rules) < self.settings.rules_min_scope_baskets:
+                    continue
+                try:
+                    top = await asyncio.to_thread(rules.rules, self.settings.rules_min_support,
+                                                  self.settings.rules_min_confidence, 0.0, None, self.settings.rules_top)
+                except TooManyItemsets as exc:
+                    log.info("rules of a scope skipped", extra={"scope": scope, "reason": str(exc)})
+                    continue
+                size, latest = len(rules), rules.latest_at
+            fingerprint = hashlib.sha256(orjson.dumps([[sorted(r.antecedents), r.consequent] for r in top])).hexdigest()
+            if fingerprints.get(scope) == fingerprint or latest is None:
+                continue
+            payload = AssociationRulesChanged(
+                scope=scope, window_start=latest - self.window, window_end=latest, baskets=size,
+                min_support=self.settings.rules_min_support, min_confidence=self.settings.rules_min_confidence,
+                rules=[RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent, support=r.support,
+                                    confidence=r.confidence, lift=r.lift) for r in top])
+            event = segmenter_event(payload, event_type="AssociationRulesChanged", key=scope, occurred_at=latest,
+                                    identity=f"rules/{scope}/{fingerprint}")
+            async with self.engine.begin() as conn:
+                await add_events(conn, store.outbox, self.rules_topic, [event])
+                await store.save_fingerprint(conn, scope, fingerprint)
+            published += 1
+        if published:
+            self.wake_relay()
+        return published
+
+    async def trim_baskets(self) -> int:
+        latest = self.chain_rules.latest_at
+        if latest is None:
+            return 0
+        async with self.engine.begin() as conn:
+            return await store.drop_baskets_before(conn, latest - self.window)
+
+
+def facts_document(facts: domain.PersonaFacts) -> dict[str, Any]:
+    return {"first_days": facts.days_since_first, "discount_share": facts.discount_share,
+            "top_brand_share": facts.top_brand_share, "weekend_share": facts.weekend_share}
+
+
+def facts_from_document(doc: dict[str, Any], churn: ChurnEstimate | None, row: dict[str, Any],
+                        clock: datetime) -> domain.PersonaFacts:
+    first = row.get("first_purchase_at")
+    return domain.PersonaFacts(
+        dormant=bool(churn and churn.dormant), days_since_first=(clock - first) / DAY if first else 0.0,
+        visits=int(row["visits"]), discount_share=float(doc.get("discount_share", 0.0)),
+        top_brand_share=float(doc.get("top_brand_share", 0.0)), basket_size=float(row["basket_size"]),
+        basket_value=float(row["basket_value"]), interval_days=row.get("interval_mean"),
+        weekend_share=float(doc.get("weekend_share", 0.0)))
