@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ARRAY, String, any_, bindparam, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -52,3 +52,11 @@ def any_of(column: Any, values: Iterable[str]) -> Any:
 def sync_url(database_url: str) -> str:
     """The same database for a synchronous driver-less use (logging, display) without the password."""
     return make_url(database_url).render_as_string(hide_password=True)
+
+
+async def asyncpg_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one, for hot paths that skip SQLAlchemy's per-row work."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:
+        raise ConnectionError("the database connection is closed")
+    return driver

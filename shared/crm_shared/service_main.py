@@ -25,11 +25,12 @@ def migrate(common: CommonSettings, settings: Any) -> None:
     upgrade(Path(settings.migrations_dir), database_url=common.database_url, schema=settings.schema_name)
 
 
-def serve(app_factory: str, settings: Any) -> None:
+def serve(app_factory: str, settings: Any, *, http: Any = "httptools") -> None:
+    """`http`: uvicorn's HTTP protocol, by name or class (a service may bring its own tuned one)."""
     import uvicorn
 
     uvicorn.run(app_factory, factory=True, workers=settings.workers, host=settings.host, port=settings.port,
-                log_config=None, access_log=False, loop="uvloop", http="httptools", timeout_graceful_shutdown=10)
+                log_config=None, access_log=False, loop="uvloop", http=http, timeout_graceful_shutdown=10)
 
 
 def run(argv: list[str] | None, *, service: str, description: str | None, settings_factory: Callable[[], Any],

@@ -164,11 +164,13 @@ def _exit_gracefully(_signum: int, _frame: Any) -> None:
 
 def _serve(common: CommonSettings, settings: GatewaySettings) -> int:
     service_main.migrate(common, settings)  # before the background process, which needs the tables
+    from pos_gateway.http_protocol import CoalescingHttpToolsProtocol
+
     if settings.background == "process" and (settings.relay_enabled or settings.live_stats_enabled):
         with BackgroundProcess():
-            service_main.serve(APP_FACTORY, settings)
+            service_main.serve(APP_FACTORY, settings, http=CoalescingHttpToolsProtocol)
     else:
-        service_main.serve(APP_FACTORY, settings)
+        service_main.serve(APP_FACTORY, settings, http=CoalescingHttpToolsProtocol)
     return 0
 
 

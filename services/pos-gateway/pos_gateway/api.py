@@ -1,6 +1,8 @@
 """HTTP edge of pos-gateway: parse, call one handler, shape the response."""
 
 
+import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -11,15 +13,20 @@ import orjson
 from crm_shared.auth import Principal, require_role
 from crm_shared.events import Identifier, Sale
 from crm_shared.money import Money
-from crm_shared.web import ApiError, field_errors, install_common, service_lifespan
+from crm_shared.web import HTTP_LATENCY, HTTP_REQUESTS, ApiError, field_errors, install_common, service_lifespan
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from pos_gateway import SERVICE_NAME
 from pos_gateway.domain import Refusal
 from pos_gateway.store import Accepted, LedgerUnavailable
+
+log = logging.getLogger(__name__)
+
+DirectEndpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class SaleAccepted(BaseModel):
@@ -153,15 +160,58 @@ class DirectRoute(APIRoute):
     sales hot path those cost about as much as the rest of the HTTP layer together.
     """
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+    def get_route_handler(self) -> DirectEndpoint:
+        endpoint: DirectEndpoint = self.endpoint
         return endpoint
+
+
+class GatewayApp(FastAPI):
+    """The gateway's app: the terminals' ingest routes are dispatched before Starlette's stack.
+
+    Every other request goes through FastAPI as usual. An ingest request is answered by its
+    `DirectRoute` endpoint without the middleware stack and the route search (measured: those cost
+    over a tenth of the API process's CPU at full load), with the same error handlers and the same
+    request metrics as everything else.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct_endpoints: dict[tuple[str, str], DirectEndpoint] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.direct_endpoints.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                await self._serve_direct(endpoint, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _serve_direct(self, endpoint: DirectEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        scope["app"] = self
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:
+            response = await self._handle_error(request, exc)
+        await response(scope, receive, send)
+        HTTP_REQUESTS.labels(SERVICE_NAME, scope["path"], scope["method"], str(response.status_code)).inc()
+        HTTP_LATENCY.labels(SERVICE_NAME, scope["path"]).observe(time.perf_counter() - started)
+
+    async def _handle_error(self, request: Request, exc: Exception) -> Response:
+        for kind in type(exc).__mro__:  # the most specific handler, as Starlette's lookup does
+            handler = self.exception_handlers.get(kind)
+            if handler is not None:
+                response: Response = await handler(request, exc)
+                return response
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
 
 def create_app(gateway: Any) -> FastAPI:
     """`gateway` is the object `bootstrap.build()` returns; the app starts and stops it."""
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Retail CRM — pos-gateway", version="1.0.0", lifespan=service_lifespan(gateway),
         description=("Takes sales and returns from store terminals. A `202` means the sale is durable in the ledger "
                      "and will be published on `pos.sales.v1`; posting the same sale again is harmless. "
@@ -225,7 +275,8 @@ def create_app(gateway: Any) -> FastAPI:
                                refused=sum(r.http_status >= 400 for r in results), results=results)
         return Response(answer.model_dump_json(), media_type="application/json")
 
-    app.include_router(ingest)
+    app.include_router(ingest)  # routed (and documented) as usual, but served directly:
+    app.direct_endpoints.update({("POST", "/v1/sales"): post_sale, ("POST", "/v1/sales/batch"): post_batch})
 
     @app.get("/v1/sales/{store_id}/{sale_id}", tags=["sales"], summary="A recorded sale, as the ledger holds it",
              response_model=StoredSale, responses={404: {"model": ErrorResponse}, 401: ERRORS[401], 403: ERRORS[403]})

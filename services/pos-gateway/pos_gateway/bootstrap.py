@@ -12,6 +12,7 @@ from typing import Any
 from crm_shared.auth import KeyRing
 from crm_shared.db import make_engine
 from crm_shared.kafka import ensure_topics, make_consumer, make_producer
+from crm_shared.outbox import OutboxRelay
 from crm_shared.settings import CommonSettings
 from crm_shared.topics import BROKER_SENTINEL, POS_SALES
 from crm_shared.web import cache_check, database_check
@@ -22,8 +23,10 @@ from pos_gateway import SERVICE_NAME
 from pos_gateway.cache import LiveStats
 from pos_gateway.handlers import GatewayHandlers
 from pos_gateway.settings import GatewaySettings
-from pos_gateway.store import RELAY_STALE_AFTER, OutboxRelay, SaleWriter, relay_heartbeat_age
+from pos_gateway.store import RELAY_STALE_AFTER, SaleWriter, beat, outbox, relay_heartbeat_age
 from pos_gateway.stream import LiveStatsConsumer
+
+RELAY_LOCK = 0x505F5341  # advisory lock: one relay publishes at a time across every gateway replica
 
 
 @dataclass
@@ -101,15 +104,17 @@ def live_stats_store(common: CommonSettings, redis: Redis) -> LiveStats:
 def build_background(common: CommonSettings, settings: GatewaySettings, engine: AsyncEngine,
                      redis: Redis) -> Background:
     prefix = common.topic_prefix
+    relay_id = f"{socket.gethostname()}:{os.getpid()}"
     relay = OutboxRelay(
-        engine, partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay"),
-        batch_size=settings.relay_batch_size, idle_poll=settings.relay_idle_poll_seconds,
+        engine, outbox, partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay"),
+        lock_id=RELAY_LOCK, batch_size=settings.relay_batch_size, idle_poll=settings.relay_idle_poll_seconds,
         retention_hours=settings.outbox_retention_hours,
         ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix,
                               partitions=common.topic_partitions, replication=common.topic_replication),
         sentinel_topic=BROKER_SENTINEL.qualified(prefix),
         wake_channel=f"{settings.schema_name}.outbox",  # the channel the outbox trigger notifies
-        relay_id=f"{socket.gethostname()}:{os.getpid()}",
+        heartbeat=partial(beat, engine, relay_id, retention_hours=settings.outbox_retention_hours),
+        busy_linger=0.05,  # under load rows gather a moment between passes; from idle it publishes at once
     )
     group = f"{prefix}{SERVICE_NAME}.live-stats"
     consumer = LiveStatsConsumer(

@@ -16,15 +16,15 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from crm_shared.db import asyncpg_connection
 from crm_shared.events import Sale, sale_recorded_document
+from crm_shared.outbox import outbox_table
 from crm_shared.serde import encode_document, encode_key
 from sqlalchemy import (
-    BigInteger,
     Column,
     DateTime,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -32,7 +32,6 @@ from sqlalchemy import (
     Text,
     func,
     select,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -64,17 +63,7 @@ sales = Table(
     Index("ix_sales_original", "store_id", "original_sale_id"),
 )
 
-outbox = Table(
-    "outbox", metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("event_id", UUID(as_uuid=True), nullable=False),
-    Column("topic", Text, nullable=False),
-    Column("key", LargeBinary, nullable=False),
-    Column("value", LargeBinary, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("published_at", DateTime(timezone=True)),
-    Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
-)
+outbox = outbox_table(metadata)
 
 relay_heartbeat = Table(
     "relay_heartbeat", metadata,
@@ -149,14 +138,6 @@ def ledger_columns(batch: Sequence[Sale], bodies: Sequence[dict[str, Any]], topi
         for sale, body in zip(batch, bodies, strict=True)
     ]
     return (*(list(column) for column in zip(*rows, strict=True)), topic)
-
-
-async def asyncpg_connection(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under a SQLAlchemy one, for the hot paths that skip SQLAlchemy."""
-    driver = (await conn.get_raw_connection()).driver_connection
-    if driver is None:
-        raise LedgerUnavailable("the database connection is closed")
-    return driver
 
 
 class SaleWriter:
@@ -358,174 +339,16 @@ async def find_sale(engine: AsyncEngine, store_id: str, sale_id: str) -> dict[st
     return None if row is None else dict(row._mapping)
 
 
-class BrokerRestarted(Exception):
-    """The broker lost its topics since the last check: what was just sent may be gone."""
-
-
-class OutboxRelay:
-    """Publishes the outbox to the broker in order, then marks the rows published.
-
-    If the broker is down the rows wait; when it is back (even restarted empty) they go out. One
-    relay publishes at a time across replicas (a transaction-scoped advisory lock), keeping order.
-    It may run in another process than the API: a NOTIFY on `wake_channel` (the outbox trigger)
-    wakes it, and a heartbeat row says when it last reached the broker.
-    """
-
-    ADVISORY_LOCK = 0x505F5341  # any constant shared by every gateway replica
-    HEARTBEAT_EVERY = 1.0  # seconds; readiness calls the broker down after RELAY_STALE_AFTER
-    # Under load, rows gather a moment between passes: a pass costs nearly the same for 10 rows as for
-    # 1,000. A relay woken from idle still publishes at once.
-    BUSY_LINGER = 0.05
-
-    def __init__(self, engine: AsyncEngine, producer_factory: Any, *, batch_size: int, idle_poll: float,
-                 retention_hours: float, ensure_topics: Any, sentinel_topic: str, wake_channel: str,
-                 relay_id: str) -> None:
-        self.engine = engine
-        self.producer_factory = producer_factory
-        self.batch_size = batch_size
-        self.idle_poll = idle_poll
-        self.retention_hours = retention_hours
-        self.ensure_topics = ensure_topics
-        self.sentinel_topic = sentinel_topic
-        self.wake_channel = wake_channel
-        self.relay_id = relay_id
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._producer: Any = None
-        self.published = 0
-        self.last_ok: float | None = None  # loop time of the last pass that reached the broker
-
-    def healthy(self, stale_after: float = RELAY_STALE_AFTER) -> bool:
-        return self.last_ok is not None and asyncio.get_running_loop().time() - self.last_ok < stale_after
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name="outbox-relay"),
-                       asyncio.create_task(self._listen(), name="outbox-relay-wakeup")]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._close_producer()
-
-    async def _close_producer(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            try:
-                await asyncio.wait_for(producer.stop(), 5)
-            except Exception:
-                log.debug("producer stop failed", exc_info=True)
-
-    async def _run(self) -> None:
-        backoff = 0.2
-        last_purge = 0.0
-        last_beat = -self.HEARTBEAT_EVERY
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                if self._producer is None:
-                    producer = self.producer_factory()
-                    await producer.start()
-                    self._producer = producer
-                self._wake.clear()  # before the pass: rows committed during it wake the next one
-                sent = await self.publish_batch()
-                self.last_ok = loop.time()
-                backoff = 0.2
-                if self.last_ok - last_beat >= self.HEARTBEAT_EVERY:
-                    await self.beat()
-                    last_beat = self.last_ok
-                if loop.time() - last_purge > 60:
-                    await self.purge()
-                    last_purge = loop.time()
-                if sent == 0:
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.idle_poll)
-                    except TimeoutError:
-                        pass
-                elif sent < self.batch_size:
-                    await asyncio.sleep(self.BUSY_LINGER)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outbox relay cannot publish yet; will retry", extra={"error": repr(exc), "retry_in_s": backoff})
-                await self._close_producer()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                try:  # a broker restarted empty has lost its topics
-                    await self.ensure_topics()
-                except Exception:
-                    log.debug("topic check failed", exc_info=True)
-
-    async def _listen(self) -> None:
-        """Hold a connection that LISTENs for new outbox rows; while it is lost, the idle poll covers."""
-        while True:
-            try:
-                await self._listen_until_lost()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("outbox wake-up listener lost; polling meanwhile", extra={"error": repr(exc)})
-            await asyncio.sleep(self.idle_poll)
-
-    async def _listen_until_lost(self) -> None:
-        lost = asyncio.Event()
-
-        def woken(*_: Any) -> None:
-            self._wake.set()
-
-        def closed(_: Any) -> None:
-            lost.set()
-
-        async with self.engine.connect() as conn:
-            driver = await asyncpg_connection(conn)
-            driver.add_termination_listener(closed)
-            await driver.add_listener(self.wake_channel, woken)
-            try:
-                await lost.wait()
-            finally:
-                driver.remove_termination_listener(closed)
-                if not driver.is_closed():
-                    await driver.remove_listener(self.wake_channel, woken)
-
-    async def beat(self) -> None:
-        """Record that this relay just reached the broker (the database's clock, as readiness reads it)."""
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(relay_heartbeat).values(relay_id=self.relay_id, last_ok=func.now())
-                               .on_conflict_do_update(index_elements=[relay_heartbeat.c.relay_id],
-                                                      set_={"last_ok": func.now()}))
-
-    async def publish_batch(self) -> int:
-        async with self.engine.connect() as conn:
-            # Plain asyncpg statements: several passes a second, each a few statements.
-            db = await asyncpg_connection(conn)
-            async with db.transaction():
-                if not await db.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.ADVISORY_LOCK):
-                    return 0
-                rows = await db.fetch("SELECT id, topic, key, value FROM outbox WHERE published_at IS NULL "
-                                      "ORDER BY id LIMIT $1", self.batch_size)
-                if not rows:
-                    return 0
-                futures = [await self._producer.send(topic, value=value, key=key) for _, topic, key, value in rows]
-                await asyncio.wait_for(asyncio.gather(*futures), 15)
-                # Acknowledged is not enough: a broker restarted empty acknowledges writes to topics it
-                # no longer has. The rows stay unpublished unless the broker still has our sentinel topic.
-                cluster = await self._producer.client.fetch_all_metadata()
-                if self.sentinel_topic not in cluster.topics():
-                    raise BrokerRestarted(f"{self.sentinel_topic} is gone: the broker was restarted empty")
-                await db.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
-                                 [row[0] for row in rows])
-        self.published += len(rows)
-        return len(rows)
-
-    async def purge(self) -> int:
-        older = func.now() - text(f"interval '{float(self.retention_hours)} hours'")
-        async with self.engine.begin() as conn:
-            result = await conn.execute(outbox.delete().where(outbox.c.published_at < older))
-            await conn.execute(relay_heartbeat.delete().where(relay_heartbeat.c.last_ok < older))  # relays long gone
-        return int(result.rowcount or 0)
+async def beat(engine: AsyncEngine, relay_id: str, *, retention_hours: float) -> None:
+    """Record that the relay `relay_id` just reached the broker (the database's clock, as readiness reads
+    it), and forget relays silent for longer than the outbox keeps its rows (processes long gone)."""
+    async with engine.connect() as conn:
+        db = await asyncpg_connection(conn)
+        async with db.transaction():
+            await db.execute("INSERT INTO relay_heartbeat (relay_id, last_ok) VALUES ($1, now()) "
+                             "ON CONFLICT (relay_id) DO UPDATE SET last_ok = now()", relay_id)
+            await db.execute("DELETE FROM relay_heartbeat WHERE last_ok < now() - make_interval(secs => $1)",
+                             retention_hours * 3600)
 
 
 async def relay_heartbeat_age(engine: AsyncEngine) -> float | None:
