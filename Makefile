@@ -34,12 +34,17 @@ test-all: install
 
 bench: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e "shared[test,bench]"
+	# statsforecast and fugue declare pandas<3 (the project pins pandas 3; AutoETS runs on it): no deps.
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps statsforecast fugue
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/profile_exactness.py
 	$(BIN)/python bench/member_profile_throughput.py
 	$(BIN)/python bench/basket_rules.py
 	$(BIN)/python bench/churn_cdnow.py
+	$(BIN)/python bench/forecast_accuracy.py
+	$(BIN)/python bench/replenishment_policy.py
+	$(BIN)/python bench/replenishment_throughput.py
 
 drills: install
 	$(BIN)/pytest -q -m "integration or e2e" -k "drill or killed or broker_down"

@@ -22,9 +22,9 @@ class ReplenishmentSettings(BaseSettings):
     relay_idle_poll_seconds: float = 0.2
     # The policy: service level (z), days of demand on top of the lead time for order-up-to, and
     # the days of cover below which a SKU is published as low stock.
-    service_level_z: float = Field(default=1.65, ge=0, le=5)
-    review_days: int = Field(default=7, ge=1, le=90)
-    low_cover_days: float = Field(default=2.0, ge=0, le=90)
+    service_level_z: float = Field(default=Policy.service_level_z, ge=0, le=5)
+    review_days: int = Field(default=Policy.review_days, ge=1, le=90)
+    low_cover_days: float = Field(default=Policy.low_cover_days, ge=0, le=90)
     migrations_dir: str = Field(default_factory=lambda: migrations_dir_beside(__file__))
 
     def policy(self) -> Policy:

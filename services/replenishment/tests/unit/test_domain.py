@@ -57,7 +57,8 @@ def test_the_weekday_season_is_learned() -> None:
 def test_days_without_sales_are_learned_as_zeros_and_a_late_sale_is_counted_late() -> None:
     model = learned([10.0] * 14)
     model, _ = record_demand(model, MONDAY + timedelta(days=30), 1.0)  # 16 silent days in between
-    assert model.forecast(MONDAY + timedelta(days=31)) < 3
+    assert model.days_learned == 13 + 1 + 16  # the open day, then every silent day as a zero
+    assert model.forecast(MONDAY + timedelta(days=31)) < 7.5
     model, late = record_demand(model, MONDAY + timedelta(days=20), 5.0)
     assert late and model.open_quantity == 1.0
 
@@ -72,7 +73,8 @@ def test_a_same_day_return_nets_against_that_days_demand() -> None:
 def test_outlook_rolls_in_the_days_not_yet_seen() -> None:
     model = learned([10.0] * 21)
     assert outlook(model, MONDAY + timedelta(days=21), 3) == pytest.approx(30.0)
-    assert outlook(model, MONDAY + timedelta(days=60), 3) < 3  # a long silence: demand has faded
+    after_a_month, after_two = outlook(model, MONDAY + timedelta(days=51), 3), outlook(model, MONDAY + timedelta(days=81), 3)
+    assert after_two < after_a_month < 30.0 * 0.7  # a long silence: demand fades
 
 
 def test_reorder_point_is_demand_over_lead_time_plus_safety_stock() -> None:
