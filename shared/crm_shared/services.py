@@ -34,7 +34,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
                                                  ("segmenter.sales", ("pos.sales.v1",)),
                                                  ("segmenter.erasures", ("member.erased.v1",)))),
     ServiceSpec("replenishment", "replenishment", 8004),
-    ServiceSpec("notifier", "notifier", 8005),
+    ServiceSpec("notifier", "notifier", 8005, (("notifier.sales", ("pos.sales.v1",)),
+                                               ("notifier.segments", ("member.segments.v1",)),
+                                               ("notifier.tiers", ("member.tier_changed.v1",)),
+                                               ("notifier.profiles", ("member.profiles.v1",)),
+                                               ("notifier.erasures", ("member.erased.v1",)),
+                                               ("notifier.rules", ("analytics.associations.v1",)),
+                                               ("notifier.low-stock", ("inventory.low_stock.v1",)))),
 )
 
 

@@ -1,0 +1,73 @@
+"""Wires the notifier's clients, handlers and consumers. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from crm_shared.auth import KeyRing
+from crm_shared.consumer import IdempotentConsumer
+from crm_shared.db import make_engine
+from crm_shared.kafka import ensure_topics, make_producer
+from crm_shared.outbox import OutboxRelay
+from crm_shared.settings import CommonSettings
+from crm_shared.topics import BROKER_SENTINEL
+from crm_shared.web import database_check
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notifier import SERVICE_NAME
+from notifier.consents import ConsentBook
+from notifier.handlers import NotifierHandlers
+from notifier.settings import NotifierSettings
+from notifier.store import outbox
+from notifier.stream import consumers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NotifierService:
+    common: CommonSettings
+    settings: NotifierSettings
+    keyring: KeyRing
+    engine: AsyncEngine
+    handlers: NotifierHandlers
+    consumers: list[IdempotentConsumer[Any]]
+    relay: OutboxRelay
+    consents: ConsentBook
+
+    async def start(self) -> None:
+        await self.handlers.restore()
+        self.relay.start()
+        if self.settings.consumer_enabled:
+            for consumer in self.consumers:
+                consumer.start()
+
+    async def stop(self) -> None:
+        for consumer in self.consumers:
+            await consumer.stop()
+        await self.relay.stop()
+        await self.consents.close()
+        await self.engine.dispose()
+
+    def readiness_checks(self) -> dict[str, Any]:
+        return {"database": database_check(self.engine)}
+
+
+def build(common: CommonSettings | None = None, settings: NotifierSettings | None = None) -> NotifierService:
+    common = common or CommonSettings()
+    settings = settings or NotifierSettings()
+    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
+    prefix = common.topic_prefix
+    relay = OutboxRelay(
+        engine, outbox, partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay"),
+        lock_id=0x4E4F5446, sentinel_topic=BROKER_SENTINEL.qualified(prefix), idle_poll=settings.relay_idle_poll_seconds,
+        ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix, partitions=common.topic_partitions,
+                              replication=common.topic_replication))
+    consents = ConsentBook(settings.member_profile_url, settings.member_profile_key, ttl=settings.consent_cache_seconds,
+                           timeout=settings.consent_timeout_seconds)
+    handlers = NotifierHandlers(engine, settings, consents, topic_prefix=prefix, wake_relay=relay.wake)
+    return NotifierService(common, settings, KeyRing.from_settings(common.api_keys, common.env), engine, handlers,
+                           consumers(common, engine, handlers, batch=settings.consumer_batch), relay, consents)

@@ -1,0 +1,334 @@
+"""The notifier beside member-profile on the real broker, PostgreSQL and Redis: basket rules, sales,
+segment and tier changes, low stock and erasures go in as events; offers (and withheld records) come
+out on marketing.offers.v1, every suppression is counted by reason, and campaigns answer over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from crm_shared.events import (
+    AssociationRulesChanged,
+    MemberErased,
+    MemberSegmentChanged,
+    RuleDocument,
+    Sale,
+    SaleLine,
+    TierChanged,
+    member_event,
+    sale_recorded,
+    segmenter_event,
+)
+from crm_shared.kafka import consumer_lag
+from crm_shared.processes import ServiceProcess
+from crm_shared.serde import encode
+from crm_shared.supply_events import LowStock, low_stock_detected
+from crm_shared.testing import StackEndpoints, read_topic, start_service
+from crm_shared.topics import (
+    ANALYTICS_ASSOCIATIONS,
+    INVENTORY_LOW_STOCK,
+    MARKETING_OFFERS,
+    MEMBER_ERASED,
+    MEMBER_SEGMENTS,
+    MEMBER_TIER_CHANGED,
+    POS_SALES,
+)
+from notifier.domain import in_control_group
+
+pytestmark = pytest.mark.integration
+
+OPS = {"x-api-key": "dev-ops"}
+MARKETING = {"x-api-key": "dev-marketing"}
+CROSS_SELL = "auto-cross-sell"
+DAY = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+GROUPS = ("sales", "segments", "tiers", "profiles", "erasures", "rules", "low-stock")
+
+
+class Stack:
+    def __init__(self, endpoints: StackEndpoints, prefix: str, notifier: ServiceProcess, profile: ServiceProcess) -> None:
+        self.endpoints, self.prefix, self.notifier, self.profile = endpoints, prefix, notifier, profile
+        self.sales = 0
+
+    def publish(self, topic: str, events: list[Any], raw: list[bytes] | None = None) -> None:
+        async def send() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.endpoints.kafka_bootstrap)
+            await producer.start()
+            try:
+                for event in events:
+                    await producer.send_and_wait(self.prefix + topic, encode(event), key=event.key.encode())
+                for value in raw or []:
+                    await producer.send_and_wait(self.prefix + topic, value, key=b"poison")
+            finally:
+                await producer.stop()
+
+        asyncio.run(send())
+        self.settle()
+
+    def settle(self, timeout: float = 60) -> None:
+        """Until every notifier consumer group has read everything there is."""
+        deadline = time.monotonic() + timeout
+        topics = {"sales": POS_SALES, "segments": MEMBER_SEGMENTS, "tiers": MEMBER_TIER_CHANGED, "erasures": MEMBER_ERASED,
+                  "rules": ANALYTICS_ASSOCIATIONS, "low-stock": INVENTORY_LOW_STOCK}
+        pending = dict(topics)
+        while pending and time.monotonic() < deadline:
+            for part, topic in list(pending.items()):
+                lag = asyncio.run(consumer_lag(self.endpoints.kafka_bootstrap, f"{self.prefix}notifier.{part}",
+                                               [topic.qualified(self.prefix)]))
+                if lag.get(topic.qualified(self.prefix)) == 0:
+                    del pending[part]
+            time.sleep(0.2)
+        assert not pending, f"notifier consumers behind after {timeout}s: {sorted(pending)}\n{self.notifier.tail()}"
+
+    def sale(self, member: str, skus: list[str], at: datetime, *, store: str = "s1", price: str = "2.00") -> Sale:
+        self.sales += 1
+        return Sale(sale_id=f"sale-{self.sales}-{uuid.uuid4().hex[:6]}", store_id=store, terminal_id="t1",
+                    member_id=member, occurred_at=at, currency="EUR",
+                    lines=[SaleLine(sku=s, quantity=1, unit_price=Decimal(price)) for s in skus])
+
+    def ring(self, *sales: Sale) -> None:
+        self.publish(POS_SALES.name, [sale_recorded(s, source="test-till") for s in sales])
+
+    def offers(self, member: str, expected: int, timeout: float = 20, campaign: str = CROSS_SELL) -> list[dict[str, Any]]:
+        """The campaign's records for the member on marketing.offers.v1 (waits for `expected`, then settles)."""
+        deadline = time.monotonic() + timeout
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            records = asyncio.run(read_topic(self.endpoints.kafka_bootstrap, MARKETING_OFFERS.qualified(self.prefix),
+                                             expected=0, timeout=3, settle=0.5))
+            found = [e for e in (orjson.loads(r.value) for r in records) if mine(e, member, campaign)]
+            if len(found) >= expected:
+                time.sleep(1.0)  # anything extra (a duplicate) would have arrived by now
+                records = asyncio.run(read_topic(self.endpoints.kafka_bootstrap,
+                                                 MARKETING_OFFERS.qualified(self.prefix), expected=0, timeout=3))
+                return [e for e in (orjson.loads(r.value) for r in records) if mine(e, member, campaign)]
+            time.sleep(0.3)
+        return found
+
+    def report(self, campaign: str = CROSS_SELL) -> dict[str, Any]:
+        answer = httpx.get(f"{self.notifier.url}/v1/campaigns/{campaign}/report", headers=MARKETING, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def enrol(self, member: str, *channels: str) -> None:
+        answer = httpx.post(f"{self.profile.url}/v1/members", headers=OPS, timeout=10, json={
+            "member_id": member, "home_store": "s1",
+            "consents": [{"channel": c, "granted": True, "source": "s1"} for c in channels]})
+        assert answer.status_code == 201, answer.text
+
+
+def mine(event: dict[str, Any], member: str, campaign: str) -> bool:
+    return bool(event["key"] == member and event["payload"]["campaign_id"] == campaign)
+
+
+def treated(stem: str, campaign: str = CROSS_SELL) -> str:
+    """A fresh member id outside the campaign's 10% control group."""
+    for i in range(1000):
+        member = f"{stem}-{uuid.uuid4().hex[:6]}-{i}"
+        if not in_control_group(member, campaign, 0.1):
+            return member
+    raise AssertionError("unreachable")
+
+
+def controlled(stem: str, campaign: str = CROSS_SELL) -> str:
+    for i in range(10_000):
+        member = f"{stem}-{i}"
+        if in_control_group(member, campaign, 0.1):
+            return member
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def stack(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prefix = f"nt{uuid.uuid4().hex[:6]}."
+    logs = tmp_path_factory.mktemp("notifier")
+    profile = start_service("member_profile", crm_stack, logs, prefix=prefix,
+                            extra_env={"MEMBER_PROFILE_SCHEMA_NAME": f"mp_{uuid.uuid4().hex[:8]}"})
+    notifier = start_service("notifier", crm_stack, logs, prefix=prefix, extra_env={
+        "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}", "NOTIFIER_MEMBER_PROFILE_URL": profile.url,
+        "NOTIFIER_CONSENT_CACHE_SECONDS": "0", "NOTIFIER_DAILY_CAP": "2", "NOTIFIER_CONSUMER_BATCH": "200",
+        "NOTIFIER_STORE_TIME_ZONES": '{"tokyo-1": "Asia/Tokyo"}'})
+    try:
+        s = Stack(crm_stack, prefix, notifier, profile)
+        rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=1000, min_support=0.01,
+                                        min_confidence=0.3, rules=[
+                                            RuleDocument(antecedents=["diapers"], consequent="beer", support=0.05,
+                                                         confidence=0.6, lift=2.4),
+                                            RuleDocument(antecedents=["bread"], consequent="butter", support=0.1,
+                                                         confidence=0.5, lift=1.9),
+                                            RuleDocument(antecedents=["pasta"], consequent="sauce", support=0.1,
+                                                         confidence=0.5, lift=2.9)])
+        s.publish(ANALYTICS_ASSOCIATIONS.name, [segmenter_event(rules, event_type="AssociationRulesChanged", key="chain",
+                                                                occurred_at=DAY, identity=f"rules/{prefix}")])
+        yield s
+    finally:
+        notifier.stop()
+        profile.stop()
+
+
+def test_a_sale_matching_a_basket_rule_gets_the_consequent_offered_once_even_if_redelivered(stack: Stack) -> None:
+    member = treated("cx")
+    stack.enrol(member, "push")
+    sale = stack.sale(member, ["diapers", "milk"], DAY)
+    stack.ring(sale)
+    offers = stack.offers(member, expected=1)
+    assert len(offers) == 1, offers
+    offer = offers[0]
+    assert offer["event_type"] == "OfferIssued"
+    payload = offer["payload"]
+    assert payload["products"] == ["beer"] and payload["channel"] == "push" and payload["withheld"] is False
+    assert payload["reason"]["trigger"] == "cross_sell" and payload["reason"]["rule_antecedents"] == ["diapers"]
+    assert payload["reason"]["source_event_id"] == str(sale.event_id)
+    assert "beer" in payload["text"] and "10%" in payload["text"]
+    assert payload["valid_from"].startswith("2026-06-01T12:00") and payload["valid_to"].startswith("2026-06-08")
+
+    # The same sale delivered again (a till's retry) is skipped; a second trip with the same basket while
+    # the offer is valid is a duplicate, counted as such.
+    before = stack.report()["suppressed"].get("duplicate", 0)
+    stack.ring(sale, stack.sale(member, ["diapers"], DAY + timedelta(hours=1)))
+    assert len(stack.offers(member, expected=1)) == 1
+    assert stack.report()["suppressed"].get("duplicate", 0) == before + 1
+
+
+def test_no_consent_for_the_channel_or_not_enrolled_means_no_offer(stack: Stack) -> None:
+    email_only, stranger = treated("em"), treated("st")
+    stack.enrol(email_only, "email")  # the cross-sell campaign uses push
+    before = stack.report()["suppressed"].get("no_consent", 0)
+    stack.ring(stack.sale(email_only, ["diapers"], DAY), stack.sale(stranger, ["diapers"], DAY))
+    assert stack.report()["suppressed"].get("no_consent", 0) == before + 2
+    assert stack.offers(email_only, expected=0, timeout=2) == [] and stack.offers(stranger, expected=0, timeout=2) == []
+
+
+def test_quiet_hours_in_the_stores_time_zone_and_the_daily_cap(stack: Stack) -> None:
+    night_owl, tokyo, busy = treated("qh"), treated("tk"), treated("cap")
+    for member in (night_owl, tokyo, busy):
+        stack.enrol(member, "push")
+    before = stack.report()["suppressed"]
+    late = DAY.replace(hour=23, minute=30)
+    stack.ring(stack.sale(night_owl, ["diapers"], late),  # 23:30 UTC at s1 (UTC): quiet
+               stack.sale(tokyo, ["diapers"], DAY.replace(hour=1), store="tokyo-1"))  # 10:00 in Tokyo: fine
+    # Three trips in one day, three different rules: the third offer is over the daily cap of 2.
+    stack.ring(stack.sale(busy, ["diapers"], DAY), stack.sale(busy, ["bread"], DAY + timedelta(hours=1)),
+               stack.sale(busy, ["pasta"], DAY + timedelta(hours=2)))
+    after = stack.report()["suppressed"]
+    assert after.get("quiet_hours", 0) == before.get("quiet_hours", 0) + 1
+    assert after.get("daily_cap", 0) == before.get("daily_cap", 0) + 1
+    assert stack.offers(night_owl, expected=0, timeout=2) == []
+    assert [o["payload"]["products"] for o in stack.offers(tokyo, expected=1)] == [["beer"]]
+    assert sorted(o["payload"]["products"][0] for o in stack.offers(busy, expected=2)) == ["beer", "butter"]
+
+
+def test_low_stock_products_are_not_offered(stack: Stack) -> None:
+    member = treated("ls")
+    stack.enrol(member, "push")
+    low = LowStock(store_id="s2", sku="sauce", on_hand=1, on_order=0, forecast_daily=4.0, days_of_cover=0.25,
+                   as_of=DAY - timedelta(hours=3))
+    stack.publish(INVENTORY_LOW_STOCK.name, [low_stock_detected(low, source="replenishment", identity=f"s2/sauce/{member}")])
+    before = stack.report()["suppressed"].get("low_stock", 0)
+    stack.ring(stack.sale(member, ["pasta"], DAY, store="s2"))
+    assert stack.report()["suppressed"].get("low_stock", 0) == before + 1
+    assert stack.offers(member, expected=0, timeout=2) == []
+
+
+def test_control_members_get_a_withheld_record_and_redemptions_feed_the_report(stack: Stack) -> None:
+    buyer, control = treated("rd"), controlled(f"ctl{stack.prefix}")
+    for member in (buyer, control):
+        stack.enrol(member, "push")
+    stack.ring(stack.sale(buyer, ["bread"], DAY), stack.sale(control, ["bread"], DAY))
+    withheld = stack.offers(control, expected=1)
+    assert [o["event_type"] for o in withheld] == ["OfferWithheld"]
+    assert withheld[0]["payload"]["withheld"] is True and withheld[0]["payload"]["text"] == ""
+    before = stack.report()
+    # Both come back two days later and buy the butter (the control member never saw an offer).
+    stack.ring(stack.sale(buyer, ["butter", "eggs"], DAY + timedelta(days=2), price="3.00"),
+               stack.sale(control, ["butter"], DAY + timedelta(days=2), price="3.00"))
+    after = stack.report()
+    assert after["redeemed"]["treated"] == before["redeemed"]["treated"] + 1
+    assert after["redeemed"]["control"] == before["redeemed"]["control"] + 1
+    assert Decimal(after["revenue"]["treated"]) == Decimal(before["revenue"]["treated"]) + Decimal("3.00")
+    assert after["withheld"] >= 1 and after["sent"] >= 1
+    assert after["conversion"]["treated"] is not None and after["conversion"]["control"] is not None
+    low, high = after["uplift_ci95"]
+    assert low <= after["uplift"] <= high
+
+
+def test_dormant_wake_up_and_tier_upgrade_offers(stack: Stack) -> None:
+    sleeper, climber = treated("dm", "auto-dormant-wakeup"), treated("tu", "auto-tier-upgrade")
+    stack.enrol(sleeper, "email")
+    stack.enrol(climber, "email")
+    change = MemberSegmentChanged(member_id=sleeper, dimension="persona", old="regular", new="dormant",
+                                  reason="42 days overdue by their own rhythm", as_of=DAY,
+                                  current={"persona": "dormant", "value_tier": "at_risk"})
+    stack.publish(MEMBER_SEGMENTS.name, [segmenter_event(change, event_type="MemberSegmentChanged", key=sleeper,
+                                                         occurred_at=DAY, identity=f"seg/{sleeper}")])
+    upgrade = TierChanged(member_id=climber, old_tier="member", new_tier="silver", rolling_spend=Decimal("600"),
+                          effective_at=DAY)
+    stack.publish(MEMBER_TIER_CHANGED.name, [member_event(upgrade, event_type="TierChanged", member_id=climber,
+                                                          occurred_at=DAY, source="member-profile",
+                                                          identity=f"tier/{climber}")])
+    woken = stack.offers(sleeper, expected=1, campaign="auto-dormant-wakeup")
+    assert len(woken) == 1 and woken[0]["payload"]["reason"]["trigger"] == "dormant_wakeup"
+    assert woken[0]["payload"]["channel"] == "email" and "miss you" in woken[0]["payload"]["text"]
+    thanked = stack.offers(climber, expected=1, campaign="auto-tier-upgrade")
+    assert len(thanked) == 1 and thanked[0]["payload"]["reason"]["segment"] == "silver"
+
+
+def test_erased_members_are_never_contacted(stack: Stack) -> None:
+    member = treated("er")
+    stack.enrol(member, "push")
+    erased = MemberErased(member_id=member, erased_at=DAY - timedelta(days=1), requested_by="abc")
+    stack.publish(MEMBER_ERASED.name, [member_event(erased, event_type="MemberErased", member_id=member,
+                                                    occurred_at=erased.erased_at, source="member-profile",
+                                                    identity=f"erase/{member}")])
+    before = stack.report()["suppressed"].get("erased", 0)
+    stack.ring(stack.sale(member, ["diapers"], DAY))
+    assert stack.report()["suppressed"].get("erased", 0) == before + 1
+    assert stack.offers(member, expected=0, timeout=2) == []
+
+
+def test_a_poison_record_goes_to_the_dlq_and_the_consumer_goes_on(stack: Stack) -> None:
+    member = treated("px")
+    stack.enrol(member, "push")
+    stack.publish(ANALYTICS_ASSOCIATIONS.name, [], raw=[b"{not json", b'{"event_id": "x"}'])
+    dead = asyncio.run(read_topic(stack.endpoints.kafka_bootstrap, ANALYTICS_ASSOCIATIONS.dlq(stack.prefix),
+                                  expected=2, timeout=20))
+    assert len(dead) == 2
+    assert all(dict(r.headers).get("dlq.reason") for r in dead), [r.headers for r in dead]
+    stack.ring(stack.sale(member, ["diapers"], DAY))  # the chain's rules still apply
+    assert len(stack.offers(member, expected=1)) == 1
+
+
+def test_campaigns_crud_preview_and_bad_definitions_name_the_field(stack: Stack) -> None:
+    url = stack.notifier.url
+    good = {"name": "Gold wake-up", "trigger": "dormant_wakeup", "channel": "email", "tiers": ["gold"],
+            "template": "{discount}% off until {valid_to}", "discount_percent": "20", "control_share": 0.2,
+            "budget": 100}
+    assert httpx.put(f"{url}/v1/campaigns/gold-wake", json=good, headers=OPS).status_code == 403
+    created = httpx.put(f"{url}/v1/campaigns/gold-wake", json=good, headers=MARKETING)
+    assert created.status_code == 201 and created.json()["status"] == "draft", created.text
+    assert httpx.put(f"{url}/v1/campaigns/gold-wake", json=good, headers=MARKETING).status_code == 200
+    started = httpx.post(f"{url}/v1/campaigns/gold-wake/start", headers=MARKETING).json()
+    assert started["status"] == "running"
+    preview = httpx.post(f"{url}/v1/campaigns/gold-wake/preview", headers=MARKETING)
+    assert preview.status_code == 200 and preview.json()["audience"] == 0, preview.text  # nobody is gold here
+    everyone = httpx.put(f"{url}/v1/campaigns/all-push", headers=MARKETING, json={**good, "tiers": [], "budget": None})
+    assert everyone.status_code == 201
+    wide = httpx.post(f"{url}/v1/campaigns/all-push/preview", headers=MARKETING).json()
+    assert wide["audience"] > 0 and wide["samples"] and "20% off" in wide["samples"][0]["text"]
+    assert httpx.post(f"{url}/v1/campaigns/gold-wake/stop", headers=MARKETING).json()["status"] == "stopped"
+    assert httpx.get(f"{url}/v1/campaigns/nope/report", headers=MARKETING).status_code == 404
+
+    for change, field in (({"template": "Hello {first_name}"}, "template"), ({"channel": "fax"}, "channel"),
+                          ({"starts_at": "2026-07-01T00:00:00Z", "ends_at": "2026-06-01T00:00:00Z"}, "ends_at"),
+                          ({"control_share": 0.75}, "control_share")):
+        bad = httpx.put(f"{url}/v1/campaigns/bad-one", json={**good, **change}, headers=MARKETING)
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["detail"][0]["field"] == field, bad.json()

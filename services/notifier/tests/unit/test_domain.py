@@ -1,0 +1,235 @@
+"""Every guard and trigger decision of the notifier, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from notifier import domain
+from notifier.domain import (
+    Arm,
+    Campaign,
+    CampaignDefinition,
+    MemberFacts,
+    PastOffer,
+    Policy,
+    Proposal,
+    Rule,
+)
+from pydantic import ValidationError
+
+NOON = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+POLICY = Policy(daily_cap=2, weekly_cap=3, quiet_start_hour=21, quiet_end_hour=8, default_time_zone="UTC",
+                store_time_zones={"tokyo-1": "Asia/Tokyo", "london-1": "Europe/London"})
+
+
+def definition(**changes: object) -> CampaignDefinition:
+    base: dict[str, object] = {"name": "Cross-sell", "trigger": "cross_sell", "channel": "push",
+                               "template": "{discount}% off {product} until {valid_to}", "control_share": 0.0}
+    base.update(changes)
+    return CampaignDefinition.model_validate(base)
+
+
+def campaign(status: str = "running", sent: int = 0, **changes: object) -> Campaign:
+    return Campaign("c1", definition(**changes), status, sent)  # type: ignore[arg-type]
+
+
+def proposal(member: str = "m1", at: datetime = NOON, products: tuple[str, ...] = ("beer",),
+             store: str | None = "s1", source: str = "e1") -> Proposal:
+    return Proposal("c1", member, "cross_sell", products, store, at, "diapers -> beer", source)
+
+
+def decide(prop: Proposal | None = None, camp: Campaign | None = None, member: MemberFacts | None = None, *,
+           consent: bool | None = True, history: list[PastOffer] | None = None,
+           low_stock: frozenset[str] = frozenset()) -> domain.Decision:
+    prop = prop or proposal()
+    return domain.decide(prop, camp or campaign(), member or MemberFacts(prop.member_id), consent=consent,
+                         history=history or [], low_stock=low_stock, policy=POLICY)
+
+
+# --- triggers -----------------------------------------------------------------------------------
+
+RULES = [Rule(frozenset({"diapers"}), "beer", 0.6, 2.5, 0.1),
+         Rule(frozenset({"diapers", "wipes"}), "cream", 0.7, 3.0, 0.05),
+         Rule(frozenset({"bread"}), "butter", 0.4, 1.8, 0.2),
+         Rule(frozenset({"milk"}), "cereal", 0.9, 0.8, 0.2)]
+
+
+def test_cross_sell_offers_the_consequent_of_the_strongest_rule_whose_antecedents_were_bought() -> None:
+    assert domain.cross_sell(["diapers"], RULES).consequent == "beer"  # type: ignore[union-attr]
+    assert domain.cross_sell(["diapers", "wipes"], RULES).consequent == "cream"  # type: ignore[union-attr]
+
+
+def test_cross_sell_never_offers_what_is_already_in_the_basket_or_half_matched_rules() -> None:
+    assert domain.cross_sell(["diapers", "beer"], RULES) is None
+    assert domain.cross_sell(["wipes"], RULES) is None
+    assert domain.cross_sell([], RULES) is None
+
+
+def test_cross_sell_respects_the_campaigns_confidence_and_lift_floor() -> None:
+    assert domain.cross_sell(["milk"], RULES) is None, "lift below 1 is not an association worth an offer"
+    assert domain.cross_sell(["milk"], RULES, min_lift=0.5).consequent == "cereal"  # type: ignore[union-attr]
+    assert domain.cross_sell(["bread"], RULES, min_confidence=0.5) is None
+
+
+def test_a_stores_own_rules_win_over_the_chains_and_the_chain_is_the_fallback() -> None:
+    by_scope = {"chain": RULES[:1], "s1": RULES[2:3]}
+    assert domain.rules_for_store(by_scope, "s1") == ("s1", RULES[2:3])
+    assert domain.rules_for_store(by_scope, "s2") == ("chain", RULES[:1])
+    assert domain.rules_for_store({}, "s2") == ("chain", ())
+
+
+def test_dormant_wake_up_fires_on_the_transition_into_dormant_only() -> None:
+    assert domain.is_dormant_transition("persona", "regular", "dormant")
+    assert domain.is_dormant_transition("persona", None, "dormant")
+    assert not domain.is_dormant_transition("persona", "dormant", "dormant")
+    assert not domain.is_dormant_transition("value_tier", "loyal", "dormant")
+    assert not domain.is_dormant_transition("persona", "dormant", "regular")
+
+
+def test_tier_trigger_fires_on_upgrades_not_downgrades() -> None:
+    assert domain.is_upgrade("member", "silver") and domain.is_upgrade("gold", "vip")
+    assert not domain.is_upgrade("gold", "silver") and not domain.is_upgrade("gold", "gold")
+
+
+def test_welcome_is_for_a_new_members_first_profile_only() -> None:
+    assert domain.is_first_profile(already_known=False, frequency=1)
+    assert not domain.is_first_profile(already_known=True, frequency=1)
+    assert not domain.is_first_profile(already_known=False, frequency=12), "an old member seen late is not new"
+
+
+# --- guards -------------------------------------------------------------------------------------
+
+def test_an_eligible_offer_is_sent() -> None:
+    assert decide() == domain.Decision("send")
+
+
+def test_erased_members_are_never_contacted_whatever_else_holds() -> None:
+    assert decide(member=MemberFacts("m1", erased=True)) == domain.Decision("suppress", "erased")
+
+
+def test_consent_per_channel_no_consent_and_unknown_consent_both_suppress() -> None:
+    assert decide(consent=False).reason == "no_consent"
+    assert decide(consent=None).reason == "consent_unknown"
+
+
+def test_quiet_hours_are_read_in_the_stores_time_zone() -> None:
+    late_utc = datetime(2026, 3, 4, 22, 30, tzinfo=UTC)
+    assert decide(proposal(at=late_utc, store="s1")).reason == "quiet_hours"
+    # 22:30 UTC is 07:30 next morning in Tokyo: still quiet; 00:30 UTC is 09:30 there: fine.
+    assert decide(proposal(at=late_utc, store="tokyo-1")).reason == "quiet_hours"
+    assert decide(proposal(at=datetime(2026, 3, 4, 0, 30, tzinfo=UTC), store="tokyo-1")).action == "send"
+    # Without a configured zone the sale's own offset is the store's: 20:30 at -05:00 is 01:30 UTC.
+    evening_ny = datetime(2026, 3, 4, 20, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert decide(proposal(at=evening_ny, store="s1")).action == "send"
+
+
+def test_quiet_hours_window_that_does_not_cross_midnight() -> None:
+    policy = Policy(quiet_start_hour=12, quiet_end_hour=14)
+    assert domain.in_quiet_hours(NOON, policy) and not domain.in_quiet_hours(NOON + timedelta(hours=2), policy)
+    assert not domain.in_quiet_hours(NOON, Policy(quiet_start_hour=0, quiet_end_hour=0))
+
+
+def sent_at(*hours_ago: float, campaign_id: str = "other", withheld: bool = False) -> list[PastOffer]:
+    return [PastOffer(campaign_id, ("x",), NOON - timedelta(hours=h), NOON + timedelta(days=7), withheld)
+            for h in hours_ago]
+
+
+def test_daily_cap_counts_sends_of_every_campaign_in_the_last_24_hours_of_event_time() -> None:
+    assert decide(history=sent_at(1, 5)).reason == "daily_cap"
+    assert decide(history=sent_at(1, 25)).action == "send", "a send 25 h ago is outside the day"
+    assert decide(history=sent_at(1, 5, withheld=True)).action == "send", "withheld records were never sent"
+
+
+def test_weekly_cap_counts_the_last_seven_days() -> None:
+    assert decide(history=sent_at(30, 60, 100)).reason == "weekly_cap"
+    assert decide(history=sent_at(30, 60, 7 * 24 + 1)).action == "send"
+
+
+def test_the_same_offer_is_not_made_twice_while_the_first_is_valid() -> None:
+    same = [PastOffer("c1", ("beer",), NOON - timedelta(days=1), NOON + timedelta(days=6), False)]
+    assert decide(history=same).reason == "duplicate"
+    expired = [PastOffer("c1", ("beer",), NOON - timedelta(days=8), NOON - timedelta(days=1), False)]
+    assert decide(history=expired).action == "send"
+    other_product = [PastOffer("c1", ("wine",), NOON - timedelta(days=1), NOON + timedelta(days=6), False)]
+    assert decide(history=other_product).action == "send"
+    withheld_twin = [PastOffer("c1", ("beer",), NOON - timedelta(days=1), NOON + timedelta(days=6), True)]
+    assert decide(history=withheld_twin).reason == "duplicate", "a control member is not re-drawn either"
+
+
+def test_products_low_on_stock_are_not_promoted() -> None:
+    assert decide(low_stock=frozenset({"beer"})).reason == "low_stock"
+    assert decide(low_stock=frozenset({"wine"})).action == "send"
+
+
+def test_campaign_status_schedule_budget_and_targeting() -> None:
+    assert decide(camp=campaign(status="stopped")).reason == "not_running"
+    assert decide(camp=campaign(starts_at=NOON + timedelta(hours=1))).reason == "outside_schedule"
+    assert decide(camp=campaign(ends_at=NOON)).reason == "outside_schedule"
+    assert decide(camp=campaign(budget=5, sent=5)).reason == "budget_exhausted"
+    assert decide(camp=campaign(budget=5, sent=4)).action == "send"
+    assert decide(camp=campaign(tiers=["gold"]), member=MemberFacts("m1", tier="silver")).reason == "not_targeted"
+    assert decide(camp=campaign(segments=["dormant"]),
+                  member=MemberFacts("m1", segments=frozenset({"dormant", "loyal"}))).action == "send"
+    assert decide(camp=campaign(stores=["s9"])).reason == "not_targeted"
+
+
+def test_control_group_is_deterministic_and_near_its_share() -> None:
+    members = [f"m{i}" for i in range(20_000)]
+    inside = [m for m in members if domain.in_control_group(m, "c1", 0.1)]
+    assert 0.09 < len(inside) / len(members) < 0.11
+    assert inside == [m for m in members if domain.in_control_group(m, "c1", 0.1)]
+    other = {m for m in members if domain.in_control_group(m, "c2", 0.1)}
+    assert len(set(inside) & other) < 0.02 * len(members), "campaigns draw independent control groups"
+    control_member = inside[0]
+    assert decide(proposal(member=control_member), campaign(control_share=0.1)) == domain.Decision("withhold")
+
+
+def test_an_offer_id_is_the_same_for_the_same_trigger_and_different_otherwise() -> None:
+    assert proposal().offer_id == proposal().offer_id
+    assert proposal().offer_id != proposal(source="e2").offer_id
+    assert proposal().offer_id != proposal(products=("wine",)).offer_id
+
+
+# --- campaigns, rendering, redemption, uplift ---------------------------------------------------
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"template": "Hi {name}"}, "template"),
+    ({"template": "Hi {product"}, "template"),
+    ({"channel": "pigeon"}, "channel"),
+    ({"trigger": "birthday"}, "trigger"),
+    ({"control_share": 0.9}, "control_share"),
+    ({"discount_percent": "95"}, "discount_percent"),
+    ({"starts_at": "2026-03-05T00:00:00Z", "ends_at": "2026-03-04T00:00:00Z"}, "ends_at"),
+    ({"budget": 0}, "budget"),
+    ({"surprise": 1}, "surprise"),
+])
+def test_bad_campaign_definitions_name_the_field(changes: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        definition(**changes)
+    assert caught.value.errors()[0]["loc"][0] == field
+
+
+def test_render_fills_the_placeholders() -> None:
+    text = domain.render("{discount}% off {product} until {valid_to} at {store}", member_id="m1", products=["beer"],
+                         discount=Decimal("10.0"), valid_to=NOON, store_id="s1")
+    assert text == "10% off beer until 2026-03-04 at s1"
+
+
+def test_redemption_is_a_later_purchase_of_the_offered_product_inside_the_window() -> None:
+    start, end = NOON, NOON + timedelta(days=7)
+    assert domain.redeems(["beer"], start, end, NOON + timedelta(days=1), ["beer", "chips"])
+    assert not domain.redeems(["beer"], start, end, NOON + timedelta(days=1), ["chips"])
+    assert not domain.redeems(["beer"], start, end, NOON, ["beer"]), "the triggering sale itself is no redemption"
+    assert not domain.redeems(["beer"], start, end, end + timedelta(seconds=1), ["beer"])
+    assert domain.redeems([], start, end, NOON + timedelta(days=2), ["anything"]), "a wake-up offer: any purchase"
+
+
+def test_uplift_with_a_95_percent_interval_and_incremental_revenue() -> None:
+    result = domain.uplift(Arm(1000, 150, Decimal("3000")), Arm(1000, 100, Decimal("2000")))
+    assert result.uplift == pytest.approx(0.05)
+    se = (0.15 * 0.85 / 1000 + 0.1 * 0.9 / 1000) ** 0.5
+    assert result.ci95 == pytest.approx((0.05 - 1.96 * se, 0.05 + 1.96 * se))
+    assert result.incremental_revenue == Decimal("1000.00")
+    assert domain.uplift(Arm(10, 1, Decimal(0)), Arm(0, 0, Decimal(0))).uplift is None
