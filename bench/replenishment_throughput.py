@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="consumer batch (default: the service's)")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--py-spy", default=None, help="path of py-spy: record the service for 40 s (raw profile)")
     args = parser.parse_args(argv)
     require_dataset(args.dataset)
 
@@ -85,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         service = start_service("replenishment", endpoints, work, prefix=prefix, extra_env=env,
                                 partitions=args.partitions)
         healthy = time.perf_counter()
+        spy = None
+        if args.py_spy:
+            import subprocess
+
+            assert service.process is not None
+            spy = subprocess.Popen([args.py_spy, "record", "--pid", str(service.process.pid), "--duration", "40",
+                                    "--format", "raw", "--nonblocking", "--output", str(work / "py-spy.raw")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            print(f"py-spy recording 40 s into {work / 'py-spy.raw'}", flush=True)
         first_applied: float | None = None
         applied_at_first = 0.0
         try:
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise TimeoutError(f"replenishment applied {seen:,.0f} of {len(sales):,} in {args.timeout:.0f}s")
                 time.sleep(0.1)
             done = time.perf_counter()
+            if spy is not None:
+                spy.wait(120)
             wait_for_lag_zero(bootstrap, group, topic, 120)
             assert first_applied is not None
             steady_lines = lines * (len(sales) - applied_at_first) / len(sales)

@@ -4,8 +4,10 @@ purchase-order lifecycle. No I/O, no clock: event time comes in as an argument."
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from itertools import repeat
 from typing import Literal
 
 # Smoothing weights chosen by bench/forecast_accuracy.py on Online Retail's top 200 SKUs.
@@ -55,34 +57,44 @@ class DemandModel:
 def learn_day(model: DemandModel, day: date, quantity: float, *, alpha: float = ALPHA,
               gamma: float = GAMMA) -> DemandModel:
     """One day's demand, learned after the error of the forecast made for it is tracked."""
-    if model.days_learned == 0:
-        return replace(model, level=quantity, days_learned=1, actual_abs=quantity)
-    weekday = day.weekday()
-    predicted = model.forecast(day)
-    error = quantity - predicted
-    base = model.level + model.season[weekday]
-    level = model.level + alpha * (quantity - base)
-    season = list(model.season)
-    season[weekday] += gamma * (1 - alpha) * (quantity - base)
-    return replace(model, level=level, season=tuple(season), days_learned=model.days_learned + 1,
-                   error_square=model.error_square + BETA * (error * error - model.error_square),
-                   error_abs=model.error_abs + BETA * (abs(error) - model.error_abs),
-                   actual_abs=model.actual_abs + BETA * (quantity - model.actual_abs))
+    return learn_days(model, day, (quantity,), alpha=alpha, gamma=gamma)
+
+
+def learn_days(model: DemandModel, first: date, quantities: Iterable[float], *, alpha: float = ALPHA,
+               gamma: float = GAMMA) -> DemandModel:
+    """Consecutive days from `first`, learned one after the other (the hot path: plain floats in the
+    loop, one model built at the end)."""
+    level, season, learned = model.level, list(model.season), model.days_learned
+    error_square, error_abs, actual_abs = model.error_square, model.error_abs, model.actual_abs
+    weekday = first.weekday()
+    keep = gamma * (1 - alpha)
+    for quantity in quantities:
+        if learned == 0:
+            level, learned, actual_abs = quantity, 1, quantity
+        else:
+            base = level + season[weekday]
+            error = quantity - (base if base > 0.0 else 0.0)
+            level += alpha * (quantity - base)
+            season[weekday] += keep * (quantity - base)
+            learned += 1
+            error_square += BETA * (error * error - error_square)
+            error_abs += BETA * ((error if error >= 0 else -error) - error_abs)
+            actual_abs += BETA * (quantity - actual_abs)
+        weekday = 0 if weekday == 6 else weekday + 1
+    return replace(model, level=level, season=tuple(season), days_learned=learned, error_square=error_square,
+                   error_abs=error_abs, actual_abs=actual_abs)
 
 
 def roll_to(model: DemandModel, day: date) -> DemandModel:
     """Learn every complete day before `day`: the open day, then zeros for the days without a sale."""
     if model.open_day is None or day <= model.open_day:
         return model
-    model = learn_day(model, model.open_day, model.open_quantity)
-    first_gap = model.open_day + timedelta(days=1) if model.open_day else day
-    gap = (day - first_gap).days
-    start = first_gap if gap <= MAX_GAP_DAYS else day - timedelta(days=MAX_GAP_DAYS)
-    current = start
-    while current < day:
-        model = learn_day(model, current, 0.0)
-        current += timedelta(days=1)
-    return replace(model, open_day=day, open_quantity=0.0)
+    rolled = learn_days(model, model.open_day, (model.open_quantity,))
+    gap = (day - model.open_day).days - 1
+    if gap > 0:
+        start = model.open_day + timedelta(days=1) if gap <= MAX_GAP_DAYS else day - timedelta(days=MAX_GAP_DAYS)
+        rolled = learn_days(rolled, start, repeat(0.0, min(gap, MAX_GAP_DAYS)))
+    return replace(rolled, open_day=day, open_quantity=0.0)
 
 
 def record_demand(model: DemandModel, day: date, quantity: float) -> tuple[DemandModel, bool]:

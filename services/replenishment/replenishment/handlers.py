@@ -91,7 +91,7 @@ class SupplyHandlers:
         consumer's transaction; purchase orders for the ordering cycles that closed in it."""
         outcome = SalesOutcome()
         stock_delta: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # sold, returned
-        demand: dict[tuple[str, str], list[tuple[date, int]]] = defaultdict(list)
+        demand: dict[tuple[str, str], dict[date, int]] = defaultdict(dict)  # per day, in event-time order
         daily: dict[tuple[str, str, date], list[int]] = defaultdict(lambda: [0, 0])
         last_at: dict[tuple[str, str], datetime] = {}
         latest: dict[str, datetime] = {}
@@ -105,7 +105,8 @@ class SupplyHandlers:
                 key = (sale.store_id, line.sku)
                 stock_delta[key][returning] += line.quantity
                 daily[(sale.store_id, line.sku, day)][returning] += line.quantity
-                demand[key].append((day, -line.quantity if returning else line.quantity))
+                per_day = demand[key]
+                per_day[day] = per_day.get(day, 0) + (-line.quantity if returning else line.quantity)
                 last_at[key] = at
                 outcome.lines += 1
         days = await store.advance_stores(conn, latest)
@@ -120,7 +121,7 @@ class SupplyHandlers:
             row["sold"] += sold
             row["returned"] += returned
             model = store.model_of(row)
-            for day, quantity in demand[key]:
+            for day, quantity in demand[key].items():
                 model, late = record_demand(model, day, quantity)
                 row["late_lines"] += late
                 outcome.late_lines += late
