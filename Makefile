@@ -42,6 +42,8 @@ bench: install
 	$(BIN)/python bench/member_profile_throughput.py
 	$(BIN)/python bench/basket_rules.py
 	$(BIN)/python bench/churn_cdnow.py
+	$(BIN)/python bench/segment_clusters.py
+	$(BIN)/python bench/segmenter_throughput.py
 	$(BIN)/python bench/forecast_accuracy.py
 	$(BIN)/python bench/replenishment_policy.py
 	$(BIN)/python bench/replenishment_throughput.py

@@ -60,10 +60,13 @@ def candidates(k: int) -> dict[str, OnlineClusters]:
 
 
 def main() -> int:
+    global MARGIN
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--margin", type=float, default=0.15, help="hysteresis margin (the service's CLUSTER_MARGIN)")
     args = parser.parse_args()
+    MARGIN = args.margin
     if not args.dataset.exists():
         print(f"{args.dataset} is absent: this benchmark needs the team's ../shared/datasets folder")
         return 2
@@ -126,6 +129,7 @@ def main() -> int:
     best = max(rows, key=lambda r: r["ratio"])
 
     print(f"\nOnline clusters vs batch KMeans — {len(members):,} members, {updates:,} profile updates, k={args.k}, "
+          f"margin {MARGIN}, "
           f"{len(domain.FEATURES)} features (segmenter.domain.features)")
     print(f"  anchor: scikit-learn KMeans(n_init=10) silhouette {batch_silhouette:.4f} (fit {batch_seconds:.2f} s)")
     print(f"  {'model':<44} {'silhouette':>10} {'x batch':>8} {'served':>8} {'us/upd':>7} "

@@ -136,9 +136,16 @@ class BasketRules:
         self._by_time: list[tuple[datetime, int, str]] = []
         self._arrivals = 0
         self._version = 0
-        self._mined: tuple[int, int, dict[frozenset[str], int]] | None = None  # version, min count, itemsets
+        # version, min count, itemsets, their longest allowed length
+        self._mined: tuple[int, int, dict[frozenset[str], int], int] | None = None
+        self._refused: tuple[int, int, int] | None = None  # version, min count, depth of the last TooManyItemsets
 
     # -- the window --------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the window's baskets do."""
+        return self._version
 
     def __len__(self) -> int:
         return len(self._baskets)
@@ -237,8 +244,12 @@ class BasketRules:
         return found if limit is None else found[:limit]
 
     def rules(self, min_support: float, min_confidence: float, min_lift: float = 0.0,
-              antecedent: frozenset[str] | None = None, limit: int | None = None) -> list[AssociationRule]:
-        """Every rule meeting all three thresholds (and whose antecedents hold all of `antecedent`), strongest first."""
+              antecedent: frozenset[str] | None = None, limit: int | None = None,
+              max_items: int | None = None) -> list[AssociationRule]:
+        """Every rule meeting all three thresholds (and whose antecedents hold all of `antecedent`), strongest first.
+
+        `max_items` (at most `max_rule_items`) bounds a rule's items, antecedents and consequent
+        together: 3 gives the "bought A and B, offer C" rules at a bounded cost."""
         if not 0.0 < min_support <= 1.0:
             raise ValueError("min_support must be in (0, 1]")
         if not 0.0 <= min_confidence <= 1.0:
@@ -249,11 +260,12 @@ class BasketRules:
         if n == 0:
             return []
         min_count = min_basket_count(min_support, n)
-        itemsets = self.frequent_itemsets(min_count)
+        itemsets = self.frequent_itemsets(min_count, max_items)
+        longest = self.max_rule_items if max_items is None else max_items
         wanted = antecedent or frozenset()
         found: list[AssociationRule] = []
         for itemset, together in itemsets.items():
-            if len(itemset) < 2 or together < min_count or not wanted <= itemset:
+            if not 2 <= len(itemset) <= longest or together < min_count or not wanted <= itemset:
                 continue
             for consequent in itemset:
                 if consequent in wanted:
@@ -268,15 +280,25 @@ class BasketRules:
         found.sort(key=rule_order)
         return found if limit is None else found[:limit]
 
-    def frequent_itemsets(self, min_count: int) -> Mapping[frozenset[str], int]:
-        """Every itemset of up to `max_rule_items` items in at least `min_count` baskets (and maybe rarer ones: the cache)."""
-        if self._mined is not None and self._mined[0] == self._version and self._mined[1] <= min_count:
-            return self._mined[2]
-        itemsets = self._eclat(max(1, min_count))
-        self._mined = (self._version, min_count, itemsets)
+    def frequent_itemsets(self, min_count: int, max_items: int | None = None) -> Mapping[frozenset[str], int]:
+        """Every itemset of up to `max_items` (default `max_rule_items`) items in at least `min_count`
+        baskets (and maybe rarer or longer ones: the cache)."""
+        depth = self.max_rule_items if max_items is None else max(2, min(max_items, self.max_rule_items))
+        mined = self._mined
+        if mined is not None and mined[0] == self._version and mined[1] <= min_count and mined[3] >= depth:
+            return mined[2]
+        refused = self._refused
+        if refused is not None and refused[0] == self._version and refused[1] >= min_count and refused[2] <= depth:
+            raise TooManyItemsets(self.max_itemsets, min_count, len(self._baskets))  # known without mining again
+        try:
+            itemsets = self._eclat(max(1, min_count), depth)
+        except TooManyItemsets:
+            self._refused = (self._version, min_count, depth)
+            raise
+        self._mined = (self._version, min_count, itemsets, depth)
         return itemsets
 
-    def _eclat(self, min_count: int) -> dict[frozenset[str], int]:
+    def _eclat(self, min_count: int, depth: int) -> dict[frozenset[str], int]:
         # Rarest first keeps the bitsets that are and-ed deeper down short of set bits.
         frequent = sorted((c, i) for i, c in self._item_baskets.items() if c >= min_count)
         order = [item for _, item in frequent]
@@ -289,7 +311,7 @@ class BasketRules:
                 itemsets[frozenset(itemset)] = count
                 if len(itemsets) > self.max_itemsets:
                     raise TooManyItemsets(self.max_itemsets, min_count, len(self._baskets))
-                if len(itemset) >= self.max_rule_items:
+                if len(itemset) >= depth:
                     continue
                 paired = self._together.get(item, {}) if not prefix else None
                 extensions: list[tuple[str, int, int]] = []

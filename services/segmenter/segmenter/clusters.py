@@ -44,6 +44,8 @@ class SequentialKMeans(base.Clusterer):
 
     @staticmethod
     def _distance(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+        if a.keys() == b.keys():  # the usual case: the same features every time (C-speed math.dist)
+            return math.dist(list(a.values()), [b[k] for k in a])
         keys = a.keys() | b.keys()
         return math.sqrt(sum((a.get(k, 0.0) - b.get(k, 0.0)) ** 2 for k in keys))
 
@@ -74,13 +76,19 @@ class SequentialKMeans(base.Clusterer):
             if len(self._pending) >= self.buffer:
                 self._seed_centers()
             return
-        nearest = self.predict_one(x)
+        self.learn_towards(x, self.predict_one(x))
+
+    def seeding(self) -> bool:
+        return not self.counts
+
+    def learn_towards(self, x: Mapping[str, float], nearest: int) -> None:
+        """Move centre `nearest` (the caller found it) towards `x`."""
         self.counts[nearest] += 1
         rate = max(1.0 / self.counts[nearest], self.min_rate)
         center = self.centers[nearest]
-        for key in x.keys() | center.keys():
-            value = center.get(key, 0.0)
-            center[key] = value + rate * (x.get(key, 0.0) - value)
+        for key, value in x.items():
+            held = center.get(key, 0.0)
+            center[key] = held + rate * (value - held)
 
     def predict_one(self, x: dict[str, float]) -> int:  # type: ignore[override]
         if not self.centers:
@@ -111,8 +119,14 @@ class OnlineClusters:
         """Learn from one profile update; return its distance to every centre (empty while seeding)."""
         self.scaler.learn_one(x)
         scaled = self.scaler.transform_one(x)
-        self.model.learn_one(scaled)
         self.learned += 1
+        model = self.model
+        if isinstance(model, SequentialKMeans) and not model.seeding():
+            # one pass over the centres: the distances before the step decide both the step and the answer
+            distances = self.distances(scaled)
+            model.learn_towards(scaled, min(distances, key=lambda c: (distances[c], c)))
+            return distances
+        model.learn_one(scaled)
         return self.distances(scaled)
 
     def scale(self, x: dict[str, float]) -> dict[str, float]:

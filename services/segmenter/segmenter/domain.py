@@ -126,11 +126,21 @@ def population_of(rows: Iterable[tuple[float, int, float, float, float]]) -> Pop
     if not recency:
         return Population()
     return Population(
-        recency=quartiles_to_quintiles(recency), frequency=quartiles_to_quintiles(frequency),
+        recency=quartiles_to_quintiles(recency), frequency=frequency_cuts(frequency),
         monetary=quartiles_to_quintiles(monetary), basket_value_median=statistics.median(value),
         basket_size_p80=statistics.quantiles(size, n=5, method="inclusive")[3] if len(size) >= 5 else max(size),
         basket_size_median=statistics.median(size), members=len(recency),
     )
+
+
+FREQUENCY_BANDS = (1.0, 2.0, 3.0, 5.0)  # 1 | 2 | 3 | 4-5 | 6+ visits
+
+
+def frequency_cuts(visits: Sequence[float]) -> tuple[float, ...]:
+    """Quintile cut points of visits, unless ties make them collide (most members of a month have
+    one visit: cuts (1, 1, 1, 2) would leave F2 and F3 empty); then fixed bands."""
+    cuts = quartiles_to_quintiles(visits)
+    return cuts if len(set(cuts)) == len(cuts) else FREQUENCY_BANDS
 
 
 # --- value tiers (RFM) --------------------------------------------------------------------------
@@ -238,7 +248,7 @@ def persona_matches(facts: PersonaFacts, population: Population, holding: str | 
     found = []
     if facts.dormant:
         found.append("dormant")
-    if facts.days_since_first <= 30 and facts.visits <= 2:
+    if 1 <= facts.visits <= 2 and facts.days_since_first <= 30:
         found.append("new_member")
     if facts.discount_share >= threshold("price_sensitive", 0.30, 0.25):
         found.append("price_sensitive")

@@ -40,6 +40,7 @@ from segmenter.settings import SegmenterSettings
 
 log = logging.getLogger(__name__)
 DAY = timedelta(days=1)
+P_ACTIVE_STEP = 0.02  # the sweep stores P(active) again when it moved at least this much
 BasketRow = tuple[str, str, datetime, list[str]]  # basket id, store, event time, SKUs
 
 RECLASSIFIED = Counter("crm_segmenter_reclassified_total", "Profile updates classified")
@@ -55,6 +56,8 @@ class ProfilesOutcome:
     population: domain.Population | None = None
     churn_fitted_at: datetime | None = None
     published: int = 0
+    reclassified: int = 0
+    changes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,6 +110,7 @@ class SegmentHandlers:
         self.chain_rules = BasketRules(window=window)
         self.store_rules: dict[str, BasketRules] = {}
         self.rules_lock = asyncio.Lock()
+        self._checked_versions: dict[str, int] = {}
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -134,6 +138,9 @@ class SegmentHandlers:
     # --- member.profiles.v1 -------------------------------------------------------------------
 
     async def apply_profiles(self, conn: AsyncConnection, events: list[Envelope[MemberProfileUpdated]]) -> ProfilesOutcome:
+        # Erasures and profile batches take turns: an erasure committing mid-batch could otherwise
+        # be undone by this batch's upsert (or its day sweep).
+        await store.lock_members(conn)
         latest: dict[str, Envelope[MemberProfileUpdated]] = {}
         for event in events:
             latest[event.payload.member_id] = event  # a batch holds a member's updates in order: keep the last
@@ -143,6 +150,8 @@ class SegmentHandlers:
                 del latest[member_id]
                 if event.payload.erased:
                     await store.erase(conn, member_id, event.payload.as_of)
+            elif event.payload.first_purchase_at is None:
+                del latest[member_id]  # returns only, no purchase yet: nothing to segment
         if not latest:
             return ProfilesOutcome()
         previous_clock = self.clock
@@ -163,7 +172,9 @@ class SegmentHandlers:
         await store.save_state(conn, "clusters", model.to_state())
         await store.save_clock(conn, clock)
         outcome.published = len(learned.events)
-        RECLASSIFIED.inc(len(latest))
+        outcome.reclassified = len(latest)
+        for change in learned.changes:
+            outcome.changes[change["dimension"]] = outcome.changes.get(change["dimension"], 0) + 1
         return outcome
 
     async def after_profiles(self, outcome: ProfilesOutcome) -> None:
@@ -177,6 +188,9 @@ class SegmentHandlers:
             self.population = outcome.population
         if outcome.churn_fitted_at is not None:
             self.churn_fitted_at = outcome.churn_fitted_at
+        RECLASSIFIED.inc(outcome.reclassified)
+        for dimension, count in outcome.changes.items():
+            SEGMENT_CHANGES.labels(dimension).inc(count)
         if outcome.published:
             self.wake_relay()
 
@@ -231,7 +245,6 @@ class SegmentHandlers:
         next_visit = (clock + timedelta(days=churn.expected_next_visit_days)
                       if churn and churn.expected_next_visit_days is not None else None)
         for change in decided.changes:
-            SEGMENT_CHANGES.labels(change.dimension).inc()
             learned.changes.append({"member_id": member_id, "dimension": change.dimension, "old": change.old,
                                     "new": change.new, "reason": change.reason, "as_of": clock})
             payload = MemberSegmentChanged(member_id=member_id, dimension=change.dimension,  # type: ignore[arg-type]
@@ -265,7 +278,9 @@ class SegmentHandlers:
         await store.save_members(conn, swept.rows)
         learned.changes += swept.changes
         learned.events += swept.events
-        await store.record_sizes(conn, clock.date())
+        await store.record_sizes(conn, clock.date(), {
+            "value_tier": domain.VALUE_TIERS, "persona": domain.PERSONAS,
+            "cluster": [domain.cluster_name(c) for c in range(self.settings.n_clusters)]})
 
     def _reclassify_rows(self, rows: list[dict[str, Any]], population: domain.Population, churn_model: ChurnModel,
                          clock: datetime, model: OnlineClusters) -> Learned:
@@ -285,15 +300,19 @@ class SegmentHandlers:
                                       monetary=float(row["monetary"]), facts=facts, population=population,
                                       cluster=cluster, churn=churn, band=self.settings.score_band)
             columns = self._segment_columns(decided.segments, churn, clock)
-            if decided.changes or any(row.get(k) != v for k, v in columns.items() if k in ("p_active",)):
-                updated = {**row, **columns}
-                learned.rows.append(updated)
+            held_p = row.get("p_active")
+            new_p = columns["p_active"]
+            moved = (held_p is None) != (new_p is None) or (
+                held_p is not None and new_p is not None and abs(held_p - new_p) >= P_ACTIVE_STEP)
+            if decided.changes or moved:  # a day's drift of P(active) alone is not worth a write per member
+                learned.rows.append({**row, **columns})
             self._record(learned, row["member_id"], decided, churn, clock, identity=f"sweep/{day}")
         return learned
 
     # --- member.erased.v1 ------------------------------------------------------------------------
 
     async def apply_erasures(self, conn: AsyncConnection, events: list[Envelope[MemberErased]]) -> None:
+        await store.lock_members(conn)
         for event in events:
             await store.erase(conn, event.payload.member_id, event.payload.erased_at)
 
@@ -337,18 +356,26 @@ class SegmentHandlers:
             if rules is None:
                 rules = self.store_rules[store_id] = BasketRules(window=self.window)
             rules.add(basket_id, items, at)
+        latest = self.chain_rules.latest_at
+        if latest is not None:  # a store that stopped selling leaves the window on the chain's clock
+            for store_id, rules in list(self.store_rules.items()):
+                rules.expire_before(latest - self.window)
+                if not len(rules):
+                    del self.store_rules[store_id]
         BASKETS.set(len(self.chain_rules))
 
     def rules_for(self, scope: str | None) -> BasketRules | None:
         return self.chain_rules if scope in (None, "chain") else self.store_rules.get(scope)
 
     async def rules(self, *, scope: str | None, min_support: float, min_confidence: float, min_lift: float,
-                    antecedent: frozenset[str] | None, limit: int | None) -> tuple[list[AssociationRule], int]:
+                    antecedent: frozenset[str] | None, limit: int | None,
+                    max_items: int | None = None) -> tuple[list[AssociationRule], int]:
         async with self.rules_lock:
             rules = self.rules_for(scope)
             if rules is None:
                 return [], 0
-            found = await asyncio.to_thread(rules.rules, min_support, min_confidence, min_lift, antecedent, limit)
+            found = await asyncio.to_thread(rules.rules, min_support, min_confidence, min_lift, antecedent, limit,
+                                            max_items)
             return found, len(rules)
 
     async def bought_with(self, sku: str, scope: str | None, limit: int) -> tuple[list[Any], int]:
@@ -369,9 +396,13 @@ class SegmentHandlers:
                 rules = self.rules_for(scope)
                 if rules is None or len(rules) < self.settings.rules_min_scope_baskets:
                     continue
+                if self._checked_versions.get(scope) == rules.version:
+                    continue  # no basket came or went since the last look
+                self._checked_versions[scope] = rules.version
                 try:
                     top = await asyncio.to_thread(rules.rules, self.settings.rules_min_support,
-                                                  self.settings.rules_min_confidence, 0.0, None, self.settings.rules_top)
+                                                  self.settings.rules_min_confidence, 0.0, None, self.settings.rules_top,
+                                                  self.settings.rules_publish_max_items)
                 except TooManyItemsets as exc:
                     log.info("rules of a scope skipped", extra={"scope": scope, "reason": str(exc)})
                     continue
@@ -384,8 +415,9 @@ class SegmentHandlers:
                 min_support=self.settings.rules_min_support, min_confidence=self.settings.rules_min_confidence,
                 rules=[RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent, support=r.support,
                                     confidence=r.confidence, lift=r.lift) for r in top])
+            # the window's end too: top rules that come back to an earlier set are a new fact
             event = segmenter_event(payload, event_type="AssociationRulesChanged", key=scope, occurred_at=latest,
-                                    identity=f"rules/{scope}/{fingerprint}")
+                                    identity=f"rules/{scope}/{fingerprint}/{latest.isoformat()}")
             async with self.engine.begin() as conn:
                 await add_events(conn, store.outbox, self.rules_topic, [event])
                 await store.save_fingerprint(conn, scope, fingerprint)

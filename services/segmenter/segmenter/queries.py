@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from typing import Any
 
@@ -26,9 +27,10 @@ VALUE_TIER_RULES = {
 }
 
 
-def dimension_of(segment: str) -> str | None:
-    if segment.startswith("cluster-") and segment[8:].isdigit():
-        return "cluster"
+def dimension_of(segment: str, n_clusters: int) -> str | None:
+    match = re.fullmatch(r"cluster-([0-9]{1,3})", segment)
+    if match:
+        return "cluster" if int(match.group(1)) < n_clusters else None
     return DIMENSION_OF.get(segment)
 
 
@@ -38,6 +40,10 @@ def rule_of(dimension: str, segment: str) -> str:
     if dimension == "persona":
         return domain.PERSONA_RULES[segment]
     return "learned online from behaviour; see describing features"
+
+
+class PeriodOutOfRange(ValueError):
+    """`from` after `to` (or after the latest sale day when `to` is not given)."""
 
 
 class SegmentQueries:
@@ -113,6 +119,8 @@ class SegmentQueries:
         start, end = await self._period(start, end, days)
         if start is None or end is None:
             return {"store": store_id, "from": None, "to": None, "by": by, "products": []}
+        if start > end:
+            raise PeriodOutOfRange(f"{start} is after the period's end {end} (the latest sale day when `to` is absent)")
         length = (end - start).days + 1
         async with self.engine.connect() as conn:
             ranked = await store.product_ranking(conn, store=store_id, start=start, end=end, by=by, worst=worst,
@@ -131,13 +139,14 @@ class SegmentQueries:
         async with self.engine.connect() as conn:
             daily = await store.product_days(conn, sku, store_id)
             names = await store.descriptions(conn, [sku])
+            now = await store.sales_clock(conn)
         if not daily:
             return None
-        last = max(daily)
+        last = max(max(daily), now) if now else max(daily)  # event-time now: a product that stopped selling is "gone"
         recent = sum(q for d, q in daily.items() if d > last - timedelta(days=28))
         previous = sum(q for d, q in daily.items() if last - timedelta(days=56) < d <= last - timedelta(days=28))
         return {"sku": sku, "description": names.get(sku, ""), "store": store_id,
-                "first_sold": min(daily), "last_sold": last, "units": sum(daily.values()),
+                "first_sold": min(daily), "last_sold": max(daily), "as_of": last, "units": sum(daily.values()),
                 "by_month": domain.seasonality_index(daily, by="month"),
                 "by_weekday": domain.seasonality_index(daily, by="weekday"),
                 "trend": {"last_28_days": recent, "previous_28_days": previous,

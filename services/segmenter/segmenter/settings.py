@@ -24,7 +24,6 @@ class SegmenterSettings(BaseSettings):
     cluster_margin: float = Field(default=0.15, ge=0, le=2, description="How much nearer another cluster must be")
     score_band: float = Field(default=0.05, ge=0, le=0.5, description="Dead band around RFM cut points")
     active_days: int = Field(default=365, ge=1, description="Members seen within this many event days count for RFM")
-    population_refresh_seconds: float = Field(default=10.0, gt=0)
     churn_refit_days: int = Field(default=7, ge=1, description="Refit the churn model every this many event days")
     churn_horizon_days: float = Field(default=30.0, gt=0)
     # Baskets
@@ -32,6 +31,7 @@ class SegmenterSettings(BaseSettings):
     rules_min_support: float = Field(default=0.01, gt=0, le=1)
     rules_min_confidence: float = Field(default=0.3, ge=0, le=1)
     rules_min_scope_baskets: int = Field(default=200, ge=1, description="Baskets a store needs before its rules are published")
+    rules_publish_max_items: int = Field(default=3, ge=2, le=10, description="Items per published rule (3: A and B -> C)")
     rules_top: int = Field(default=20, ge=1, le=1000)
-    rules_publish_seconds: float = Field(default=5.0, gt=0)
+    rules_publish_seconds: float = Field(default=10.0, gt=0)
     migrations_dir: str = Field(default_factory=lambda: migrations_dir_beside(__file__))

@@ -10,6 +10,7 @@ from typing import Any
 from crm_shared.consumer import applied_events_table
 from crm_shared.db import any_of
 from crm_shared.outbox import outbox_table
+from crm_shared.serde import encode_key
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -170,9 +171,18 @@ async def history(conn: AsyncConnection, member_id: str, limit: int = 100) -> li
     return [dict(row._mapping) for row in rows]
 
 
+MEMBERS_LOCK = 0x53454732  # profile batches and erasures take turns (transaction-scoped advisory lock)
+
+
+async def lock_members(conn: AsyncConnection) -> None:
+    await conn.execute(select(func.pg_advisory_xact_lock(MEMBERS_LOCK)))
+
+
 async def erase(conn: AsyncConnection, member_id: str, at: datetime) -> None:
     await conn.execute(delete(members).where(members.c.member_id == member_id))
     await conn.execute(delete(segment_changes).where(segment_changes.c.member_id == member_id))
+    # what was decided about them and not yet published does not go out any more
+    await conn.execute(delete(outbox).where(outbox.c.key == encode_key(member_id), outbox.c.published_at.is_(None)))
     await conn.execute(insert(erased_members).values(member_id=member_id, erased_at=at).on_conflict_do_nothing())
 
 
@@ -196,8 +206,12 @@ async def segment_counts(conn: AsyncConnection) -> dict[str, dict[str, int]]:
     return out
 
 
-async def record_sizes(conn: AsyncConnection, day: date) -> None:
+async def record_sizes(conn: AsyncConnection, day: date, known: dict[str, Sequence[str]]) -> None:
+    """Every known segment's size that day, 0 included (an emptied segment must not keep its last size)."""
     counts = await segment_counts(conn)
+    for dimension, names in known.items():
+        for name in names:
+            counts[dimension].setdefault(name, 0)
     rows = [{"day": day, "dimension": d, "segment": s, "size": n} for d, sizes in counts.items() for s, n in sizes.items()]
     if rows:
         statement = insert(segment_sizes)
@@ -320,7 +334,7 @@ async def product_ranking(conn: AsyncConnection, *, store: str | None, start: da
     total = func.sum(measure).label("total")
     query = (select(product_daily.c.sku, func.sum(product_daily.c.quantity).label("quantity"),
                     func.sum(product_daily.c.revenue).label("revenue"), func.sum(product_daily.c.baskets).label("baskets"),
-                    func.count().label("selling_days"), total)
+                    func.count(func.distinct(product_daily.c.day)).label("selling_days"), total)
              .where(product_daily.c.day >= start, product_daily.c.day <= end).group_by(product_daily.c.sku))
     if store is not None:
         query = query.where(product_daily.c.store_id == store)

@@ -5,6 +5,7 @@ second delivery, a poison record and an erasure are handled."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -161,6 +162,10 @@ def test_rules_are_published_when_they_change(crm_stack: StackEndpoints, pipelin
     assert "chain" in scopes
     chain = [orjson.loads(r.value)["payload"] for r in records if orjson.loads(r.value)["payload"]["scope"] == "chain"]
     assert chain[-1]["rules"] and chain[-1]["window_end"].startswith("2010-12")
+    assert all(len(rule["antecedents"]) <= 2 for rule in chain[-1]["rules"])
+    # published only when the ranked rules changed: no two consecutive publications of a scope are the same list
+    ranked = [[(tuple(r["antecedents"]), r["consequent"]) for r in p["rules"]] for p in chain]
+    assert all(a != b for a, b in itertools.pairwise(ranked))
 
 
 def test_top_products_and_seasonality_equal_a_plain_sum(pipeline: tuple[str, ServiceProcess],
@@ -188,7 +193,10 @@ def test_top_products_and_seasonality_equal_a_plain_sum(pipeline: tuple[str, Ser
                        params={"store": "or-united-kingdom"}).json()
     assert season["units"] == units[expected[0]]
     assert set(season["by_month"]) == {"12"}
-    assert season["trend"]["direction"] in {"new", "steady", "growing", "declining", "gone"}
+    last_28 = sum(line.quantity * (-1 if s.kind == "return" else 1) for s in slice_sales
+                  if s.store_id == "or-united-kingdom" for line in s.lines if line.sku == expected[0])
+    assert season["trend"]["last_28_days"] == last_28 and season["trend"]["previous_28_days"] == 0
+    assert season["trend"]["direction"] == "new"  # the slice is one month: nothing before it
     bad = httpx.get(f"{segmenter.url}/v1/products/top", headers=OPS, params={"from": "2010-12-31", "to": "2010-12-01"})
     assert bad.status_code == 422 and "from" in bad.text
 
@@ -226,6 +234,9 @@ def test_second_delivery_changes_nothing_poison_goes_to_dlq_and_erasure_forgets(
             break
         time.sleep(0.3)
     assert httpx.get(f"{segmenter.url}/v1/members/{member}/segments", headers=OPS).status_code == 404
+    for segment in ("champions", "loyal", "regular", "cluster-0"):
+        listed = httpx.get(f"{segmenter.url}/v1/segments/{segment}/members", headers=OPS, params={"limit": 5000}).json()
+        assert member not in listed["members"]
     # the consumer went on: the rest are still served
     other = sorted(members_of(slice_sales))[1]
     assert httpx.get(f"{segmenter.url}/v1/members/{other}/segments", headers=OPS).status_code == 200
@@ -239,3 +250,12 @@ def test_bad_requests_name_the_field_and_roles_are_enforced(pipeline: tuple[str,
     assert unknown.status_code == 404 and "segment_id" in unknown.text
     bad = httpx.get(f"{segmenter.url}/v1/rules", headers=OPS, params={"min_support": 0})
     assert bad.status_code == 422 and "min_support" in bad.text
+    assert httpx.get(f"{segmenter.url}/v1/segments/cluster-99", headers=OPS).status_code == 404
+    other_store = httpx.get(f"{segmenter.url}/v1/products/top", params={"store": "or-france"},
+                            headers={"x-api-key": "dev-pos-or-united-kingdom"})
+    assert other_store.status_code == 403 and "store" in other_store.text
+    own = httpx.get(f"{segmenter.url}/v1/products/top", params={"store": "or-united-kingdom"},
+                    headers={"x-api-key": "dev-pos-or-united-kingdom"})
+    assert own.status_code == 200 and own.json()["products"]
+    late = httpx.get(f"{segmenter.url}/v1/products/top", headers=OPS, params={"from": "2200-12-31"})
+    assert late.status_code == 422 and "from" in late.text

@@ -277,3 +277,15 @@ def test_a_threshold_too_low_for_the_window_is_refused_not_mined_to_exhaustion()
     rules.add("b", order, T0)
     with pytest.raises(TooManyItemsets, match="raise min_support"):
         rules.rules(0.5, 0.5)
+
+
+def test_max_items_bounds_the_rules_and_a_deeper_cache_does_not_leak_longer_ones() -> None:
+    rules = BasketRules()
+    for i in range(20):
+        rules.add(f"b{i}", ["a", "b", "c", "d"], T0)
+    full = rules.rules(0.5, 0.5)
+    assert max(len(r.antecedents) for r in full) == 3
+    short = rules.rules(0.5, 0.5, max_items=3)  # served from the deeper cache, filtered
+    assert short and max(len(r.antecedents) for r in short) == 2
+    assert {(r.antecedents, r.consequent) for r in short} == {(r.antecedents, r.consequent) for r in full
+                                                               if len(r.antecedents) <= 2}

@@ -183,3 +183,16 @@ def test_trend_words() -> None:
 def test_segment_trend_uses_the_nearest_recorded_day() -> None:
     sizes = {date(2011, 1, 1): 10, date(2011, 1, 20): 15, date(2011, 1, 31): 12}
     assert domain.segment_trend(sizes, date(2011, 1, 31)) == {"size": 12, "change_7d": -3, "change_30d": 2}
+
+
+def test_frequency_cut_points_fall_back_to_bands_when_ties_collide() -> None:
+    month = [1.0] * 76 + [2.0] * 14 + [3.0] * 6 + [7.0] * 4  # most members of a month visit once
+    cuts = domain.frequency_cuts(month)
+    assert cuts == domain.FREQUENCY_BANDS
+    assert [domain.quintile_score(v, cuts) for v in (1, 2, 3, 4, 5, 6)] == [1, 2, 3, 4, 4, 5]
+    spread = [float(v) for v in range(1, 101)]
+    assert domain.frequency_cuts(spread) == domain.quartiles_to_quintiles(spread)
+
+
+def test_a_member_without_a_purchase_is_not_new() -> None:
+    assert domain.persona_matches(facts(days_since_first=0, visits=0), POPULATION, None)[0] == "regular"
