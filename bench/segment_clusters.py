@@ -126,7 +126,7 @@ def main() -> int:
                      "learn_us_per_update": learn_seconds[name] / updates * 1e6,
                      "flips_final_month_with_margin": len(flips[name]["with_margin"]),
                      "flips_final_month_without_margin": len(flips[name]["without_margin"])})
-    best = max(rows, key=lambda r: r["ratio"])
+    chosen = rows[0]  # the service's default (SEGMENTER_CLUSTER_ALGORITHM=sequential)
 
     print(f"\nOnline clusters vs batch KMeans — {len(members):,} members, {updates:,} profile updates, k={args.k}, "
           f"margin {MARGIN}, "
@@ -138,8 +138,11 @@ def main() -> int:
         print(f"  {r['model']:<44} {r['silhouette']:>10.4f} {r['ratio']:>8.3f} {r['served_silhouette']:>8.4f} "
               f"{r['learn_us_per_update']:>7.1f} {r['flips_final_month_with_margin']:>13,} "
               f"{r['flips_final_month_without_margin']:>11,}")
-    verdict = "PASS" if best["ratio"] >= TARGET_RATIO else "FAIL"
-    print(f"\n  target silhouette >= {TARGET_RATIO} x batch: best {best['model']} at {best['ratio']:.3f} x — {verdict}")
+    verdict = "PASS" if chosen["ratio"] >= TARGET_RATIO else "FAIL"
+    print(f"\n  target silhouette >= {TARGET_RATIO} x batch: the service's {chosen['model']} at {chosen['ratio']:.3f} x "
+          f"— {verdict}")
+    print("  chosen over river's KMeans for what members are actually shown: the best 'served' silhouette and the "
+          "fewest flips (halflife 0.5 fits the final points well but relabels members on every step)")
     print("  'served' = the sticky labels the service holds (assigned at each member's last update, with hysteresis);")
     print("  flips = members whose cluster changed in the final 30 days at a weekly re-assignment without new behaviour.")
     print(f"  total {time.perf_counter() - started:.1f} s")

@@ -209,6 +209,10 @@ def demo(file: Annotated[Path, typer.Option(help="sales file to replay")] = DEMO
         print_table("\nReplay through the gateway:", outcome.as_table(), echo)
         _wait_for_lag_zero(runtime.settings(), timeout=120)
         _print_live_stats(gateway)
+        if "segmenter" in runtime.services:
+            time.sleep(2)  # member-profile's last profiles reach the segmenter through its outbox
+            _wait_for_lag_zero(runtime.settings(), timeout=60)
+            _print_segments(runtime.services["segmenter"].url)
         echo(f"\nLook at: {gateway}/docs  ·  {gateway}/v1/stats/live (X-API-Key: dev-ops)  ·  crm status")
         if not exit_after_replay:
             echo("The system keeps running; Ctrl-C stops it.")
@@ -233,6 +237,25 @@ def _print_live_stats(gateway: str) -> None:
     for store in sorted(figures["stores"], key=lambda s: -float(s["revenue"]))[:5]:
         echo(f"  {store['store_id']:<24} {store['sales']:>5} sales  {store['returns']:>4} returns  £{store['revenue']}")
     echo("  top SKUs: " + ", ".join(f"{t['sku']}×{t['quantity']}" for t in figures["top_skus"][:5]))
+
+
+def _print_segments(segmenter: str) -> None:
+    headers = {"x-api-key": "dev-ops"}
+    try:
+        segments = httpx.get(f"{segmenter}/v1/segments", headers=headers, timeout=10).json()
+        rules = httpx.get(f"{segmenter}/v1/rules", headers=headers, timeout=30,
+                          params={"min_support": 0.02, "min_confidence": 0.5, "limit": 5}).json()
+    except httpx.HTTPError as exc:
+        echo(f"\nSegments: the segmenter did not answer ({exc!r})")
+        return
+    echo(f"\nSegments as of {segments['as_of']}:")
+    for dimension in ("value_tier", "persona"):
+        sizes = ", ".join(f"{s['id']} {s['size']}" for s in segments["dimensions"].get(dimension, []))
+        echo(f"  {dimension:<11} {sizes}")
+    echo(f"Top basket rules (chain, {rules['baskets']} baskets, support ≥ 2%, confidence ≥ 50%):")
+    for rule in rules["rules"]:
+        echo(f"  {' + '.join(rule['antecedents'])} → {rule['consequent']}  "
+             f"(support {rule['support']:.3f}, confidence {rule['confidence']:.2f}, lift {rule['lift']:.1f})")
 
 
 def _load_env(state_dir: Path) -> dict[str, Any]:

@@ -30,6 +30,9 @@ def test_crm_demo_replays_the_slice_and_stops_cleanly(tmp_path: Path) -> None:
     assert "accepted (202)                  1,955" in out
     assert "excluded: stock write-off rows           70" in out
     assert "or-united-kingdom" in out.split("Live figures")[1]
+    segments = out.split("Segments as of")[1]
+    assert "value_tier" in segments and "champions" in segments and "persona" in segments
+    assert " → " in segments.split("Top basket rules")[1], "the December slice has rules at 2% support"
     leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
                  if any(str(state) in part for part in (p.info["cmdline"] or []))]
     assert leftovers == []
