@@ -1,6 +1,7 @@
 """HTTP edge of pos-gateway: parse, call one handler, shape the response."""
 
 
+import inspect
 import logging
 import time
 import uuid
@@ -202,7 +203,8 @@ class GatewayApp(FastAPI):
         for kind in type(exc).__mro__:  # the most specific handler, as Starlette's lookup does
             handler = self.exception_handlers.get(kind)
             if handler is not None:
-                response: Response = await handler(request, exc)
+                answer = handler(request, exc)  # Starlette allows plain functions as handlers too
+                response: Response = await answer if inspect.isawaitable(answer) else answer
                 return response
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return PlainTextResponse("Internal Server Error", status_code=500)
