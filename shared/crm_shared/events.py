@@ -138,6 +138,8 @@ def sale_event_id(store_id: str, terminal_id: str, sale_id: str) -> uuid.UUID:
 
 
 SaleRecorded = Envelope[Sale]
+# Parametrise once: `Envelope[Any](...)` looks the generic up on every call (~50 us, measured).
+AnyEnvelope = Envelope[Any]
 SALE_EVENT_TYPES = {"sale": "SaleRecorded", "return": "ReturnRecorded"}
 SALE_SCHEMA_VERSION = 1
 
@@ -239,8 +241,8 @@ def member_event(payload: BaseModel, *, event_type: str, member_id: str, occurre
                  identity: str) -> Envelope[Any]:
     """Wrap a member event; `identity` names the fact (e.g. `tier/<member>/<sale event id>`) so the same
     fact always gets the same event id, however often it is recomputed."""
-    return Envelope[Any](event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
-                         occurred_at=occurred_at, source=source, key=member_id, payload=payload)
+    return AnyEnvelope(event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
+                       occurred_at=occurred_at, source=source, key=member_id, payload=payload)
 
 
 # --- the product catalog ------------------------------------------------------------------------
@@ -330,7 +332,15 @@ class AssociationRulesChanged(BaseModel):
     rules: list[RuleDocument]
 
 
-def segmenter_event(payload: BaseModel, *, event_type: str, key: str, occurred_at: datetime, identity: str) -> Envelope[Any]:
-    """Same decision, same event id (a redelivered profile or a restart republishes nothing new)."""
-    return Envelope[Any](event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
-                         occurred_at=occurred_at, source="segmenter", key=key, payload=payload)
+def segmenter_event(payload: BaseModel, *, event_type: str, key: str, occurred_at: datetime, identity: str,
+                    trusted: bool = False) -> Envelope[Any]:
+    """Same decision, same event id (a redelivered profile or a restart republishes nothing new).
+
+    `trusted`: the payload was built by our own code from validated inputs, so the envelope is
+    assembled without validating it again (the segmenter's hot path; its tests validate a sample)."""
+    if trusted:
+        return AnyEnvelope.model_construct(event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type,
+                                           schema_version=1, occurred_at=occurred_at, source="segmenter", key=key,
+                                           payload=payload)
+    return AnyEnvelope(event_id=uuid.uuid5(EVENT_NAMESPACE, identity), event_type=event_type, schema_version=1,
+                       occurred_at=occurred_at, source="segmenter", key=key, payload=payload)

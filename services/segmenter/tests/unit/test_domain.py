@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -196,3 +197,22 @@ def test_frequency_cut_points_fall_back_to_bands_when_ties_collide() -> None:
 
 def test_a_member_without_a_purchase_is_not_new() -> None:
     assert domain.persona_matches(facts(days_since_first=0, visits=0), POPULATION, None)[0] == "regular"
+
+
+def test_segment_events_built_on_the_hot_path_meet_the_contract() -> None:
+    from crm_shared.events import Envelope, MemberSegmentChanged
+    from crm_shared.serde import decode, encode
+    from segmenter.handlers import SegmentHandlers
+    from segmenter.settings import SegmenterSettings
+
+    handlers = SegmentHandlers(None, SegmenterSettings(), topic_prefix="t.")  # type: ignore[arg-type]
+    events = [Envelope[MemberProfileUpdated](event_id=uuid.uuid4(), event_type="MemberProfileUpdated", schema_version=1,
+                                             occurred_at=AS_OF, source="test", key=f"m{i}",
+                                             payload=profile(member_id=f"m{i}", monetary=Decimal(100 * i)))
+              for i in range(1, 30)]
+    learned = handlers._classify_profiles(handlers.clusters.copy(), events, {}, POPULATION, AS_OF)
+    assert learned.events and len(learned.events) == len(learned.changes)
+    for event in learned.events:
+        parsed = decode(Envelope[MemberSegmentChanged], encode(event))  # validates every field on the way back
+        assert parsed.payload.member_id == event.key and parsed.event_id == event.event_id
+        assert parsed.payload.current[parsed.payload.dimension] == parsed.payload.new
