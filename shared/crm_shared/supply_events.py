@@ -55,6 +55,8 @@ class OrderLine(BaseModel):
     pack_size: int = Field(ge=1)
     unit_cost: Money | None = None
     need_id: uuid.UUID = Field(description="The need this line fills: one need, one line, ever")
+    also_fills: list[uuid.UUID] = Field(default_factory=list,
+                                        description="Needs of this sku from earlier cycles that missed their order")
     reorder_point: int
     order_up_to: int
     on_hand: int

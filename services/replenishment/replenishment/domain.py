@@ -132,6 +132,7 @@ class Policy:
     service_level_z: float = 1.0
     review_days: int = 1  # order-up-to covers the lead time plus this many days
     low_cover_days: float = 2.0  # fewer days of cover than this is published as low stock
+    units_per_offer: float = 0.2  # extra units one issued offer is expected to sell over its validity
 
 
 @dataclass(frozen=True)
@@ -142,20 +143,43 @@ class Levels:
     order_up_to: int
 
 
-def reorder_levels(model: DemandModel, today: date, terms: Terms, policy: Policy) -> Levels:
-    """Reorder point = forecast demand over the lead time + z·σ·√L; order-up-to adds `review_days`
-    of demand on top, capped by the shelf (but always at least one pack above the reorder point)."""
+@dataclass(frozen=True)
+class Promotion:
+    """Offers of a SKU valid from `first_day` to `last_day` (inclusive): each is expected to sell
+    `Policy.units_per_offer` extra units, spread evenly over its days."""
+
+    first_day: date
+    last_day: date
+    offers: int
+
+    def extra_on(self, day: date, units_per_offer: float) -> float:
+        if not self.first_day <= day <= self.last_day:
+            return 0.0
+        return self.offers * units_per_offer / ((self.last_day - self.first_day).days + 1)
+
+
+def expected_demand(model: DemandModel, day: date, promotions: tuple[Promotion, ...], policy: Policy) -> float:
+    """The forecast for `day` plus what planned campaigns are expected to add on it."""
+    return model.forecast(day) + sum(p.extra_on(day, policy.units_per_offer) for p in promotions)
+
+
+def reorder_levels(model: DemandModel, today: date, terms: Terms, policy: Policy,
+                   promotions: tuple[Promotion, ...] = ()) -> Levels:
+    """Reorder point = expected demand over the lead time + z·σ·√L; order-up-to adds `review_days`
+    of demand on top, capped by the shelf (but always at least one pack above the reorder point).
+    Expected demand = the forecast plus the uplift of campaigns planned on those days."""
     lead = max(terms.lead_time_days, 0)
     rolled = roll_to(model, today)
-    over_lead = sum(rolled.forecast(today + timedelta(days=i)) for i in range(lead))
+    over_lead = sum(expected_demand(rolled, today + timedelta(days=i), promotions, policy) for i in range(lead))
     safety = policy.service_level_z * rolled.sigma * math.sqrt(lead)
     reorder_point = math.ceil(over_lead + safety - 1e-9)
-    review = sum(rolled.forecast(today + timedelta(days=lead + i)) for i in range(policy.review_days))
+    review = sum(expected_demand(rolled, today + timedelta(days=lead + i), promotions, policy)
+                 for i in range(policy.review_days))
     order_up_to = math.ceil(over_lead + safety + review - 1e-9)
     if terms.shelf_capacity is not None:
         order_up_to = min(order_up_to, terms.shelf_capacity)
     order_up_to = max(order_up_to, reorder_point + terms.pack_size)
-    return Levels(rolled.forecast(today), rolled.sigma, reorder_point, order_up_to)
+    return Levels(expected_demand(rolled, today, promotions, policy), rolled.sigma, reorder_point, order_up_to)
 
 
 def order_quantity(on_hand: int, on_order: int, levels: Levels, terms: Terms) -> int:

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from crm_shared.events import EVENT_NAMESPACE, Envelope, Product, Sale
+from crm_shared.marketing_events import OfferIssued
 from crm_shared.outbox import add_events
 from crm_shared.supply_events import (
     GoodsReceipt,
@@ -30,6 +31,7 @@ from replenishment import SERVICE_NAME, store
 from replenishment.domain import (
     DemandModel,
     Policy,
+    Promotion,
     Refused,
     Terms,
     after,
@@ -84,6 +86,19 @@ class SupplyHandlers:
             index_elements=["sku"], set_={**{c: statement.excluded[c] for c in rows[0] if c != "sku"},
                                           "updated_at": func.now()}), rows)
 
+    # --- planned campaigns ---------------------------------------------------------------------
+
+    async def apply_offers(self, conn: AsyncConnection, events: list[Envelope[OfferIssued]]) -> None:
+        """Issued offers for a store's products raise their expected demand while the offer runs; a
+        withheld (control) offer is not demand, and an offer for no particular product or store is
+        not tied to any stock."""
+        rows = [{"offer_id": e.payload.offer_id, "sku": sku, "store_id": e.payload.store_id,
+                 "first_day": e.payload.valid_from.date(), "last_day": e.payload.valid_to.date()}
+                for e in events if not e.payload.withheld and e.payload.store_id is not None
+                for sku in dict.fromkeys(e.payload.products)]
+        if rows:
+            await conn.execute(insert(store.promotions).on_conflict_do_nothing(), rows)
+
     # --- the sales stream: the hot path ---------------------------------------------------------
 
     async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> SalesOutcome:
@@ -112,6 +127,7 @@ class SupplyHandlers:
         days = await store.advance_stores(conn, latest)
         rows = await store.lock_stock(conn, list(stock_delta))
         terms = await store.terms_for(conn, {sku for _, sku in stock_delta})
+        promotions = await store.promotions_for(conn, rows, min(day for _, day in days.values()))
         need_rows: list[dict[str, Any]] = []
         low_events: list[Envelope[Any]] = []
         for key, row in rows.items():
@@ -131,7 +147,7 @@ class SupplyHandlers:
             row["negative_since"] = (row["negative_since"] or at) if row["on_hand"] < 0 else None
             today = days[store_id][1]
             sku_terms, unit_cost = terms.get(sku, (UNASSIGNED, None))
-            self._levels(row, model, today, sku_terms)
+            self._levels(row, model, today, sku_terms, promotions.get(key, ()))
             if is_low(row["on_hand"], row["forecast_daily"], self.policy):
                 if row["low_since"] is None:
                     row["low_since"] = today
@@ -167,8 +183,9 @@ class SupplyHandlers:
         outcome.low_stock = len(low_events)
         return outcome
 
-    def _levels(self, row: dict[str, Any], model: DemandModel, today: date, terms: Terms) -> None:
-        levels = reorder_levels(model, today, terms, self.policy)
+    def _levels(self, row: dict[str, Any], model: DemandModel, today: date, terms: Terms,
+                promotions: tuple[Promotion, ...]) -> None:
+        levels = reorder_levels(model, today, terms, self.policy, promotions)
         row.update(forecast_daily=levels.forecast_daily, sigma_daily=levels.sigma_daily,
                    reorder_point=levels.reorder_point, order_up_to=levels.order_up_to)
 
@@ -187,7 +204,8 @@ class SupplyHandlers:
         needs = store.needs
         pending = (await conn.execute(
             select(needs).where(store.any_of(needs.c.store_id, list(closed)), needs.c.po_id.is_(None))
-            .order_by(needs.c.store_id, needs.c.supplier_id, needs.c.sku).with_for_update(skip_locked=True))).all()
+            .order_by(needs.c.store_id, needs.c.supplier_id, needs.c.sku, needs.c.cycle)
+            .with_for_update(skip_locked=True))).all()
         groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for need in pending:
             if need.cycle < closed[need.store_id]:
@@ -207,15 +225,22 @@ class SupplyHandlers:
                 continue  # that cycle's order exists: these needs wait for the next cycle
             await conn.execute(update(needs).where(store.any_of_uuid(needs.c.need_id, [n.need_id for n in group]))
                                .values(po_id=po_id))
+            # One line per sku: a need of an earlier cycle that missed its order is folded into it.
+            by_sku: dict[str, list[Any]] = defaultdict(list)
+            for need in group:
+                by_sku[need.sku].append(need)
             await conn.execute(insert(store.po_lines), [{
-                "po_id": po_id, "sku": n.sku, "need_id": n.need_id, "quantity": n.quantity,
-                "unit_cost": n.unit_cost} for n in group])
+                "po_id": po_id, "sku": sku, "need_id": same[0].need_id, "quantity": sum(n.quantity for n in same),
+                "unit_cost": same[-1].unit_cost} for sku, same in by_sku.items()])
             order = PurchaseOrder(po_id=po_id, supplier_id=supplier_id, store_id=store_id, cycle=cycle,
                                   raised_at=raised_at, expected_by=expected_by, lines=[OrderLine(
-                                      sku=n.sku, quantity=n.quantity, pack_size=n.pack_size, unit_cost=n.unit_cost,
-                                      need_id=n.need_id, reorder_point=n.reorder_point, order_up_to=n.order_up_to,
-                                      on_hand=n.on_hand, on_order=n.on_order,
-                                      forecast_daily=round(n.forecast_daily, 4)) for n in group])
+                                      sku=sku, quantity=sum(n.quantity for n in same), pack_size=same[-1].pack_size,
+                                      unit_cost=same[-1].unit_cost, need_id=same[0].need_id,
+                                      also_fills=[n.need_id for n in same[1:]],
+                                      reorder_point=same[-1].reorder_point, order_up_to=same[-1].order_up_to,
+                                      on_hand=same[-1].on_hand, on_order=same[0].on_order,
+                                      forecast_daily=round(same[-1].forecast_daily, 4))
+                                      for sku, same in by_sku.items()])
             events.append(purchase_order_raised(order, source=SERVICE_NAME))
             raised.append(po_id)
         await add_events(conn, store.outbox, self.reorders_topic, events)
@@ -439,8 +464,10 @@ class SupplyHandlers:
             day = (await conn.execute(select(store.stores.c.current_day).where(
                 store.stores.c.store_id == store_id))).scalar()
             terms = await store.terms_for(conn, [sku])
+            promotions = await store.promotions_for(conn, [(store_id, sku)], day) if day else {}
         sku_terms, unit_cost = terms.get(sku, (UNASSIGNED, None))
-        return stock_document(dict(row._mapping), day, sku_terms, unit_cost, self.policy)
+        return stock_document(dict(row._mapping), day, sku_terms, unit_cost, self.policy,
+                              promotions.get((store_id, sku), ()))
 
     async def below_reorder_point(self, store_id: str, limit: int) -> dict[str, Any]:
         s = store.stock
@@ -454,10 +481,12 @@ class SupplyHandlers:
             day = (await conn.execute(select(store.stores.c.current_day).where(
                 store.stores.c.store_id == store_id))).scalar()
             terms = await store.terms_for(conn, [r.sku for r in rows])
+            promotions = await store.promotions_for(conn, [(store_id, r.sku) for r in rows], day) if day else {}
         items = []
         for row in rows:
             sku_terms, unit_cost = terms.get(row.sku, (UNASSIGNED, None))
-            items.append(stock_document(dict(row._mapping), day, sku_terms, unit_cost, self.policy))
+            items.append(stock_document(dict(row._mapping), day, sku_terms, unit_cost, self.policy,
+                                        promotions.get((store_id, row.sku), ())))
         return {"store_id": store_id, "as_of_day": day, "below": "reorder_point", "items": items}
 
     async def supplier_products(self, supplier_id: str, limit: int) -> dict[str, Any]:
@@ -468,10 +497,13 @@ class SupplyHandlers:
                 select(s, st.c.current_day).join(p, p.c.sku == s.c.sku).join(st, st.c.store_id == s.c.store_id)
                 .where(p.c.supplier_id == supplier_id).order_by(s.c.sku, s.c.store_id).limit(limit))).all()
             terms = await store.terms_for(conn, {r.sku for r in rows})
+            since = min((r.current_day for r in rows), default=None)
+            promotions = await store.promotions_for(conn, [(r.store_id, r.sku) for r in rows], since) if since else {}
         items = []
         for row in rows:
             sku_terms, unit_cost = terms[row.sku]
-            doc = stock_document(dict(row._mapping), row.current_day, sku_terms, unit_cost, self.policy)
+            doc = stock_document(dict(row._mapping), row.current_day, sku_terms, unit_cost, self.policy,
+                                 promotions.get((row.store_id, row.sku), ()))
             items.append(doc)
         return {"supplier_id": supplier_id, "items": items}
 
@@ -503,11 +535,12 @@ def _levels_of(row: dict[str, Any]) -> Any:
     return Levels(row["forecast_daily"], row["sigma_daily"], row["reorder_point"], row["order_up_to"])
 
 
-def stock_document(row: dict[str, Any], day: date | None, terms: Terms, unit_cost: Any, policy: Policy) -> dict[str, Any]:
+def stock_document(row: dict[str, Any], day: date | None, terms: Terms, unit_cost: Any, policy: Policy,
+                   promotions: tuple[Promotion, ...] = ()) -> dict[str, Any]:
     """The stock of one store × sku with its forecast and levels rolled to the store's current day."""
     model = store.model_of(row)
     if day is not None:
-        levels = reorder_levels(model, day, terms, policy)
+        levels = reorder_levels(model, day, terms, policy, promotions)
         forecast, sigma, reorder_point, order_up_to = (levels.forecast_daily, levels.sigma_daily,
                                                        levels.reorder_point, levels.order_up_to)
     else:
@@ -532,6 +565,7 @@ def stock_document(row: dict[str, Any], day: date | None, terms: Terms, unit_cos
             "lead_time_days": terms.lead_time_days, "shelf_capacity": terms.shelf_capacity,
             "unit_cost": None if unit_cost is None else str(unit_cost)},
         "late_lines": row["late_lines"],
+        "campaign_offers": sum(p.offers for p in promotions if day is None or p.last_day >= day),
     }
 
 

@@ -25,8 +25,9 @@ class ReplenishmentSettings(BaseSettings):
     service_level_z: float = Field(default=Policy.service_level_z, ge=0, le=5)
     review_days: int = Field(default=Policy.review_days, ge=1, le=90)
     low_cover_days: float = Field(default=Policy.low_cover_days, ge=0, le=90)
+    units_per_offer: float = Field(default=Policy.units_per_offer, ge=0, le=1000)
     migrations_dir: str = Field(default_factory=lambda: migrations_dir_beside(__file__))
 
     def policy(self) -> Policy:
         return Policy(service_level_z=self.service_level_z, review_days=self.review_days,
-                      low_cover_days=self.low_cover_days)
+                      low_cover_days=self.low_cover_days, units_per_offer=self.units_per_offer)

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from replenishment.domain import DemandModel, Terms
+from replenishment.domain import DemandModel, Promotion, Terms
 
 metadata = MetaData()
 applied_events = applied_events_table(metadata)
@@ -179,6 +179,36 @@ def any_of_uuid(column: Any, values: Iterable[Any]) -> Any:
     return column == any_(bindparam(None, list(values), type_=ARRAY(UUID(as_uuid=True))))
 
 
+# Planned campaigns: one row per issued offer × sku at a store (withheld control offers are not demand).
+promotions = Table(
+    "promotions", metadata,
+    Column("offer_id", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("store_id", String(64), nullable=False),
+    Column("first_day", Date, nullable=False),
+    Column("last_day", Date, nullable=False),
+    Index("ix_promotions_store_sku", "store_id", "sku", "last_day"),
+)
+
+
+async def promotions_for(conn: AsyncConnection, keys: Iterable[tuple[str, str]],
+                         since: date) -> dict[tuple[str, str], tuple[Promotion, ...]]:
+    """Campaigns still running on or after `since` for the store × sku pairs, as offers per window."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    result = await conn.execute(text(
+        "SELECT p.store_id, p.sku, p.first_day, p.last_day, count(*) AS offers FROM promotions p "
+        "JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS k(store_id, sku) "
+        "ON p.store_id = k.store_id AND p.sku = k.sku WHERE p.last_day >= :since "
+        "GROUP BY p.store_id, p.sku, p.first_day, p.last_day"),
+        {"stores": [s for s, _ in keys], "skus": [k for _, k in keys], "since": since})
+    found: dict[tuple[str, str], list[Promotion]] = {}
+    for row in result:
+        found.setdefault((row.store_id, row.sku), []).append(Promotion(row.first_day, row.last_day, row.offers))
+    return {key: tuple(value) for key, value in found.items()}
+
+
 MODEL_COLUMNS = ("level", "season", "days_learned", "error_square", "error_abs", "actual_abs", "open_day",
                  "open_quantity")
 
@@ -221,7 +251,7 @@ async def lock_stock(conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict
 
 
 async def save_stock(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> None:
-    rows = [{c: row[c] for c in STOCK_COLUMNS} for row in rows]
+    rows = sorted(({c: row[c] for c in STOCK_COLUMNS} for row in rows), key=lambda r: (r["store_id"], r["sku"]))
     if not rows:
         return
     statement = insert(stock)
@@ -234,6 +264,7 @@ async def save_stock(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> N
 async def add_daily_sales(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
+    rows = sorted(rows, key=lambda r: (r["store_id"], r["sku"], r["day"]))
     statement = insert(daily_sales)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=["store_id", "sku", "day"],
@@ -254,15 +285,17 @@ async def advance_stores(conn: AsyncConnection, latest: dict[str, Any]) -> dict[
     """Move each store's event time forward; returns (day before, day after) per store."""
     if not latest:
         return {}
+    # Rows are locked in key order everywhere (stores, then stock, then sell-through), so two replicas
+    # working on the same store wait for each other instead of deadlocking.
     before = {row.store_id: row.current_day for row in await conn.execute(
         select(stores.c.store_id, stores.c.current_day).where(any_of(stores.c.store_id, list(latest)))
-        .with_for_update())}
+        .order_by(stores.c.store_id).with_for_update())}
     statement = insert(stores)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=["store_id"],
         set_={"as_of": func.greatest(stores.c.as_of, statement.excluded.as_of),
               "current_day": func.greatest(stores.c.current_day, statement.excluded.current_day)}),
-        [{"store_id": s, "as_of": at, "current_day": at.date()} for s, at in latest.items()])
+        [{"store_id": s, "as_of": at, "current_day": at.date()} for s, at in sorted(latest.items())])
     return {s: (before.get(s), max(before.get(s) or at.date(), at.date())) for s, at in latest.items()}
 
 

@@ -9,9 +9,10 @@ from typing import Any
 from crm_shared.consumer import IdempotentConsumer, decoder_for
 from crm_shared.events import ProductListed, SaleRecorded
 from crm_shared.kafka import make_consumer, make_producer
+from crm_shared.marketing_events import OfferPublished
 from crm_shared.settings import CommonSettings
 from crm_shared.supply_events import GoodsReceived, SupplierAcknowledged
-from crm_shared.topics import CATALOG_PRODUCTS, INVENTORY_RECEIPTS, POS_SALES, SUPPLIER_ACKS, Topic
+from crm_shared.topics import CATALOG_PRODUCTS, INVENTORY_RECEIPTS, MARKETING_OFFERS, POS_SALES, SUPPLIER_ACKS, Topic
 
 from replenishment import SERVICE_NAME
 from replenishment.store import applied_events
@@ -45,6 +46,7 @@ def consumers(common: CommonSettings, engine: Any, handlers: Any, *, batch: int)
     """Catalog first: terms should be in before the first sale asks for them."""
     return [
         consumer_for(common, engine, CATALOG_PRODUCTS, "catalog", ProductListed, handlers.apply_catalog, batch=2000),
+        consumer_for(common, engine, MARKETING_OFFERS, "offers", OfferPublished, handlers.apply_offers, batch=2000),
         consumer_for(common, engine, POS_SALES, "sales", SaleRecorded, handlers.apply_sales, batch=batch,
                      after_commit=handlers.after_commit, screen=sale_from_the_future),
         consumer_for(common, engine, INVENTORY_RECEIPTS, "receipts", GoodsReceived, handlers.apply_receipts,

@@ -98,7 +98,7 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         for document in documents:
             by_supplier[document["payload"]["supplier_id"]].append(document["payload"])
         assert set(by_supplier) == {"sup-a", "sup-b"}
-        need_ids = [line["need_id"] for d in documents for line in d["payload"]["lines"]]
+        need_ids = [need for d in documents for line in d["payload"]["lines"] for need in [line["need_id"], *line["also_fills"]]]
         assert len(need_ids) == len(set(need_ids)), "a need appears on two order lines"
         for payload in by_supplier["sup-a"]:
             for line in payload["lines"]:
@@ -254,7 +254,7 @@ def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack
             orders.setdefault(payload["po_id"], payload)
         listed = httpx.get(f"{service.url}/v1/orders", params={"limit": 1000}, headers=OPS).json()["orders"]
         assert orders and {o["po_id"] for o in listed} == set(orders)
-        need_ids = [line["need_id"] for o in orders.values() for line in o["lines"]]
+        need_ids = [need for o in orders.values() for line in o["lines"] for need in [line["need_id"], *line["also_fills"]]]
         assert len(need_ids) == len(set(need_ids))
         keys = [(o["store_id"], o["supplier_id"], o["cycle"]) for o in orders.values()]
         assert len(keys) == len(set(keys)), "two orders for one supplier × store × cycle"
@@ -262,15 +262,26 @@ def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack
         service.stop()
 
 
-def test_poison_records_go_to_the_dead_letter_topics_and_the_consumers_go_on(crm_stack: StackEndpoints,
-                                                                            tmp_path: Path) -> None:
+def offer(offer_id: str, sku: str, start_day: datetime, *, withheld: bool = False) -> Any:
+    from crm_shared.marketing_events import OfferIssued, OfferReason, offer_event
+
+    return offer_event(OfferIssued(
+        offer_id=offer_id, member_id=f"m-{offer_id}", campaign_id="spring", channel="email", template="t",
+        text="" if withheld else "10% off", products=[sku], discount_percent="10", store_id="s1",
+        reason=OfferReason(trigger="cross_sell", detail="A -> B", source_event_id=uuid.uuid4()),
+        valid_from=start_day, valid_to=start_day + timedelta(days=6), withheld=withheld))
+
+
+def test_poison_records_go_to_the_dead_letter_topics_and_campaigns_raise_expected_demand(
+        crm_stack: StackEndpoints, tmp_path: Path) -> None:
     from aiokafka import AIOKafkaProducer
     from crm_shared.serde import encode
     from crm_shared.supply_events import GoodsReceipt, goods_received
+    from crm_shared.topics import MARKETING_OFFERS
 
     prefix, schema = f"rz{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
     bootstrap = crm_stack.kafka_bootstrap
-    service = start(crm_stack, tmp_path, prefix, schema)
+    service = start(crm_stack, tmp_path, prefix, schema, REPLENISHMENT_UNITS_PER_OFFER="7")
     unknown_store = goods_received(GoodsReceipt(receipt_id="x1", store_id="nowhere", received_at=datetime.now(UTC),
                                                 lines=[{"sku": "A", "quantity": 1}]), source="test")
 
@@ -292,6 +303,65 @@ def test_poison_records_go_to_the_dead_letter_topics_and_the_consumers_go_on(crm
         assert [dict(r.headers)["dlq.reason"].decode()[:14] for r in dead_sales] == ["not valid JSON"]
         reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in dead_receipts)
         assert reasons[0].startswith("breaks the contract") and "unknown store" in reasons[1]
-        assert httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()["on_hand"] == -20
+        before = httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()
+        assert before["on_hand"] == -20 and before["campaign_offers"] == 0
+
+        # Ten offers of A at s1 for the coming week (7 units each expected: 10 a day), one withheld.
+        day = steady_sales(2)[-1].occurred_at
+        offers = [offer(f"o{i}", "A", day) for i in range(10)] + [offer("control", "A", day, withheld=True)]
+
+        async def publish_offers() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+            await producer.start()
+            for event in offers:
+                await producer.send_and_wait(MARKETING_OFFERS.qualified(prefix), encode(event), key=event.key.encode())
+            await producer.stop()
+
+        asyncio.run(publish_offers())
+        caught_up(bootstrap, prefix, "offers", MARKETING_OFFERS.name)
+        during = httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()
+        assert during["campaign_offers"] == 10
+        assert during["forecast_daily"] == pytest.approx(before["forecast_daily"] + 10, abs=0.01)
+        assert during["reorder_point"] >= before["reorder_point"] + 19  # two days of lead time, 10 more a day
     finally:
         service.stop()
+
+
+def test_two_replicas_share_the_work_and_raise_each_order_once(crm_stack: StackEndpoints, tmp_path: Path) -> None:
+    """Two processes in one consumer group: a store's sales arrive on every partition (they are keyed
+    by member), so both replicas update the same stock rows and close the same cycles."""
+    sales = load_sales(SLICE)[0]
+    prefix, schema = f"r2{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
+    bootstrap = crm_stack.kafka_bootstrap
+    first = start(crm_stack, tmp_path, prefix, schema, REPLENISHMENT_CONSUMER_BATCH="300")
+    second = start(crm_stack, tmp_path, prefix, schema, REPLENISHMENT_CONSUMER_BATCH="300")
+    try:
+        asyncio.run(publish_catalog(products_from_sales(sales), bootstrap=bootstrap, topic_prefix=prefix,
+                                    progress=False))
+        caught_up(bootstrap, prefix, "catalog", CATALOG_PRODUCTS.name)
+        asyncio.run(replay_kafka(sales, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "sales", POS_SALES.name, timeout=180)
+        applied = []
+        for replica in (first, second):
+            metrics = httpx.get(f"{replica.url}/metrics").text
+            applied += [float(line.split()[-1]) for line in metrics.splitlines()
+                        if line.startswith("crm_consumer_events_applied_total") and f"{prefix}replenishment.sales" in line]
+            dead = [float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("crm_consumer_events_dead_lettered_total") and "replenishment.sales" in line]
+            assert sum(dead) == 0, "a sale was dead-lettered under contention"
+        assert len(applied) == 2 and all(a > 0 for a in applied) and sum(applied) == len(sales)
+        expected = batch_stock(sales)
+        for (store_id, sku), on_hand in sorted(expected.items(), key=lambda item: item[1])[:40]:
+            assert httpx.get(f"{first.url}/v1/stock/{store_id}/{sku}", headers=OPS).json()["on_hand"] == on_hand
+        orders: dict[str, Any] = {}
+        for record in asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=1,
+                                             timeout=30, settle=2.0)):
+            payload = orjson.loads(record.value)["payload"]
+            assert orders.setdefault(payload["po_id"], payload) == payload
+        need_ids = [need for o in orders.values() for line in o["lines"] for need in [line["need_id"], *line["also_fills"]]]
+        assert orders and len(need_ids) == len(set(need_ids))
+        keys = [(o["store_id"], o["supplier_id"], o["cycle"]) for o in orders.values()]
+        assert len(keys) == len(set(keys))
+    finally:
+        first.stop()
+        second.stop()

@@ -12,6 +12,7 @@ from replenishment.domain import (
     DemandModel,
     Levels,
     Policy,
+    Promotion,
     Refused,
     Terms,
     after,
@@ -188,3 +189,16 @@ def test_a_catalog_from_sales_costs_less_than_it_sells_for() -> None:
     assert product.description == "LANTERN" and product.sku == "A"
     assert product.unit_cost is not None and 0 < product.unit_cost < 2.50  # 55-70 % of the median price
     assert product.supplier_id is not None and product.supplier_id.startswith("sup-")
+
+
+def test_a_planned_campaign_raises_expected_demand_and_the_reorder_point_while_it_runs() -> None:
+    model = learned([10.0] * 28)
+    today = MONDAY + timedelta(days=28)
+    terms, policy = Terms("sup", lead_time_days=2), Policy(units_per_offer=0.5)
+    campaign = Promotion(today, today + timedelta(days=4), offers=100)  # 100 offers x 0.5 units over 5 days
+    plain = reorder_levels(model, today, terms, policy)
+    promoted = reorder_levels(model, today, terms, policy, (campaign,))
+    assert promoted.forecast_daily == pytest.approx(plain.forecast_daily + 10.0)
+    assert promoted.reorder_point == plain.reorder_point + 20
+    over = Promotion(today - timedelta(days=9), today - timedelta(days=1), offers=100)
+    assert reorder_levels(model, today, terms, policy, (over,)) == plain  # a finished campaign adds nothing
