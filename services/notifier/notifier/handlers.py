@@ -119,7 +119,8 @@ class NotifierHandlers:
 
     async def _redeem(self, conn: AsyncConnection, sales: list[Envelope[Sale]], member_ids: list[str]) -> None:
         earliest = sales[0].payload.occurred_at
-        open_offers = await store.open_offers(conn, member_ids, earliest)
+        skus = {line.sku for event in sales for line in event.payload.lines}
+        open_offers = await store.open_offers(conn, member_ids, earliest, sorted(skus))
         by_member: dict[str, list[dict[str, Any]]] = {}
         for offer in open_offers:
             by_member.setdefault(offer["member_id"], []).append(offer)

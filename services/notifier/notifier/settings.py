@@ -19,7 +19,7 @@ class NotifierSettings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=8)
     schema_name: str = "notifier"
     consumer_enabled: bool = True
-    consumer_batch: int = Field(default=500, ge=1)
+    consumer_batch: int = Field(default=2000, ge=1)
     db_pool_size: int = 10
     relay_idle_poll_seconds: float = 0.05
     # Triggers: a comma-separated subset of cross_sell, dormant_wakeup, tier_upgrade, welcome ("" = none).

@@ -202,13 +202,16 @@ async def history(conn: AsyncConnection, member_ids: Sequence[str], since: datet
     return [dict(row._mapping) for row in rows]
 
 
-async def open_offers(conn: AsyncConnection, member_ids: Sequence[str], earliest: datetime) -> list[dict[str, Any]]:
+async def open_offers(conn: AsyncConnection, member_ids: Sequence[str], earliest: datetime,
+                      skus: Sequence[str]) -> list[dict[str, Any]]:
+    """Unredeemed, unexpired offers of these members that these SKUs could redeem (or any purchase can)."""
     if not member_ids:
         return []
     rows = await conn.execute(
         select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to)
         .where(any_of(offers.c.member_id, list(member_ids)))
-        .where(offers.c.redeemed_at.is_(None), offers.c.valid_to >= earliest))
+        .where(offers.c.redeemed_at.is_(None), offers.c.valid_to >= earliest)
+        .where(offers.c.products.overlap(cast(sorted(set(skus)), ARRAY(Text))) | (func.cardinality(offers.c.products) == 0)))
     return [dict(row._mapping) for row in rows]
 
 

@@ -205,6 +205,10 @@ def test_no_consent_for_the_channel_or_not_enrolled_means_no_offer(stack: Stack)
     stack.ring(stack.sale(email_only, ["diapers"], DAY), stack.sale(stranger, ["diapers"], DAY))
     assert stack.report()["suppressed"].get("no_consent", 0) == before + 2
     assert stack.offers(email_only, expected=0, timeout=2) == [] and stack.offers(stranger, expected=0, timeout=2) == []
+    # member-profile's first profile of the email member is a welcome by email, which they agreed to.
+    welcome = stack.offers(email_only, expected=1, campaign="auto-welcome", timeout=30)
+    assert [(w["payload"]["channel"], w["payload"]["reason"]["trigger"]) for w in welcome] == [("email", "welcome")]
+    assert stack.offers(stranger, expected=0, timeout=2, campaign="auto-welcome") == [], "no consent: no welcome"
 
 
 def test_quiet_hours_in_the_stores_time_zone_and_the_daily_cap(stack: Stack) -> None:
