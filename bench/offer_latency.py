@@ -229,12 +229,11 @@ def main() -> int:
         "consent_cache": "warm (every member shopped once before)" if args.warm else "cold (first contacts on the path)",
         "latency_ms": {"p50": round(p50, 1), "p95": round(p95, 1), "p99": round(p99, 1),
                        "max": round(max(latencies), 1), "mean": round(statistics.fmean(latencies), 1)},
-        "pass": p99 < TARGET_P99_MS and sent / took >= 0.95 * 1000,
+        "pass": p99 < TARGET_P99_MS and sent / took >= 0.95 * 1000,  # the target is at 1,000 sales/s
     }
     RESULTS.parent.mkdir(exist_ok=True)
     runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    runs = runs if "warm" in runs or "cold" in runs else {}
-    runs["warm" if args.warm else "cold"] = result
+    runs[f"{'warm' if args.warm else 'cold'}_{args.rate:.0f}_per_s"] = result  # one entry per kind of run
     RESULTS.write_text(json.dumps(runs, indent=2) + "\n")
     print(f"\nsales produced      {sent:,} in {took:.1f} s = {sent / took:,.0f}/s   (target rate 1,000/s)")
     print(f"offers published    {len(offers):,} ({result['withheld']:,} withheld for control); "
