@@ -160,6 +160,8 @@ class Promotion:
 
 def expected_demand(model: DemandModel, day: date, promotions: tuple[Promotion, ...], policy: Policy) -> float:
     """The forecast for `day` plus what planned campaigns are expected to add on it."""
+    if not promotions:
+        return model.forecast(day)
     return model.forecast(day) + sum(p.extra_on(day, policy.units_per_offer) for p in promotions)
 
 

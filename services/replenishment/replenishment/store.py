@@ -197,6 +197,9 @@ async def promotions_for(conn: AsyncConnection, keys: Iterable[tuple[str, str]],
     keys = list(keys)
     if not keys:
         return {}
+    running = select(promotions.c.offer_id).where(promotions.c.last_day >= since).limit(1)
+    if (await conn.execute(running)).first() is None:  # the usual case: one cheap look, not a join of every key
+        return {}
     result = await conn.execute(text(
         "SELECT p.store_id, p.sku, p.first_day, p.last_day, count(*) AS offers FROM promotions p "
         "JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS k(store_id, sku) "
