@@ -188,6 +188,7 @@ promotions = Table(
     Column("first_day", Date, nullable=False),
     Column("last_day", Date, nullable=False),
     Index("ix_promotions_store_sku", "store_id", "sku", "last_day"),
+    Index("ix_promotions_last_day", "last_day"),
 )
 
 
