@@ -1,0 +1,103 @@
+"""The notifier SIGKILLed mid-stream and restarted: no offer lost, none decided twice.
+
+1,000 sales, each a different (member, rule) pair, so each calls for exactly one cross-sell offer (or
+its withheld twin). The notifier is killed once it has decided some of them, then restarted on the
+same schema and consumer groups. Afterwards the database holds exactly 1,000 decisions, and
+`marketing.offers.v1`, read plainly, carries exactly 1,000 distinct offers; a record the relay sent
+again after the kill carries the same event id (consumers dedupe on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from crm_shared.events import AssociationRulesChanged, RuleDocument, Sale, SaleLine, sale_recorded, segmenter_event
+from crm_shared.serde import encode
+from crm_shared.testing import StackEndpoints, read_topic, start_service
+from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFERS, POS_SALES
+
+pytestmark = pytest.mark.integration
+
+MARKETING = {"x-api-key": "dev-marketing"}
+MEMBERS, RULES = 50, 20
+DAY = datetime(2026, 6, 2, 10, 0, tzinfo=UTC)
+
+
+def decisions(url: str) -> int:
+    report = httpx.get(f"{url}/v1/campaigns/auto-cross-sell/report", headers=MARKETING, timeout=10).json()
+    return int(report["sent"]) + int(report["withheld"])
+
+
+def test_sigkill_mid_stream_loses_no_offer_and_decides_none_twice(crm_stack: StackEndpoints, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    prefix = f"nk{uuid.uuid4().hex[:6]}."
+    profile = start_service("member_profile", crm_stack, tmp_path, prefix=prefix, extra_env={
+        "MEMBER_PROFILE_SCHEMA_NAME": f"mp_{uuid.uuid4().hex[:8]}", "MEMBER_PROFILE_CONSUMER_ENABLED": "false"})
+    notifier = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env={
+        "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}", "NOTIFIER_MEMBER_PROFILE_URL": profile.url,
+        "NOTIFIER_TRIGGERS": "cross_sell", "NOTIFIER_DAILY_CAP": "1000", "NOTIFIER_WEEKLY_CAP": "1000",
+        "NOTIFIER_CONSUMER_BATCH": "50"})
+    try:
+        members = [f"k{i:03d}" for i in range(MEMBERS)]
+        for member in members:
+            answer = httpx.post(f"{profile.url}/v1/members", headers={"x-api-key": "dev-ops"}, timeout=10, json={
+                "member_id": member, "home_store": "s1", "consents": [{"channel": "push", "granted": True, "source": "s1"}]})
+            assert answer.status_code == 201, answer.text
+        rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=500, min_support=0.01,
+                                        min_confidence=0.3, rules=[
+                                            RuleDocument(antecedents=[f"a{i}"], consequent=f"b{i}", support=0.02,
+                                                         confidence=0.5, lift=2.0) for i in range(RULES)])
+        sales = [Sale(sale_id=f"k{n}", store_id="s1", terminal_id="t1", member_id=member,
+                      occurred_at=DAY + timedelta(seconds=n), currency="EUR",
+                      lines=[SaleLine(sku=f"a{rule}", quantity=1, unit_price=Decimal("1.00"))])
+                 for n, (member, rule) in enumerate((m, r) for m in members for r in range(RULES))]
+
+        async def publish() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=crm_stack.kafka_bootstrap)
+            await producer.start()
+            try:
+                event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain", occurred_at=DAY,
+                                        identity=f"rules/{prefix}")
+                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
+                await asyncio.sleep(2.0)  # the rules are applied before the sales arrive
+                for sale in sales:
+                    recorded = sale_recorded(sale, source="test-till")
+                    await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+        asyncio.run(publish())
+        deadline = time.monotonic() + 60
+        while decisions(notifier.url) < 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before_kill = decisions(notifier.url)
+        notifier.kill()
+        assert before_kill < len(sales), "the notifier finished before it could be killed; the drill proves nothing"
+        notifier.start()
+        deadline = time.monotonic() + 120
+        while decisions(notifier.url) < len(sales) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2.0)
+        assert decisions(notifier.url) == len(sales), notifier.tail()
+
+        records = asyncio.run(read_topic(crm_stack.kafka_bootstrap, MARKETING_OFFERS.qualified(prefix),
+                                         expected=len(sales), timeout=60, settle=2))
+        events = [orjson.loads(r.value) for r in records]
+        offer_ids = Counter(e["payload"]["offer_id"] for e in events)
+        assert len(offer_ids) == len(sales), f"{len(offer_ids)} distinct offers for {len(sales)} sales"
+        by_offer = {}
+        for event in events:  # a republished record is the same event, never a second decision
+            assert by_offer.setdefault(event["payload"]["offer_id"], event["event_id"]) == event["event_id"]
+        assert {tuple(e["payload"]["products"]) for e in events} == {(f"b{i}",) for i in range(RULES)}
+    finally:
+        notifier.stop()
+        profile.stop()
