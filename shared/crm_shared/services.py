@@ -29,7 +29,8 @@ class ServiceSpec:
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("pos-gateway", "pos_gateway", 8001, (("pos-gateway.live-stats", ("pos.sales.v1",)),)),
     ServiceSpec("member-profile", "member_profile", 8002, (("member-profile.sales", ("pos.sales.v1",)),
-                                                           ("member-profile.catalog", ("catalog.products.v1",)))),
+                                                           ("member-profile.catalog", ("catalog.products.v1",)),
+                                                           ("member-profile.segments", ("member.segments.v1",)))),
     ServiceSpec("segmenter", "segmenter", 8003, (("segmenter.profiles", ("member.profiles.v1",)),
                                                  ("segmenter.sales", ("pos.sales.v1",)),
                                                  ("segmenter.erasures", ("member.erased.v1",)))),

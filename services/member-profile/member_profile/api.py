@@ -110,8 +110,12 @@ def create_app(service: Any) -> FastAPI:
                            tier: Annotated[Literal["member", "silver", "gold", "vip"] | None, Query()] = None,
                            min_monetary: Annotated[Decimal | None, Query(ge=-10**12, le=10**12)] = None,
                            limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                           offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> Any:
-        return await profiles.members(min_monetary=min_monetary, tier=tier, limit=limit, offset=offset)
+                           offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+                           segment: Annotated[str | None, Query(
+                               max_length=40, pattern=r"^[a-z0-9_\-]+$",
+                               description="a segmenter segment: value tier (champions…), persona or cluster-N")] = None,
+                           ) -> Any:
+        return await profiles.members(min_monetary=min_monetary, tier=tier, limit=limit, offset=offset, segment=segment)
 
     @app.get("/v1/members/{member_id}/points", tags=["loyalty"], summary="Points balance and movements")
     async def get_points(member_id: Annotated[Identifier, Path()], _: Annotated[Principal, Depends(any_staff)]) -> Any:

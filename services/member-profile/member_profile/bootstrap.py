@@ -21,8 +21,8 @@ from member_profile import SERVICE_NAME
 from member_profile.cache import ProfileCache
 from member_profile.handlers import MemberHandlers, ProfileHandlers
 from member_profile.settings import MemberProfileSettings
-from member_profile.store import outbox, upsert_products
-from member_profile.stream import catalog_consumer, sales_consumer
+from member_profile.store import apply_segment_changes, outbox, upsert_products
+from member_profile.stream import catalog_consumer, sales_consumer, segments_consumer
 
 
 @dataclass
@@ -36,17 +36,20 @@ class MemberProfileService:
     members: MemberHandlers
     consumer: IdempotentConsumer[Any]
     catalog: IdempotentConsumer[Any]
+    segments: IdempotentConsumer[Any]
     relay: OutboxRelay
 
     async def start(self) -> None:
         self.relay.start()
         if self.settings.consumer_enabled:
             self.catalog.start()
+            self.segments.start()
             self.consumer.start()
 
     async def stop(self) -> None:
         await self.consumer.stop()
         await self.catalog.stop()
+        await self.segments.stop()
         await self.relay.stop()
         await self.redis.aclose()
         await self.engine.dispose()
@@ -73,5 +76,6 @@ def build(common: CommonSettings | None = None, settings: MemberProfileSettings 
                              call_list_sigmas=settings.call_list_sigmas)
     consumer = sales_consumer(common, engine, handlers, batch=settings.consumer_batch)
     catalog = catalog_consumer(common, engine, upsert_products)
+    segments = segments_consumer(common, engine, apply_segment_changes)
     return MemberProfileService(common, settings, KeyRing.from_settings(common.api_keys, common.env), engine, redis,
-                                handlers, members, consumer, catalog, relay)
+                                handlers, members, consumer, catalog, segments, relay)

@@ -133,9 +133,11 @@ class ProfileHandlers:
         async with self.engine.connect() as conn:
             return await store.history(conn, member_id, limit=limit, before=before)
 
-    async def members(self, *, min_monetary: Decimal | None, tier: str | None, limit: int, offset: int) -> dict[str, Any]:
+    async def members(self, *, min_monetary: Decimal | None, tier: str | None, limit: int, offset: int,
+                      segment: str | None = None) -> dict[str, Any]:
         async with self.engine.connect() as conn:
-            found = await store.top_members(conn, min_monetary=min_monetary, tier=tier, limit=limit, offset=offset)
+            found = await store.top_members(conn, min_monetary=min_monetary, tier=tier, limit=limit, offset=offset,
+                                            segment=segment)
             as_of = await store.as_of(conn)
             tiers = await store.current_tiers(conn, [p.member_id for p in found])
         cutpoints = await self.rfm_cutpoints()
@@ -293,6 +295,7 @@ class MemberHandlers:
                                .on_conflict_do_update(index_elements=["member_id"],
                                                       set_={**personal, "erased_at": now, "updated_at": func.now()}))
             await conn.execute(store.consents.delete().where(store.consents.c.member_id == member_id))
+            await conn.execute(store.member_segments.delete().where(store.member_segments.c.member_id == member_id))
             payload = MemberErased(member_id=member_id, erased_at=now, requested_by=principal.key_id)
             await add_events(conn, store.outbox, self.erased_topic, [member_event(
                 payload, event_type="MemberErased", member_id=member_id, occurred_at=now, source=SERVICE_NAME,

@@ -10,7 +10,7 @@ from typing import Any
 
 from crm_shared.consumer import applied_events_table
 from crm_shared.db import any_of
-from crm_shared.events import Envelope, Product, Sale, TierChanged, member_event
+from crm_shared.events import Envelope, MemberSegmentChanged, Product, Sale, TierChanged, member_event
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
@@ -203,6 +203,19 @@ def profile_row(profile: Profile) -> dict[str, Any]:
     }
 
 
+
+member_segments = Table(
+    "member_segments", metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("value_tier", String(40)),
+    Column("persona", String(40)),
+    Column("cluster", String(40)),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+    Index("ix_member_segments_value_tier", "value_tier"),
+    Index("ix_member_segments_persona", "persona"),
+    Index("ix_member_segments_cluster", "cluster"),
+)
+
 async def load_profiles(conn: AsyncConnection, member_ids: Iterable[str]) -> dict[str, Profile]:
     ids = list(member_ids)
     if not ids:
@@ -269,8 +282,12 @@ async def history(conn: AsyncConnection, member_id: str, *, limit: int, before: 
 
 
 async def top_members(conn: AsyncConnection, *, min_monetary: Decimal | None, limit: int, offset: int,
-                      tier: str | None = None) -> list[Profile]:
+                      tier: str | None = None, segment: str | None = None) -> list[Profile]:
     query = select(profiles).order_by(profiles.c.monetary.desc(), profiles.c.member_id).limit(limit).offset(offset)
+    if segment is not None:  # any dimension: value tier, persona or cluster (names do not overlap)
+        held = member_segments.c
+        query = query.where(profiles.c.member_id.in_(select(held.member_id).where(
+            (held.value_tier == segment) | (held.persona == segment) | (held.cluster == segment))))
     if min_monetary is not None:
         query = query.where(profiles.c.monetary >= min_monetary)
     if tier == "member":
@@ -519,6 +536,22 @@ async def catalog_entries(conn: AsyncConnection, skus: Iterable[str]) -> dict[st
     rows = await conn.execute(select(products.c.sku, products.c.category, products.c.brand)
                               .where(any_of(products.c.sku, wanted)))
     return {row.sku: (row.category, row.brand) for row in rows}
+
+
+async def apply_segment_changes(conn: AsyncConnection, changes: list[Envelope[MemberSegmentChanged]]) -> None:
+    """The segmenter's latest word per member (its `current` set), for `GET /v1/members?segment=`.
+    Changes of one member arrive in order (keyed by member); an erased member is not recorded again."""
+    latest = {event.payload.member_id: event.payload for event in changes}
+    erased = set((await conn.execute(select(members.c.member_id).where(
+        any_of(members.c.member_id, list(latest)), members.c.erased_at.is_not(None)))).scalars())
+    rows = [{"member_id": m, "value_tier": c.current.get("value_tier"), "persona": c.current.get("persona"),
+             "cluster": c.current.get("cluster"), "as_of": c.as_of} for m, c in sorted(latest.items()) if m not in erased]
+    if rows:
+        statement = insert(member_segments)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=["member_id"], set_={k: statement.excluded[k] for k in ("value_tier", "persona", "cluster",
+                                                                                     "as_of")},
+            where=member_segments.c.as_of <= statement.excluded.as_of), rows)
 
 
 async def upsert_products(conn: AsyncConnection, listed: list[Envelope[Product]]) -> None:

@@ -7,10 +7,10 @@ from functools import partial
 from typing import Any
 
 from crm_shared.consumer import IdempotentConsumer, decoder_for
-from crm_shared.events import ProductListed, SaleRecorded
+from crm_shared.events import Envelope, MemberSegmentChanged, ProductListed, SaleRecorded
 from crm_shared.kafka import make_consumer, make_producer
 from crm_shared.settings import CommonSettings
-from crm_shared.topics import CATALOG_PRODUCTS, POS_SALES
+from crm_shared.topics import CATALOG_PRODUCTS, MEMBER_SEGMENTS, POS_SALES
 
 from member_profile import SERVICE_NAME
 from member_profile.store import applied_events
@@ -48,6 +48,19 @@ def catalog_consumer(common: CommonSettings, engine: Any, handle: Any) -> Idempo
     return IdempotentConsumer(
         name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=CATALOG_PRODUCTS.dlq(prefix),
         decode=decoder_for(ProductListed), handle=handle,
+        consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group),
+        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group),
+    )
+
+
+def segments_consumer(common: CommonSettings, engine: Any, handle: Any) -> IdempotentConsumer[Any]:
+    """The segmenter's changes, kept per member for `GET /v1/members?segment=`."""
+    prefix = common.topic_prefix
+    group = f"{prefix}{SERVICE_NAME}.segments"
+    topic = MEMBER_SEGMENTS.qualified(prefix)
+    return IdempotentConsumer(
+        name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=MEMBER_SEGMENTS.dlq(prefix),
+        decode=decoder_for(Envelope[MemberSegmentChanged]), handle=handle,
         consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group),
         producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group),
     )

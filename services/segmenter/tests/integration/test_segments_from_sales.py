@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 SLICE = REPO_ROOT / "deploy" / "demo-data" / "online_retail_2010-12.csv.gz"
 OPS = {"x-api-key": "dev-ops"}
+PROFILE_URL: dict[str, str] = {}  # member-profile of each pipeline, by topic prefix
 
 
 def wait_for_lag_zero(bootstrap: str, groups: dict[str, str], timeout: float = 180) -> None:
@@ -70,6 +71,7 @@ def pipeline(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory
     try:
         asyncio.run(replay_kafka(slice_sales, bootstrap=crm_stack.kafka_bootstrap, topic_prefix=prefix, progress=False))
         caught_up(crm_stack.kafka_bootstrap, prefix)
+        PROFILE_URL[prefix] = profile.url
         yield prefix, segmenter
     finally:
         segmenter.stop()
@@ -110,6 +112,20 @@ def test_every_member_gets_a_value_tier_persona_and_cluster_and_the_topic_says_s
     top = httpx.get(f"{segmenter.url}/v1/members/{best}/segments", headers=OPS).json()
     assert top["segments"]["value_tier"] in {"champions", "loyal"}, top
     assert top["rfm"]["frequency"] == 5
+
+    # member-profile keeps the segmenter's word too: its ?segment= filter lists the same members
+    listed = set(httpx.get(f"{segmenter.url}/v1/segments/champions/members", headers=OPS,
+                           params={"limit": 5000}).json()["members"])
+    deadline = time.monotonic() + 30
+    while True:
+        filtered = {m["member_id"] for m in httpx.get(f"{PROFILE_URL[prefix]}/v1/members", headers=OPS,
+                                                     params={"segment": "champions", "limit": 500}).json()["members"]}
+        if filtered == listed or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert listed and filtered == listed
+    bad = httpx.get(f"{PROFILE_URL[prefix]}/v1/members", headers=OPS, params={"segment": "DROP TABLE"})
+    assert bad.status_code == 422 and "segment" in bad.text
 
     described = httpx.get(f"{segmenter.url}/v1/segments/champions", headers=OPS).json()
     assert described["size"] > 0 and described["describing_features"], described
