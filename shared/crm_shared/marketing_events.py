@@ -21,7 +21,7 @@ from crm_shared.events import EVENT_NAMESPACE, PRINTABLE, Envelope, Identifier
 from crm_shared.money import Money
 
 OfferChannel = Literal["email", "sms", "push"]
-TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome"]
+TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out"]
 MARKETING_SCHEMA_VERSION = 1
 
 

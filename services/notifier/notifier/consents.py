@@ -26,6 +26,7 @@ class ConsentBook:
         self.timeout = timeout
         self._cache: dict[str, tuple[float, dict[str, bool]]] = {}
         self._client: httpx.AsyncClient | None = None
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one info line per lookup would drown the log
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -16,8 +16,9 @@ from zoneinfo import ZoneInfo
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 OfferChannel = Literal["email", "sms", "push"]
-TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome"]
-TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome")
+TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out"]
+TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out")
+DEFAULT_TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome")
 CampaignStatus = Literal["draft", "running", "stopped"]
 TIER_RANK = {"member": 0, "silver": 1, "gold": 2, "vip": 3}
 PLACEHOLDERS = frozenset({"member_id", "product", "products", "discount", "valid_to", "store"})
@@ -191,6 +192,47 @@ def is_first_profile(already_known: bool, frequency: int) -> bool:
     """Welcome once: the first profile of a member with at most one visit (a late start of the notifier
     on a compacted topic sees old members' latest profiles, which must not be welcomed)."""
     return not already_known and frequency <= 1
+
+
+@dataclass(frozen=True)
+class Rhythm:
+    """How regularly a member buys one product: purchase occasions (a day apart at least) and their mean gap."""
+
+    purchases: int
+    first_at: datetime
+    last_at: datetime
+    reminded_for: datetime | None = None  # the due time a reminder was already made for
+
+    @property
+    def mean_interval(self) -> timedelta | None:
+        return (self.last_at - self.first_at) / (self.purchases - 1) if self.purchases > 1 else None
+
+    @property
+    def due_at(self) -> datetime | None:
+        interval = self.mean_interval
+        return None if interval is None else self.last_at + interval
+
+
+def bought_again(rhythm: Rhythm | None, at: datetime) -> Rhythm:
+    """Another purchase of the product; a purchase within a day of the last is the same occasion, and one
+    older than the last (a late event) only stretches the span."""
+    if rhythm is None:
+        return Rhythm(1, at, at)
+    if rhythm.first_at <= at <= rhythm.last_at or abs(at - rhythm.last_at) < timedelta(days=1):
+        return rhythm
+    if at < rhythm.first_at:
+        return Rhythm(rhythm.purchases + 1, at, rhythm.last_at, rhythm.reminded_for)
+    return Rhythm(rhythm.purchases + 1, rhythm.first_at, at, rhythm.reminded_for)
+
+
+def run_out_due(rhythm: Rhythm, clock: datetime, *, lead: timedelta, min_purchases: int) -> bool:
+    """Remind `lead` before the predicted re-purchase of a product bought regularly, once per due time,
+    and not once the predicted day is long past (a member who stopped buying it is not chased)."""
+    due = rhythm.due_at
+    interval = rhythm.mean_interval
+    if due is None or interval is None or rhythm.purchases < min_purchases or rhythm.reminded_for == due:
+        return False
+    return due - lead <= clock < due + interval / 2
 
 
 # --- guards -----------------------------------------------------------------------------------

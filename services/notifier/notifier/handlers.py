@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -48,6 +49,9 @@ DEFAULT_CAMPAIGNS: dict[str, dict[str, Any]] = {
     "welcome": {"name": "Welcome", "trigger": "welcome", "channel": "email",
                 "template": "Welcome! {discount}% off your next shop until {valid_to}.",
                 "discount_percent": "10", "validity_days": 14},
+    "run_out": {"name": "Run-out reminder", "trigger": "run_out", "channel": "push",
+                "template": "Running low on {product}? {discount}% off it until {valid_to}.",
+                "discount_percent": "5", "validity_days": 5},
 }
 
 
@@ -97,8 +101,11 @@ class NotifierHandlers:
             return 0
         member_ids = sorted({e.payload.member_id for e in sales if e.payload.member_id})
         await self._redeem(conn, sales, member_ids)
+        issued = 0
+        if "run_out" in self.enabled:
+            issued += await self._run_out(conn, sales)
         if "cross_sell" not in self.enabled:
-            return 0
+            return issued
         campaigns = await self._running(conn, "cross_sell")
         proposals = []
         for event in sales:
@@ -115,6 +122,42 @@ class NotifierHandlers:
                 proposals.append(domain.Proposal(campaign.campaign_id, sale.member_id or "", "cross_sell",
                                                  (rule.consequent,), sale.store_id, sale.occurred_at, detail,
                                                  str(event.event_id), rule=rule, rule_scope=scope))
+        return issued + await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
+
+    async def _run_out(self, conn: AsyncConnection, sales: list[Envelope[Sale]]) -> int:
+        """Keep each member's rhythm per product; remind before the predicted re-purchase, in event time."""
+        pairs = sorted({(e.payload.member_id or "", line.sku) for e in sales for line in e.payload.lines})
+        held = await store.load_rhythms(conn, pairs)
+        rhythms: dict[tuple[str, str], domain.Rhythm] = {
+            key: domain.Rhythm(int(r["purchases"]), r["first_at"], r["last_at"], r["reminded_for"]) for key, r in held.items()}
+        for event in sales:
+            for sku in {line.sku for line in event.payload.lines}:
+                key = (event.payload.member_id or "", sku)
+                rhythms[key] = domain.bought_again(rhythms.get(key), event.payload.occurred_at)
+        await store.save_rhythms(conn, [
+            {"member_id": m, "sku": k, "purchases": r.purchases, "first_at": r.first_at, "last_at": r.last_at,
+             "due_at": r.due_at, "interval_seconds": r.mean_interval.total_seconds() if r.mean_interval else None,
+             "reminded_for": r.reminded_for} for (m, k), r in rhythms.items()])
+        clock = sales[-1].payload.occurred_at
+        lead = timedelta(days=self.settings.run_out_lead_days)
+        due = await store.due_rhythms(conn, clock, lead, self.settings.run_out_min_purchases)
+        if not due:
+            return 0
+        campaigns = await self._running(conn, "run_out")
+        proposals, reminded = [], []
+        for row in due:
+            rhythm = domain.Rhythm(int(row["purchases"]), row["first_at"], row["last_at"], row["reminded_for"])
+            if not domain.run_out_due(rhythm, clock, lead=lead, min_purchases=self.settings.run_out_min_purchases):
+                continue
+            due_at = rhythm.due_at
+            assert due_at is not None
+            reminded.append((row["member_id"], row["sku"], due_at))
+            identity = uuid.uuid5(uuid.NAMESPACE_URL, f"crm:run-out/{row['member_id']}/{row['sku']}/{due_at.isoformat()}")
+            proposals.extend(domain.Proposal(
+                c.campaign_id, row["member_id"], "run_out", (row["sku"],), None, clock,
+                f"bought {rhythm.purchases} times, every {rhythm.mean_interval}; next due {due_at.isoformat()}"[:500],
+                str(identity)) for c in campaigns)
+        await store.mark_reminded(conn, reminded)
         return await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
 
     async def _redeem(self, conn: AsyncConnection, sales: list[Envelope[Sale]], member_ids: list[str]) -> None:

@@ -6,7 +6,7 @@ from crm_shared.service_main import migrations_dir_beside
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from notifier.domain import TRIGGERS, Policy
+from notifier.domain import DEFAULT_TRIGGERS, TRIGGERS, Policy
 
 
 class NotifierSettings(BaseSettings):
@@ -22,8 +22,9 @@ class NotifierSettings(BaseSettings):
     consumer_batch: int = Field(default=2000, ge=1)
     db_pool_size: int = 10
     relay_idle_poll_seconds: float = 0.05
-    # Triggers: a comma-separated subset of cross_sell, dormant_wakeup, tier_upgrade, welcome ("" = none).
-    triggers: str = ",".join(TRIGGERS)
+    # Triggers: a comma-separated subset of cross_sell, dormant_wakeup, tier_upgrade, welcome, run_out ("" = none).
+    # run_out is opt-in: it keeps a purchase rhythm per member x product, a write per sale line.
+    triggers: str = ",".join(DEFAULT_TRIGGERS)
     seed_campaigns: bool = Field(default=True, description="Create a running default campaign per enabled trigger")
     # Guards
     daily_cap: int = Field(default=2, ge=0)
@@ -32,6 +33,8 @@ class NotifierSettings(BaseSettings):
     quiet_end_hour: int = Field(default=8, ge=0, le=23)
     default_time_zone: str = "UTC"
     store_time_zones: str = Field(default="{}", description='JSON {"store id": "Europe/London", ...}')
+    run_out_lead_days: float = Field(default=2.0, ge=0, description="Remind this long before the predicted re-purchase")
+    run_out_min_purchases: int = Field(default=3, ge=2, description="Purchase occasions before a product counts as regular")
     low_stock_hold_hours: float = Field(default=72.0, gt=0, description="A low-stock report holds this long in event time")
     # Consent lives in member-profile; the notifier asks it (and remembers the answer a short while).
     member_profile_url: str = "http://127.0.0.1:8002"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     MetaData,
     Numeric,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     cast,
     func,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -88,6 +90,19 @@ basket_rules = Table(
     Column("scope", String(64), primary_key=True),
     Column("window_end", DateTime(timezone=True), nullable=False),
     Column("rules", JSONB, nullable=False),
+)
+
+rhythms = Table(
+    "rhythms", metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("sku", String(64), primary_key=True),
+    Column("purchases", BigInteger, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), doc="predicted next purchase; null until bought twice"),
+    Column("interval_seconds", Float),
+    Column("reminded_for", DateTime(timezone=True), doc="the due time a run-out reminder was made for"),
+    Index("ix_rhythms_due_at", "due_at"),
 )
 
 low_stock = Table(
@@ -293,3 +308,38 @@ async def low_stock_at(conn: AsyncConnection, stores: Sequence[str], since: date
     for row in rows:
         out.setdefault(row.store_id, set()).add(row.sku)
     return out
+
+
+# --- purchase rhythms (run-out reminders) -------------------------------------------------------
+
+async def load_rhythms(conn: AsyncConnection, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    if not pairs:
+        return {}
+    rows = await conn.execute(select(rhythms).where(tuple_(rhythms.c.member_id, rhythms.c.sku).in_(list(pairs))))
+    return {(row.member_id, row.sku): dict(row._mapping) for row in rows}
+
+
+async def save_rhythms(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        statement = insert(rhythms)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[rhythms.c.member_id, rhythms.c.sku],
+            set_={c: statement.excluded[c] for c in ("purchases", "first_at", "last_at", "due_at", "interval_seconds")}),
+            list(rows))
+
+
+async def due_rhythms(conn: AsyncConnection, clock: datetime, lead: timedelta, min_purchases: int,
+                      limit: int = 5000) -> list[dict[str, Any]]:
+    """Rhythms whose reminder window holds `clock` and that were not reminded for this due time yet."""
+    rows = await conn.execute(
+        select(rhythms).where(rhythms.c.due_at <= clock + lead, rhythms.c.purchases >= min_purchases,
+                              rhythms.c.reminded_for.is_distinct_from(rhythms.c.due_at))
+        .where(rhythms.c.due_at + func.make_interval(0, 0, 0, 0, 0, 0, rhythms.c.interval_seconds / 2) > clock)
+        .order_by(rhythms.c.due_at).limit(limit))
+    return [dict(row._mapping) for row in rows]
+
+
+async def mark_reminded(conn: AsyncConnection, done: Sequence[tuple[str, str, datetime]]) -> None:
+    for member_id, sku, due in done:
+        await conn.execute(update(rhythms).where(rhythms.c.member_id == member_id, rhythms.c.sku == sku)
+                           .values(reminded_for=due))

@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from crm_shared.events import AssociationRulesChanged, RuleDocument, Sale, SaleLine, sale_recorded, segmenter_event
+from crm_shared.kafka import consumer_lag
 from crm_shared.serde import encode
 from crm_shared.testing import StackEndpoints, read_topic, start_service
 from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFERS, POS_SALES
@@ -66,8 +67,12 @@ def test_sigkill_mid_stream_loses_no_offer_and_decides_none_twice(crm_stack: Sta
             try:
                 event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain", occurred_at=DAY,
                                         identity=f"rules/{prefix}")
-                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
-                await asyncio.sleep(2.0)  # the rules are applied before the sales arrive
+                topic = ANALYTICS_ASSOCIATIONS.qualified(prefix)
+                await producer.send_and_wait(topic, encode(event), key=b"chain")
+                deadline = time.monotonic() + 60  # the rules are in the notifier before the sales arrive
+                while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.rules", [topic])).get(topic) != 0:
+                    assert time.monotonic() < deadline, "the notifier did not take the rules in 60 s"
+                    await asyncio.sleep(0.2)
                 for sale in sales:
                     recorded = sale_recorded(sale, source="test-till")
                     await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())

@@ -155,7 +155,8 @@ def stack(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -
     notifier = start_service("notifier", crm_stack, logs, prefix=prefix, extra_env={
         "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}", "NOTIFIER_MEMBER_PROFILE_URL": profile.url,
         "NOTIFIER_CONSENT_CACHE_SECONDS": "0", "NOTIFIER_DAILY_CAP": "2", "NOTIFIER_CONSUMER_BATCH": "200",
-        "NOTIFIER_STORE_TIME_ZONES": '{"tokyo-1": "Asia/Tokyo"}'})
+        "NOTIFIER_STORE_TIME_ZONES": '{"tokyo-1": "Asia/Tokyo"}',
+        "NOTIFIER_TRIGGERS": "cross_sell,dormant_wakeup,tier_upgrade,welcome,run_out"})
     try:
         s = Stack(crm_stack, prefix, notifier, profile)
         rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=1000, min_support=0.01,
@@ -336,3 +337,17 @@ def test_campaigns_crud_preview_and_bad_definitions_name_the_field(stack: Stack)
         bad = httpx.put(f"{url}/v1/campaigns/bad-one", json={**good, **change}, headers=MARKETING)
         assert bad.status_code == 422, bad.text
         assert bad.json()["detail"][0]["field"] == field, bad.json()
+
+
+def test_run_out_reminder_before_the_predicted_repurchase_in_event_time(stack: Stack) -> None:
+    regular, passer_by = treated("ro", "auto-run-out"), treated("pb")
+    stack.enrol(regular, "push")
+    start = DAY + timedelta(days=30)  # clear of the other tests' days
+    stack.ring(*(stack.sale(regular, ["coffee"], start + timedelta(days=d)) for d in (0, 7, 14)))  # due day 21
+    stack.ring(stack.sale(passer_by, ["tea"], start + timedelta(days=17)))  # event time moves on: not yet
+    assert stack.offers(regular, expected=0, timeout=2, campaign="auto-run-out") == []
+    stack.ring(stack.sale(passer_by, ["tea"], start + timedelta(days=19, hours=6)))  # two days before: remind
+    stack.ring(stack.sale(passer_by, ["tea"], start + timedelta(days=20, hours=6)))  # and only once
+    reminders = stack.offers(regular, expected=1, campaign="auto-run-out")
+    assert [r["payload"]["products"] for r in reminders] == [["coffee"]], reminders
+    assert reminders[0]["payload"]["reason"]["trigger"] == "run_out"

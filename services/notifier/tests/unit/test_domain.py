@@ -233,3 +233,27 @@ def test_uplift_with_a_95_percent_interval_and_incremental_revenue() -> None:
     assert result.ci95 == pytest.approx((0.05 - 1.96 * se, 0.05 + 1.96 * se))
     assert result.incremental_revenue == Decimal("1000.00")
     assert domain.uplift(Arm(10, 1, Decimal(0)), Arm(0, 0, Decimal(0))).uplift is None
+
+
+# --- run-out reminders ----------------------------------------------------------------------------
+
+def test_a_rhythm_counts_purchase_occasions_a_day_apart_and_predicts_the_next() -> None:
+    rhythm = None
+    for day in (0, 0.2, 7, 14):  # two purchases on day 0 are one occasion
+        rhythm = domain.bought_again(rhythm, NOON + timedelta(days=day))
+    assert rhythm is not None and rhythm.purchases == 3
+    assert rhythm.mean_interval == timedelta(days=7) and rhythm.due_at == NOON + timedelta(days=21)
+    late = domain.bought_again(rhythm, NOON - timedelta(days=7))  # an old purchase arriving late
+    assert late.purchases == 4 and late.first_at == NOON - timedelta(days=7) and late.last_at == rhythm.last_at
+
+
+def test_run_out_reminds_shortly_before_the_predicted_purchase_once_and_not_when_long_past() -> None:
+    rhythm = domain.Rhythm(3, NOON, NOON + timedelta(days=14))  # due day 21
+    lead = timedelta(days=2)
+    assert not domain.run_out_due(rhythm, NOON + timedelta(days=18), lead=lead, min_purchases=3)
+    assert domain.run_out_due(rhythm, NOON + timedelta(days=19, hours=1), lead=lead, min_purchases=3)
+    assert domain.run_out_due(rhythm, NOON + timedelta(days=23), lead=lead, min_purchases=3)
+    assert not domain.run_out_due(rhythm, NOON + timedelta(days=25), lead=lead, min_purchases=3), "stopped buying it"
+    reminded = domain.Rhythm(3, NOON, NOON + timedelta(days=14), reminded_for=NOON + timedelta(days=21))
+    assert not domain.run_out_due(reminded, NOON + timedelta(days=20), lead=lead, min_purchases=3)
+    assert not domain.run_out_due(rhythm, NOON + timedelta(days=20), lead=lead, min_purchases=4), "not regular yet"
