@@ -204,6 +204,13 @@ def demo(file: Annotated[Path, typer.Option(help="sales file to replay")] = DEMO
         runtime.banner()
         sales, summary = load_sales(file)
         print_table(f"\nLoaded {file.name}:", summary.as_table(), echo)
+        if "replenishment" in runtime.services:  # products and supplier terms, so stock can be reordered
+            from crm_shared.supplier_terms import products_from_sales
+
+            common = runtime.settings()
+            listed = asyncio.run(publish_catalog(products_from_sales(sales), bootstrap=common.kafka_bootstrap,
+                                                 topic_prefix=common.topic_prefix))
+            echo(f"Catalog: {listed:,} products with supplier terms (generated from a seed: the data has none)")
         gateway = runtime.services["pos-gateway"].url
         outcome = asyncio.run(replay_http(sales, gateway_url=gateway, api_key=None, speed=None))
         print_table("\nReplay through the gateway:", outcome.as_table(), echo)
@@ -213,6 +220,8 @@ def demo(file: Annotated[Path, typer.Option(help="sales file to replay")] = DEMO
             time.sleep(2)  # member-profile's last profiles reach the segmenter through its outbox
             _wait_for_lag_zero(runtime.settings(), timeout=60)
             _print_segments(runtime.services["segmenter"].url)
+        if "replenishment" in runtime.services:
+            _print_orders(runtime.services["replenishment"].url)
         echo(f"\nLook at: {gateway}/docs  ·  {gateway}/v1/stats/live (X-API-Key: dev-ops)  ·  crm status")
         if not exit_after_replay:
             echo("The system keeps running; Ctrl-C stops it.")
@@ -256,6 +265,20 @@ def _print_segments(segmenter: str) -> None:
     for rule in rules["rules"]:
         echo(f"  {' + '.join(rule['antecedents'])} → {rule['consequent']}  "
              f"(support {rule['support']:.3f}, confidence {rule['confidence']:.2f}, lift {rule['lift']:.1f})")
+
+
+def _print_orders(replenishment: str) -> None:
+    try:
+        orders = httpx.get(f"{replenishment}/v1/orders", headers={"x-api-key": "dev-ops"}, timeout=10,
+                           params={"limit": 1000}).json()["orders"]
+    except (httpx.HTTPError, KeyError) as exc:
+        echo(f"\nPurchase orders: replenishment did not answer ({exc!r})")
+        return
+    shown = f"{len(orders):,}" if len(orders) < 1000 else "1,000 or more"
+    echo(f"\nPurchase orders raised from sell-through: {shown}")
+    for order in orders[:3]:
+        echo(f"  {order.get('po_id')}  {order.get('supplier_id')} → {order.get('store_id')}  "
+             f"{len(order.get('lines', []))} lines  {order.get('status')}")
 
 
 def _load_env(state_dir: Path) -> dict[str, Any]:

@@ -33,6 +33,9 @@ def test_crm_demo_replays_the_slice_and_stops_cleanly(tmp_path: Path) -> None:
     segments = out.split("Segments as of")[1]
     assert "value_tier" in segments and "champions" in segments and "persona" in segments
     assert " → " in segments.split("Top basket rules")[1], "the December slice has rules at 2% support"
+    assert "Catalog: " in out and "products with supplier terms" in out
+    orders = out.split("Purchase orders raised from sell-through: ")[1].split("\n")[0]
+    assert orders != "0", "a month of sales runs some stock below its reorder point"
     leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"])
                  if any(str(state) in part for part in (p.info["cmdline"] or []))]
     assert leftovers == []
