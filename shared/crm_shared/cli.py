@@ -211,6 +211,7 @@ def demo(file: Annotated[Path, typer.Option(help="sales file to replay")] = DEMO
             listed = asyncio.run(publish_catalog(products_from_sales(sales), bootstrap=common.kafka_bootstrap,
                                                  topic_prefix=common.topic_prefix))
             echo(f"Catalog: {listed:,} products with supplier terms (generated from a seed: the data has none)")
+            _wait_for_lag_zero(common, timeout=60)  # the terms are in before the first sale is
         gateway = runtime.services["pos-gateway"].url
         outcome = asyncio.run(replay_http(sales, gateway_url=gateway, api_key=None, speed=None))
         print_table("\nReplay through the gateway:", outcome.as_table(), echo)
