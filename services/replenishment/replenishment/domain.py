@@ -10,6 +10,8 @@ from datetime import date, datetime, timedelta
 from itertools import repeat
 from typing import Literal
 
+from crm_shared.events import MAX_QUANTITY
+
 # Smoothing weights chosen by bench/forecast_accuracy.py on Online Retail's top 200 SKUs.
 ALPHA = 0.02  # level (lumpy wholesale demand: the long-run level predicts best)
 GAMMA = 0.1  # weekday seasonal terms
@@ -38,7 +40,9 @@ class DemandModel:
     def forecast(self, day: date) -> float:
         """Expected units on `day` (a day not yet learned)."""
         if self.days_learned == 0:
-            return self.open_quantity  # all we know: the first day seen so far
+            # One (partial) day is no forecast: a single lump × the lead time ordered millions on a
+            # SKU's first day. Until a day is learned, stock is ordered only to cover what is missing.
+            return 0.0
         return max(0.0, self.level + self.season[day.weekday()])
 
     @property
@@ -184,16 +188,26 @@ def reorder_levels(model: DemandModel, today: date, terms: Terms, policy: Policy
     return Levels(expected_demand(rolled, today, promotions, policy), rolled.sigma, reorder_point, order_up_to)
 
 
+MAX_ORDER_QUANTITY = MAX_QUANTITY  # crm_shared.supply_events.OrderLine.quantity's maximum
+
+
+def max_order_units(pack_size: int) -> int:
+    """The most units one order line may carry: whole packs within the order contract's maximum."""
+    pack = max(pack_size, 1)
+    return MAX_ORDER_QUANTITY // pack * pack
+
+
 def order_quantity(on_hand: int, on_order: int, levels: Levels, terms: Terms) -> int:
     """0 while the stock position is above the reorder point; else up to order-up-to, in whole packs,
-    at least the minimum order quantity (itself rounded up to whole packs)."""
+    at least the minimum order quantity (itself rounded up to whole packs), at most what one order
+    line may carry (`max_order_units`): the rest is ordered in the next cycles."""
     position = on_hand + on_order
     if position > levels.reorder_point or (levels.forecast_daily <= 0 and levels.reorder_point <= 0 and position >= 0):
         return 0
     wanted = max(levels.order_up_to - position, 1)
     pack = max(terms.pack_size, 1)
     minimum = math.ceil(max(terms.min_order_quantity, 1) / pack) * pack
-    return max(math.ceil(wanted / pack) * pack, minimum)
+    return min(max(math.ceil(wanted / pack) * pack, minimum), max_order_units(pack))
 
 
 def days_of_cover(on_hand: int, forecast_daily: float) -> float | None:

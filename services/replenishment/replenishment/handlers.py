@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from replenishment.domain import (
     after,
     days_of_cover,
     is_low,
+    max_order_units,
     order_quantity,
     overdue,
     po_id_for,
@@ -44,6 +46,8 @@ from replenishment.domain import (
     record_demand,
     reorder_levels,
 )
+
+log = logging.getLogger(__name__)
 
 UNASSIGNED = Terms("unassigned")  # a sku the catalog has no terms for: forecast and levels, but no orders
 
@@ -178,7 +182,14 @@ class SupplyHandlers:
         closed = {s: after_day for s, (before_day, after_day) in days.items()
                   if before_day is not None and after_day > before_day}
         if closed:
-            outcome.orders = await self.raise_orders(conn, closed, latest)
+            # In a savepoint: an order that cannot be built is logged and its needs stay parked for the
+            # next cycle; it never fails the batch (whose sales the consumer would dead-letter).
+            try:
+                async with conn.begin_nested():
+                    outcome.orders = await self.raise_orders(conn, closed, latest)
+            except Exception:
+                log.exception("purchase orders not raised; their needs wait for the next cycle",
+                              extra={"stores": sorted(closed)})
         await add_events(conn, store.outbox, self.low_stock_topic, low_events)
         outcome.low_stock = len(low_events)
         return outcome
@@ -207,8 +218,13 @@ class SupplyHandlers:
             .order_by(needs.c.store_id, needs.c.supplier_id, needs.c.sku, needs.c.cycle)
             .with_for_update(skip_locked=True))).all()
         groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
-        for need in pending:
+        line_units: dict[tuple[str, str, str], int] = defaultdict(int)
+        for need in pending:  # oldest cycle first within a sku
             if need.cycle < closed[need.store_id]:
+                line = (need.store_id, need.supplier_id, need.sku)
+                if line_units[line] + need.quantity > max_order_units(need.pack_size):
+                    continue  # one line carries at most the contract's maximum: this need waits
+                line_units[line] += need.quantity
                 groups[(need.store_id, need.supplier_id)].append(need)
         raised: list[str] = []
         events: list[Envelope[Any]] = []

@@ -365,3 +365,35 @@ def test_two_replicas_share_the_work_and_raise_each_order_once(crm_stack: StackE
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_huge_first_day_line_neither_breaks_the_order_contract_nor_stops_the_store(
+        crm_stack: StackEndpoints, tmp_path: Path) -> None:
+    """A SKU's first sale is 1,000,000 units (the Sale contract's maximum): its need used to be that
+    lump × the lead time, over the order line's maximum, so building the order failed, the next sale
+    was dead-lettered and the store's day never advanced again. Every later sale must be booked."""
+    prefix, schema = f"rh{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
+    bootstrap = crm_stack.kafka_bootstrap
+    service = start(crm_stack, tmp_path, prefix, schema)
+    try:
+        asyncio.run(publish_catalog(CATALOG, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+        caught_up(bootstrap, prefix, "catalog", CATALOG_PRODUCTS.name)
+        first = datetime(2011, 1, 3, 10, 0, tzinfo=UTC)
+        sales = [sale("huge", first, {"A": 1_000_000, "B": 4})]
+        sales += [sale(f"later{d}", first + timedelta(days=d), {"A": 5, "B": 4}) for d in range(1, 5)]
+        for one in sales:  # one batch per day: each later day closes the ordering cycle before it
+            asyncio.run(replay_kafka([one], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
+            caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        a = httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()
+        b = httpx.get(f"{service.url}/v1/stock/s1/B", headers=OPS).json()
+        assert (a["sold"], a["on_hand"]) == (1_000_020, -1_000_020)  # no sale dead-lettered
+        assert (b["sold"], b["on_hand"]) == (20, -20)
+        orders = [orjson.loads(r.value)["payload"] for r in asyncio.run(read_topic(
+            bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=4, timeout=30, settle=2.0))]
+        a_lines = [line for o in orders for line in o["lines"] if line["sku"] == "A"]
+        assert a_lines and all(0 < line["quantity"] <= 1_000_000 and line["quantity"] % 6 == 0 for line in a_lines)
+        assert sum(line["quantity"] for line in a_lines) >= 1_000_000  # the missing stock is ordered, split
+        listed = httpx.get(f"{service.url}/v1/orders", params={"limit": 100}, headers=OPS).json()["orders"]
+        assert {o["po_id"] for o in listed} == {o["po_id"] for o in orders}
+    finally:
+        service.stop()

@@ -202,3 +202,17 @@ def test_a_planned_campaign_raises_expected_demand_and_the_reorder_point_while_i
     assert promoted.reorder_point == plain.reorder_point + 20
     over = Promotion(today - timedelta(days=9), today - timedelta(days=1), offers=100)
     assert reorder_levels(model, today, terms, policy, (over,)) == plain  # a finished campaign adds nothing
+
+
+def test_one_first_day_is_no_forecast_and_an_order_line_stays_within_the_contract() -> None:
+    from replenishment.domain import MAX_ORDER_QUANTITY, max_order_units
+
+    model, _ = record_demand(DemandModel(), MONDAY, 1_000_000.0)
+    assert model.forecast(MONDAY) == 0.0  # one lump × the lead time ordered millions
+    terms = Terms("sup", pack_size=6, min_order_quantity=12, lead_time_days=7)
+    levels = reorder_levels(model, MONDAY, terms, Policy())
+    assert levels.reorder_point == 0
+    quantity = order_quantity(-1_000_000, 0, levels, terms)  # the missing stock is still ordered ...
+    assert quantity == max_order_units(6) == 999_996 <= MAX_ORDER_QUANTITY  # ... in whole packs, within a line
+    model, _ = record_demand(model, MONDAY + timedelta(days=1), 3.0)
+    assert model.forecast(MONDAY + timedelta(days=1)) == 1_000_000.0  # a learned day is a forecast again
