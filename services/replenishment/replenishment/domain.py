@@ -25,7 +25,8 @@ class DemandModel:
 
     `open_day` accumulates the units of the newest day a sale was seen for; it is learned when a
     later day shows up (days with no sale in between are learned as zeros). A sale dated before
-    `open_day` still moves stock and sell-through, but not the model: it is counted as late.
+    `open_day` (sales are keyed by member, so partitions drift in event time) is folded into the
+    open day, its units are demand all the same, and counted as late.
     """
 
     level: float = 0.0
@@ -105,8 +106,8 @@ def record_demand(model: DemandModel, day: date, quantity: float) -> tuple[Deman
     """Units sold (or, negative, handed back) on `day`. Returns the model and whether it was late."""
     if model.open_day is None:
         return replace(model, open_day=day, open_quantity=max(0.0, quantity)), False
-    if day < model.open_day:
-        return model, True
+    if day < model.open_day:  # late: its day is learned already, its units still count, on the open day
+        return replace(model, open_quantity=max(0.0, model.open_quantity + quantity)), True
     model = roll_to(model, day)
     # A return the same day nets against that day's demand (a cancelled order was never demand).
     return replace(model, open_quantity=max(0.0, model.open_quantity + quantity)), False

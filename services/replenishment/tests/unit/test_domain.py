@@ -55,13 +55,32 @@ def test_the_weekday_season_is_learned() -> None:
     assert model.forecast(next_monday) > 20 > 8 > model.forecast(next_monday + timedelta(days=1))
 
 
-def test_days_without_sales_are_learned_as_zeros_and_a_late_sale_is_counted_late() -> None:
+def test_days_without_sales_are_learned_as_zeros_and_a_late_sale_is_counted_late_and_folded_in() -> None:
     model = learned([10.0] * 14)
     model, _ = record_demand(model, MONDAY + timedelta(days=30), 1.0)  # 16 silent days in between
     assert model.days_learned == 13 + 1 + 16  # the open day, then every silent day as a zero
     assert model.forecast(MONDAY + timedelta(days=31)) < 7.5
     model, late = record_demand(model, MONDAY + timedelta(days=20), 5.0)
-    assert late and model.open_quantity == 1.0
+    assert late and model.open_quantity == 6.0  # its units reach the model, on the open day
+    model, late = record_demand(model, MONDAY + timedelta(days=25), -2.0)  # a late return nets too
+    assert late and model.open_quantity == 4.0
+
+
+def test_late_sales_of_a_drifting_partition_still_reach_the_forecast() -> None:
+    # Two partitions a day apart in event time: every other sale arrives after its day was closed.
+    # Dropping them (as before) halved the learned demand; folded in, the forecast nears 10 a day.
+    model, late_lines = DemandModel(), 0
+    for offset in range(60):
+        day = MONDAY + timedelta(days=offset)
+        model, late = record_demand(model, day, 5.0)
+        late_lines += late
+        if offset:
+            model, late = record_demand(model, day - timedelta(days=1), 5.0)
+            late_lines += late
+    assert late_lines == 59
+    dropped = learned([5.0] * 60)  # what the model saw when late lines were dropped
+    assert dropped.forecast(MONDAY + timedelta(days=60)) == pytest.approx(5.0)
+    assert model.forecast(MONDAY + timedelta(days=60)) > 9.0  # the first day had only one partition's 5
 
 
 def test_a_same_day_return_nets_against_that_days_demand() -> None:
