@@ -211,3 +211,25 @@ def decoder_for(model: Any) -> Callable[[bytes | None], tuple[uuid.UUID, Any]]:
         return event.event_id, event
 
     return decode_event
+
+
+def consumer_for(common: Any, engine: AsyncEngine, applied: Table, *, service: str, part: str, topic: Any, model: Any,
+                 handle: BatchHandler[Any], after_commit: Callable[[Any], Awaitable[None]] | None = None,
+                 screen: Callable[[Any, ConsumerRecord[bytes, bytes]], str | None] | None = None,
+                 batch: int = 2000) -> IdempotentConsumer[Any]:
+    """The usual wiring: group `<prefix><service>.<part>` on `topic` (a `crm_shared.topics.Topic`),
+    its `.dlq` twin, decoding into the contract `model`, `common` being the service's `CommonSettings`."""
+    from functools import partial
+
+    from crm_shared.kafka import make_consumer, make_producer
+
+    prefix = common.topic_prefix
+    group = f"{prefix}{service}.{part}"
+    name = topic.qualified(prefix)
+    return IdempotentConsumer(
+        name=group, engine=engine, applied=applied, topic=name, dlq_topic=topic.dlq(prefix),
+        decode=decoder_for(model), handle=handle, after_commit=after_commit, screen=screen,
+        consumer_factory=partial(make_consumer, common.kafka_bootstrap, name, group_id=group, client_id=group,
+                                 max_poll_records=batch),
+        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group), max_records=batch,
+    )

@@ -1,14 +1,12 @@
-"""Kafka edge of member-profile: the idempotent consumer of `pos.sales.v1`."""
+"""Kafka edge of member-profile: idempotent consumers of sales, the catalog and the segmenter's changes."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
-from crm_shared.consumer import IdempotentConsumer, decoder_for
+from crm_shared.consumer import IdempotentConsumer, consumer_for
 from crm_shared.events import Envelope, MemberSegmentChanged, ProductListed, SaleRecorded
-from crm_shared.kafka import make_consumer, make_producer
 from crm_shared.settings import CommonSettings
 from crm_shared.topics import CATALOG_PRODUCTS, MEMBER_SEGMENTS, POS_SALES
 
@@ -28,39 +26,17 @@ def sale_from_the_future(event: Any, record: Any) -> str | None:
 
 
 def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:
-    prefix = common.topic_prefix
-    group = f"{prefix}{SERVICE_NAME}.sales"
-    topic = POS_SALES.qualified(prefix)
-    return IdempotentConsumer(
-        name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=POS_SALES.dlq(prefix),
-        decode=decoder_for(SaleRecorded), handle=handlers.apply_sales, after_commit=handlers.after_commit,
-        screen=sale_from_the_future,
-        consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group,
-                                 max_poll_records=batch),
-        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group), max_records=batch,
-    )
+    return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="sales", topic=POS_SALES,
+                        model=SaleRecorded, handle=handlers.apply_sales, after_commit=handlers.after_commit,
+                        screen=sale_from_the_future, batch=batch)
 
 
 def catalog_consumer(common: CommonSettings, engine: Any, handle: Any) -> IdempotentConsumer[Any]:
-    prefix = common.topic_prefix
-    group = f"{prefix}{SERVICE_NAME}.catalog"
-    topic = CATALOG_PRODUCTS.qualified(prefix)
-    return IdempotentConsumer(
-        name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=CATALOG_PRODUCTS.dlq(prefix),
-        decode=decoder_for(ProductListed), handle=handle,
-        consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group),
-        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group),
-    )
+    return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="catalog", topic=CATALOG_PRODUCTS,
+                        model=ProductListed, handle=handle)
 
 
 def segments_consumer(common: CommonSettings, engine: Any, handle: Any) -> IdempotentConsumer[Any]:
     """The segmenter's changes, kept per member for `GET /v1/members?segment=`."""
-    prefix = common.topic_prefix
-    group = f"{prefix}{SERVICE_NAME}.segments"
-    topic = MEMBER_SEGMENTS.qualified(prefix)
-    return IdempotentConsumer(
-        name=group, engine=engine, applied=applied_events, topic=topic, dlq_topic=MEMBER_SEGMENTS.dlq(prefix),
-        decode=decoder_for(Envelope[MemberSegmentChanged]), handle=handle,
-        consumer_factory=partial(make_consumer, common.kafka_bootstrap, topic, group_id=group, client_id=group),
-        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group),
-    )
+    return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="segments", topic=MEMBER_SEGMENTS,
+                        model=Envelope[MemberSegmentChanged], handle=handle)

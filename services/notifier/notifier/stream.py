@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
-from crm_shared.consumer import IdempotentConsumer, decoder_for
+from crm_shared.consumer import IdempotentConsumer, consumer_for
 from crm_shared.events import (
     AssociationRulesChanged,
     Envelope,
@@ -16,7 +14,6 @@ from crm_shared.events import (
     SaleRecorded,
     TierChanged,
 )
-from crm_shared.kafka import make_consumer, make_producer
 from crm_shared.settings import CommonSettings
 from crm_shared.supply_events import LowStockDetected
 from crm_shared.topics import (
@@ -46,22 +43,8 @@ CONSUMERS: tuple[tuple[str, Topic, Any, str, str | None], ...] = (
 )
 
 
-def _consumer(common: CommonSettings, engine: Any, topic: Topic, part: str, decode: Any,
-              handle: Callable[..., Awaitable[Any]], after_commit: Callable[[Any], Awaitable[None]] | None,
-              batch: int) -> IdempotentConsumer[Any]:
-    prefix = common.topic_prefix
-    group = f"{prefix}{SERVICE_NAME}.{part}"
-    name = topic.qualified(prefix)
-    return IdempotentConsumer(
-        name=group, engine=engine, applied=applied_events, topic=name, dlq_topic=topic.dlq(prefix),
-        decode=decode, handle=handle, after_commit=after_commit,
-        consumer_factory=partial(make_consumer, common.kafka_bootstrap, name, group_id=group, client_id=group,
-                                 max_poll_records=batch),
-        producer_factory=partial(make_producer, common.kafka_bootstrap, client_id=group), max_records=batch,
-    )
-
-
 def consumers(common: CommonSettings, engine: Any, handlers: NotifierHandlers, *, batch: int) -> list[IdempotentConsumer[Any]]:
-    return [_consumer(common, engine, topic, part, decoder_for(model), getattr(handlers, handle),
-                      getattr(handlers, after) if after else None, batch)
+    return [consumer_for(common, engine, applied_events, service=SERVICE_NAME, part=part, topic=topic, model=model,
+                         handle=getattr(handlers, handle), after_commit=getattr(handlers, after) if after else None,
+                         batch=batch)
             for part, topic, model, handle, after in CONSUMERS]
