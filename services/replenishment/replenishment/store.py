@@ -88,8 +88,8 @@ stock = Table(
     Column("open_quantity", Float, nullable=False),
     Column("forecast_daily", Float, nullable=False),
     Column("sigma_daily", Float, nullable=False),
-    Column("reorder_point", Integer, nullable=False),
-    Column("order_up_to", Integer, nullable=False),
+    Column("reorder_point", BigInteger, nullable=False),
+    Column("order_up_to", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
@@ -110,12 +110,12 @@ needs = Table(
     Column("sku", String(64), nullable=False),
     Column("cycle", Date, nullable=False),
     Column("supplier_id", String(64), nullable=False),
-    Column("quantity", Integer, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
     Column("pack_size", Integer, nullable=False),
     Column("unit_cost", Numeric),
     Column("lead_time_days", Integer, nullable=False),
-    Column("reorder_point", Integer, nullable=False),
-    Column("order_up_to", Integer, nullable=False),
+    Column("reorder_point", BigInteger, nullable=False),
+    Column("order_up_to", BigInteger, nullable=False),
     Column("on_hand", BigInteger, nullable=False),
     Column("on_order", BigInteger, nullable=False),
     Column("forecast_daily", Float, nullable=False),
@@ -149,8 +149,8 @@ po_lines = Table(
     Column("po_id", String(64), ForeignKey("purchase_orders.po_id"), primary_key=True),
     Column("sku", String(64), primary_key=True),
     Column("need_id", UUID(as_uuid=True), nullable=False, unique=True),
-    Column("quantity", Integer, nullable=False),
-    Column("received", Integer, nullable=False, server_default="0"),
+    Column("quantity", BigInteger, nullable=False),
+    Column("received", BigInteger, nullable=False, server_default="0"),
     Column("unit_cost", Numeric),
 )
 

@@ -395,5 +395,16 @@ def test_a_huge_first_day_line_neither_breaks_the_order_contract_nor_stops_the_s
         assert sum(line["quantity"] for line in a_lines) >= 1_000_000  # the missing stock is ordered, split
         listed = httpx.get(f"{service.url}/v1/orders", params={"limit": 100}, headers=OPS).json()["orders"]
         assert {o["po_id"] for o in listed} == {o["po_id"] for o in orders}
+        # Two receipts of 2,000 × 1,000,000 units of A against an order that also has B: 4e9 received
+        # on one line used to overflow int32 (a 500); the totals are 64-bit now.
+        po = next(o for o in orders if {line["sku"] for line in o["lines"]} >= {"A", "B"})
+        for n in range(2):
+            answer = httpx.post(f"{service.url}/v1/receipts", headers=OPS, json={
+                "receipt_id": f"big{n}", "store_id": "s1", "po_id": po["po_id"],
+                "received_at": "2011-01-08T09:00:00+00:00", "lines": [{"sku": "A", "quantity": 1_000_000}] * 2000})
+            assert answer.status_code == 201, answer.text
+        assert answer.json()["received"]["A"] == 4_000_000_000 and answer.json()["over_delivered"] is True
+        a = httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()
+        assert a["on_hand"] == 4_000_000_000 - 1_000_020
     finally:
         service.stop()
