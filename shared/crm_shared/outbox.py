@@ -214,3 +214,20 @@ class OutboxRelay:
                 outbox.c.published_at < func.now() - text(f"interval '{float(self.retention_hours)} hours'")))
         return int(result.rowcount or 0)
 
+
+
+def relay_for(common: Any, engine: AsyncEngine, outbox: Table, *, service: str, lock_id: int,
+              idle_poll: float = 0.2) -> OutboxRelay:
+    """The usual relay of a service's outbox (`common` being its `CommonSettings`): one relay at a
+    time per table (`lock_id`), the broker sentinel checked, topics recreated after an empty restart."""
+    from functools import partial
+
+    from crm_shared.kafka import ensure_topics, make_producer
+    from crm_shared.topics import BROKER_SENTINEL
+
+    prefix = common.topic_prefix
+    return OutboxRelay(
+        engine, outbox, partial(make_producer, common.kafka_bootstrap, client_id=f"{service}-relay"),
+        lock_id=lock_id, sentinel_topic=BROKER_SENTINEL.qualified(prefix), idle_poll=idle_poll,
+        ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix, partitions=common.topic_partitions,
+                              replication=common.topic_replication))
