@@ -1,19 +1,30 @@
 """HTTP edge of replenishment: parse, call one handler, shape the response."""
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from crm_shared.auth import Principal, require_role
-from crm_shared.events import Identifier
+from crm_shared.events import EARLIEST_YEAR, LATEST_YEAR, Identifier
 from crm_shared.supply_events import GoodsReceipt, ReceiptLine, Sku, SupplierAck
 from crm_shared.web import error_body, install_common, service_lifespan
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from replenishment import SERVICE_NAME
 from replenishment.domain import Refused
 from replenishment.edifact import render_orders
+
+
+def _plausible_year(value: datetime) -> datetime:
+    # Checked on the local year, as the Sale contract does: year 1 or 9999 overflows once converted
+    # across time zones (PostgreSQL, event-time days), which used to be a 500.
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"year must be between {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return value
+
+
+EventTime = Annotated[AwareDatetime, AfterValidator(_plausible_year)]
 
 
 class ReceiptIn(BaseModel):
@@ -22,7 +33,7 @@ class ReceiptIn(BaseModel):
     receipt_id: Identifier
     store_id: Identifier
     po_id: Identifier | None = None
-    received_at: AwareDatetime
+    received_at: EventTime
     lines: list[ReceiptLine] = Field(min_length=1, max_length=2000)
 
 
@@ -33,7 +44,7 @@ class StockCount(BaseModel):
     store_id: Identifier
     sku: Sku
     counted: int = Field(strict=True, ge=0, le=10_000_000)
-    counted_at: AwareDatetime
+    counted_at: EventTime
 
 
 class AckIn(BaseModel):
@@ -41,13 +52,13 @@ class AckIn(BaseModel):
 
     decision: Literal["accepted", "rejected"]
     reason: Annotated[str, StringConstraints(max_length=300, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
-    at: AwareDatetime | None = None
+    at: EventTime | None = None
 
 
 class ShipNotice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at: AwareDatetime | None = None
+    at: EventTime | None = None
 
 
 def _supplier_scope(principal: Principal) -> str | None:
