@@ -216,7 +216,7 @@ def rfm(recency_days: float, visits: int, monetary: float, population: Populatio
 PERSONAS = ("dormant", "new_member", "price_sensitive", "brand_loyal", "bulk_stocker", "frequent_small_basket",
             "weekend_family", "regular")
 PERSONA_RULES = {
-    "dormant": "overdue by their own rhythm (churn model: dormant)",
+    "dormant": "overdue by their own rhythm (churn model); stays so until a visit or P(active) >= 0.6",
     "new_member": "first visit within the last 30 days and at most 2 visits",
     "price_sensitive": "at least 30% of items bought on discount (leaves below 25%)",
     "brand_loyal": "at least 50% of branded items from one brand (leaves below 40%), 3+ visits",
@@ -337,12 +337,26 @@ def classify(*, current: MemberSegments, recency_days: float, visits: int, monet
     return Classified(MemberSegments(tier, persona, cluster_label, scores), changes)
 
 
+DORMANT_LEAVE_P_ACTIVE = 0.6  # the churn model enters dormancy below 0.5; leaving it takes a visit or 0.6
+
+
+def is_dormant(churn: ChurnEstimate | None, *, held: str | None, visited_since: bool) -> bool:
+    """The churn model's verdict, with hysteresis: a dormant member stays dormant until they visit
+    again or their P(active) clearly recovers (a weekly refit must not flip them back and forth,
+    each flip waking the notifier)."""
+    if churn is None:
+        return False
+    if churn.dormant:
+        return True
+    return held == "dormant" and not visited_since and churn.p_active < DORMANT_LEAVE_P_ACTIVE
+
+
 def persona_facts(profile: MemberProfileUpdated, feats: Mapping[str, float], as_of: datetime,
-                  churn: ChurnEstimate | None) -> PersonaFacts:
+                  churn: ChurnEstimate | None, *, held: str | None = None, visited_since: bool = True) -> PersonaFacts:
     rhythm = profile.visit_rhythm
     first = profile.first_purchase_at
     return PersonaFacts(
-        dormant=bool(churn and churn.dormant),
+        dormant=is_dormant(churn, held=held, visited_since=visited_since),
         days_since_first=(as_of - first) / DAY if first else 0.0,
         visits=rhythm.intervals + 1 if first else 0,
         discount_share=profile.discount_share,

@@ -219,7 +219,8 @@ class SegmentHandlers:
                        if distances else None)
             summary = domain.purchase_summary(profile, clock)
             churn = self.churn.estimate(summary, self.settings.churn_horizon_days) if summary else None
-            facts = domain.persona_facts(profile, feats, clock, churn)
+            visited_since = row is None or row.get("last_purchase_at") != profile.last_purchase_at
+            facts = domain.persona_facts(profile, feats, clock, churn, held=held.persona, visited_since=visited_since)
             last = profile.last_purchase_at
             recency = (clock - last) / DAY if last else float(self.settings.active_days)
             visits = profile.visit_rhythm.intervals + 1 if profile.first_purchase_at else 0
@@ -456,7 +457,8 @@ def facts_from_document(doc: dict[str, Any], churn: ChurnEstimate | None, row: d
                         clock: datetime) -> domain.PersonaFacts:
     first = row.get("first_purchase_at")
     return domain.PersonaFacts(
-        dormant=bool(churn and churn.dormant), days_since_first=(clock - first) / DAY if first else 0.0,
+        dormant=domain.is_dormant(churn, held=row.get("persona"), visited_since=False),
+        days_since_first=(clock - first) / DAY if first else 0.0,
         visits=int(row["visits"]), discount_share=float(doc.get("discount_share", 0.0)),
         top_brand_share=float(doc.get("top_brand_share", 0.0)), basket_size=float(row["basket_size"]),
         basket_value=float(row["basket_value"]), interval_days=row.get("interval_mean"),

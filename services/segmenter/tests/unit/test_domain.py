@@ -216,3 +216,15 @@ def test_segment_events_built_on_the_hot_path_meet_the_contract() -> None:
         parsed = decode(Envelope[MemberSegmentChanged], encode(event))  # validates every field on the way back
         assert parsed.payload.member_id == event.key and parsed.event_id == event.event_id
         assert parsed.payload.current[parsed.payload.dimension] == parsed.payload.new
+
+
+def test_dormancy_has_hysteresis_until_a_visit_or_a_clear_recovery() -> None:
+    awake = ChurnEstimate(p_active=0.55, expected_next_visit_days=10.0, expected_visits=0.5, dormant=False)
+    asleep = ChurnEstimate(p_active=0.45, expected_next_visit_days=None, expected_visits=0.1, dormant=True)
+    recovered = ChurnEstimate(p_active=0.65, expected_next_visit_days=5.0, expected_visits=1.0, dormant=False)
+    assert domain.is_dormant(asleep, held=None, visited_since=False)
+    assert not domain.is_dormant(awake, held="regular", visited_since=False)
+    assert domain.is_dormant(awake, held="dormant", visited_since=False)  # a refit nudged P(active) to 0.55: stays
+    assert not domain.is_dormant(awake, held="dormant", visited_since=True)  # they came back
+    assert not domain.is_dormant(recovered, held="dormant", visited_since=False)
+    assert not domain.is_dormant(None, held="dormant", visited_since=False)
