@@ -333,26 +333,36 @@ class SupplyHandlers:
     # --- stock counts ---------------------------------------------------------------------------
 
     async def count_stock(self, count_id: str, store_id: str, sku: str, counted: int, counted_at: datetime) -> dict[str, Any]:
-        """Sets on hand to what was counted; the difference is recorded as shrinkage (positive = missing)."""
+        """Sets on hand to what was counted; the difference is recorded as shrinkage (positive = missing).
+        A count id is the store's own: a repeat with the same body answers the record, a different body is 409."""
         async with self.engine.begin() as conn:
-            existing = (await conn.execute(select(store.stock_counts).where(
-                store.stock_counts.c.count_id == count_id))).first()
+            existing = await self._count(conn, store_id, count_id)
             if existing is not None:
-                return {**dict(existing._mapping), "already_recorded": True}
+                return _repeated_count(existing, sku, counted, counted_at)
             if not await store.known_store(conn, store_id):
                 raise Refused(404, "not_found", "store_id", f"unknown store {store_id!r}")
             if not await store.known_skus(conn, [sku]):
                 raise Refused(422, "validation_failed", "sku", f"unknown sku {sku!r}")
             row = (await store.lock_stock(conn, [(store_id, sku)]))[(store_id, sku)]
+            existing = await self._count(conn, store_id, count_id)  # recorded while we waited for the lock
+            if existing is not None:
+                return _repeated_count(existing, sku, counted, counted_at)
             shrinkage = row["on_hand"] - counted
+            record = {"count_id": count_id, "store_id": store_id, "sku": sku, "expected": shrinkage + counted,
+                      "counted": counted, "shrinkage": shrinkage, "counted_at": counted_at}
+            inserted = (await conn.execute(insert(store.stock_counts).on_conflict_do_nothing().returning(
+                store.stock_counts.c.count_id), [record])).first()
+            if inserted is None:  # the same id, for another sku, committed concurrently: nothing of ours is kept
+                raise Refused(409, "conflict", "count_id", f"count {count_id!r} was recorded for another count")
             row["on_hand"] = counted
             row["shrinkage"] += shrinkage
             row["negative_since"] = None
             await store.save_stock(conn, [row])
-            record = {"count_id": count_id, "store_id": store_id, "sku": sku, "expected": shrinkage + counted,
-                      "counted": counted, "shrinkage": shrinkage, "counted_at": counted_at}
-            await conn.execute(insert(store.stock_counts), [record])
         return {**record, "already_recorded": False}
+
+    async def _count(self, conn: AsyncConnection, store_id: str, count_id: str) -> Any:
+        return (await conn.execute(select(store.stock_counts).where(
+            store.stock_counts.c.store_id == store_id, store.stock_counts.c.count_id == count_id))).first()
 
     # --- the purchase-order lifecycle -----------------------------------------------------------
 
@@ -543,6 +553,13 @@ class SupplyHandlers:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(store.products.c.supplier_id).where(
                 and_(store.products.c.sku == sku)))).scalar()
+
+
+def _repeated_count(existing: Any, sku: str, counted: int, counted_at: datetime) -> dict[str, Any]:
+    if (existing.sku, existing.counted, existing.counted_at) != (sku, counted, counted_at):
+        raise Refused(409, "conflict", "count_id",
+                      f"count {existing.count_id!r} of store {existing.store_id!r} was recorded with another body")
+    return {**dict(existing._mapping), "already_recorded": True}
 
 
 def _levels_of(row: dict[str, Any]) -> Any:

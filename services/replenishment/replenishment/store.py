@@ -156,8 +156,8 @@ po_lines = Table(
 
 stock_counts = Table(
     "stock_counts", metadata,
-    Column("count_id", String(64), primary_key=True),
-    Column("store_id", String(64), nullable=False),
+    Column("store_id", String(64), primary_key=True),
+    Column("count_id", String(64), primary_key=True),  # a count id is the store's own (migration 0005)
     Column("sku", String(64), nullable=False),
     Column("expected", BigInteger, nullable=False),
     Column("counted", BigInteger, nullable=False),

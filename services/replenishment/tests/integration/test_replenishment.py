@@ -171,7 +171,8 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         assert len(receipts) == 2
 
         # Overdue: sup-b's order (1-day lead time, never acknowledged) once event time is 3 days on.
-        asyncio.run(replay_kafka([sale("later", sales[-1].occurred_at + timedelta(days=3), {"D": 1})],
+        asyncio.run(replay_kafka([sale("later", sales[-1].occurred_at + timedelta(days=3), {"D": 1}),
+                                  sale("other-store", sales[-1].occurred_at, {"C": 1}, store="s2")],
                                  bootstrap=bootstrap, topic_prefix=prefix, progress=False))
         caught_up(bootstrap, prefix, "sales", POS_SALES.name)
         overdue = httpx.get(f"{url}/v1/orders/overdue", headers=OPS).json()["orders"]
@@ -183,6 +184,15 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         c = httpx.get(f"{url}/v1/stock/s1/C", headers=OPS).json()
         assert c["on_hand"] == 7 and c["shrinkage"] == counted["shrinkage"] == counted["expected"] - 7
         assert c["negative"] is False
+        # Count ids are per store: s2's "c1" is its own count; a repeat answers the record; another body is 409.
+        body = {"count_id": "c1", "store_id": "s2", "sku": "C", "counted": 0, "counted_at": received_at}
+        other = httpx.post(f"{url}/v1/stock/counts", headers=OPS, json=body).json()
+        assert (other["store_id"], other["shrinkage"], other["already_recorded"]) == ("s2", -1, False)
+        assert httpx.post(f"{url}/v1/stock/counts", headers=OPS, json=body).json()["already_recorded"] is True
+        assert httpx.get(f"{url}/v1/stock/s2/C", headers=OPS).json()["on_hand"] == 0
+        assert httpx.get(f"{url}/v1/stock/s1/C", headers=OPS).json()["on_hand"] == 7
+        differs = httpx.post(f"{url}/v1/stock/counts", headers=OPS, json={**body, "counted": 5})
+        assert differs.status_code == 409 and differs.json()["detail"][0]["field"] == "count_id"
 
         # Low stock was announced for the skus whose cover ran out.
         low = asyncio.run(read_topic(bootstrap, INVENTORY_LOW_STOCK.qualified(prefix), expected=4, timeout=20))
