@@ -42,6 +42,7 @@ from segmenter.settings import SegmenterSettings
 
 log = logging.getLogger(__name__)
 DAY = timedelta(days=1)
+SWEEP_PAGE = 5_000  # members re-decided per page of a day sweep
 P_ACTIVE_STEP = 0.02  # the sweep stores P(active) again when it moved at least this much
 BasketRow = tuple[str, str, datetime, list[str]]  # basket id, store, event time, SKUs
 
@@ -271,13 +272,13 @@ class SegmentHandlers:
 
     async def _sweep(self, conn: AsyncConnection, clock: datetime, learned: Learned, outcome: ProfilesOutcome) -> None:
         """Event time entered a new day: refit what is due, re-decide everyone (recency moved for
-        members who bought nothing: some become dormant, some slip a value tier) and record sizes."""
-        rows = {row["member_id"]: row for row in await store.all_members(conn)}
-        for row in learned.rows:  # this batch's members as just decided
-            rows[row["member_id"]] = row
+        members who bought nothing: some become dormant, some slip a value tier) and record sizes.
+        Members are read in keyset pages (this batch's members were saved just before), so the sweep
+        holds one page at a time, whatever the number of members."""
         churn = self.churn
         if self.churn_fitted_at is None or clock - self.churn_fitted_at >= timedelta(days=self.settings.churn_refit_days):
-            summaries = [s for s in (summary_of_row(r, clock) for r in rows.values()) if s is not None]
+            summaries = [summary for page in [p async for p in store.member_pages(conn, SWEEP_PAGE)]
+                         for summary in (summary_of_row(r, clock) for r in page) if summary is not None]
             if len(summaries) >= 50:
                 churn = ChurnModel.from_state(self.churn.to_state())
                 await asyncio.to_thread(churn.fit, summaries)
@@ -288,10 +289,11 @@ class SegmentHandlers:
         population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
         outcome.population = population
         model = outcome.clusters or self.clusters
-        swept = await asyncio.to_thread(self._reclassify_rows, list(rows.values()), population, churn, clock, model)
-        await store.save_members(conn, swept.rows)
-        learned.changes += swept.changes
-        learned.events += swept.events
+        async for page in store.member_pages(conn, SWEEP_PAGE):
+            swept = await asyncio.to_thread(self._reclassify_rows, page, population, churn, clock, model)
+            await store.save_members(conn, swept.rows)
+            learned.changes += swept.changes
+            learned.events += swept.events
         await store.record_sizes(conn, clock.date(), {
             "value_tier": domain.VALUE_TIERS, "persona": domain.PERSONAS,
             "cluster": [domain.cluster_name(c) for c in range(self.settings.n_clusters)]})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -140,8 +140,18 @@ async def load_members(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, d
     return {row.member_id: dict(row._mapping) for row in rows}
 
 
-async def all_members(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return [dict(row._mapping) for row in await conn.execute(select(members))]
+async def member_pages(conn: AsyncConnection, size: int) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every member, `size` at a time, in member id order (keyset: each page starts after the last)."""
+    after: str | None = None
+    while True:
+        query = select(members).order_by(members.c.member_id).limit(size)
+        if after is not None:
+            query = query.where(members.c.member_id > after)
+        page = [dict(row._mapping) for row in await conn.execute(query)]
+        if not page:
+            return
+        yield page
+        after = page[-1]["member_id"]
 
 
 async def erased_among(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
