@@ -282,6 +282,22 @@ def receive(ordered: dict[str, int], received_before: dict[str, int], delivered:
     return ReceiptOutcome(received, over, unordered, release, "received" if complete else "partially_received")
 
 
+EXPECTS_NO_GOODS: tuple[Status, ...] = ("received", "closed", "rejected")
+
+
+def receive_late(status: Status, ordered: dict[str, int], received_before: dict[str, int],
+                 delivered: dict[str, int]) -> ReceiptOutcome:
+    """Goods for an order that expects none any more (received, closed or rejected) are physical stock:
+    booked all the same, every unit flagged as over-delivered, nothing released from on-order (that was
+    settled when the order completed, closed or was rejected), and the status stays."""
+    received = dict(received_before)
+    for sku, units in delivered.items():
+        received[sku] = received.get(sku, 0) + units
+    over = {sku: units for sku, units in delivered.items() if sku in ordered}
+    unordered = {sku: received[sku] for sku in received if sku not in ordered}
+    return ReceiptOutcome(received, over, unordered, {}, status)
+
+
 def overdue(status: str, expected_by: datetime, now: datetime) -> bool:
     return status in OPEN_STATUSES and now > expected_by
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from replenishment import SERVICE_NAME, store
 from replenishment.domain import (
+    EXPECTS_NO_GOODS,
     DemandModel,
     Policy,
     Promotion,
@@ -43,6 +44,7 @@ from replenishment.domain import (
     overdue,
     po_id_for,
     receive,
+    receive_late,
     record_demand,
     reorder_levels,
 )
@@ -302,10 +304,14 @@ class SupplyHandlers:
             po = await self._order_for_update(conn, receipt.po_id)
             if po.store_id != receipt.store_id:
                 raise Refused(422, "validation_failed", "po_id", f"order {po.po_id} is for store {po.store_id}")
-            after(po.status, "receive")
             lines = await self._lines(conn, po.po_id)
-            outcome = receive({sku: line.quantity for sku, line in lines.items()},
-                              {sku: line.received for sku, line in lines.items()}, dict(delivered))
+            ordered = {sku: line.quantity for sku, line in lines.items()}
+            received_before = {sku: line.received for sku, line in lines.items()}
+            if po.status in EXPECTS_NO_GOODS:  # arrived after the order was done with: stock all the same
+                outcome = receive_late(po.status, ordered, received_before, dict(delivered))
+            else:
+                after(po.status, "receive")
+                outcome = receive(ordered, received_before, dict(delivered))
             for sku, total in outcome.received.items():
                 if sku in lines:
                     await conn.execute(update(store.po_lines).where(store.po_lines.c.po_id == po.po_id,

@@ -23,6 +23,7 @@ from replenishment.domain import (
     overdue,
     po_id_for,
     receive,
+    receive_late,
     record_demand,
     reorder_levels,
 )
@@ -235,3 +236,12 @@ def test_one_first_day_is_no_forecast_and_an_order_line_stays_within_the_contrac
     assert quantity == max_order_units(6) == 999_996 <= MAX_ORDER_QUANTITY  # ... in whole packs, within a line
     model, _ = record_demand(model, MONDAY + timedelta(days=1), 3.0)
     assert model.forecast(MONDAY + timedelta(days=1)) == 1_000_000.0  # a learned day is a forecast again
+
+
+def test_goods_after_the_order_is_done_with_are_booked_as_over_delivery_without_on_order_release() -> None:
+    for status in ("received", "closed", "rejected"):
+        outcome = receive_late(status, {"A": 10, "B": 5}, {"A": 10, "B": 2}, {"A": 3, "Z": 1})
+        assert outcome.status == status  # the order's state stays
+        assert outcome.received == {"A": 13, "B": 2, "Z": 1}
+        assert outcome.over_delivered == {"A": 3} and outcome.unordered == {"Z": 1}
+        assert outcome.on_order_release == {}  # settled when it completed, closed or was rejected
