@@ -157,7 +157,7 @@ class SupplyHandlers:
             if is_low(row["on_hand"], row["forecast_daily"], self.policy):
                 if row["low_since"] is None:
                     row["low_since"] = today
-                    low_events.append(self._low_stock_event(row, latest[store_id]))
+                    low_events.append(self._low_stock_event(row, latest[store_id], at))
             else:
                 row["low_since"] = None
             if sku_terms is UNASSIGNED:
@@ -202,12 +202,15 @@ class SupplyHandlers:
         row.update(forecast_daily=levels.forecast_daily, sigma_daily=levels.sigma_daily,
                    reorder_point=levels.reorder_point, order_up_to=levels.order_up_to)
 
-    def _low_stock_event(self, row: dict[str, Any], as_of: datetime) -> Envelope[Any]:
+    def _low_stock_event(self, row: dict[str, Any], as_of: datetime, trigger: datetime) -> Envelope[Any]:
+        """Identity: store, sku, the episode's day and the time of the sale that started it (an episode
+        that ends and starts again the same day is a new event, not a repeat of the first)."""
         cover = days_of_cover(row["on_hand"], row["forecast_daily"]) or 0.0
         low = LowStock(store_id=row["store_id"], sku=row["sku"], on_hand=row["on_hand"], on_order=row["on_order"],
                        forecast_daily=round(row["forecast_daily"], 4), days_of_cover=round(cover, 2), as_of=as_of)
         return low_stock_detected(low, source=SERVICE_NAME,
-                                  identity=f"{row['store_id']}/{row['sku']}/{row['low_since'].isoformat()}")
+                                  identity=f"{row['store_id']}/{row['sku']}/{row['low_since'].isoformat()}/"
+                                           f"{trigger.isoformat()}")
 
     async def raise_orders(self, conn: AsyncConnection, closed: dict[str, date],
                            as_of: dict[str, datetime]) -> list[str]:

@@ -272,7 +272,8 @@ def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack
         for record in asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=1,
                                              timeout=30, settle=2.0)):
             payload = orjson.loads(record.value)["payload"]
-            orders.setdefault(payload["po_id"], payload)
+            first = orders.setdefault(payload["po_id"], payload)
+            assert first == payload, f"{payload['po_id']} published twice with different payloads"
         listed = httpx.get(f"{service.url}/v1/orders", params={"limit": 1000}, headers=OPS).json()["orders"]
         assert orders and {o["po_id"] for o in listed} == set(orders)
         need_ids = [need for o in orders.values() for line in o["lines"] for need in [line["need_id"], *line["also_fills"]]]
