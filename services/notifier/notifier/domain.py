@@ -41,7 +41,7 @@ class CampaignDefinition(BaseModel):
     channel: OfferChannel
     template: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]*$")] = Field(
         description="Message text; placeholders: " + ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS)))
-    discount_percent: Decimal = Field(default=Decimal("10"), ge=0, le=90)
+    discount_percent: Decimal = Field(default=Decimal("10"), ge=0, le=90, decimal_places=4)
     products: list[Label] = Field(default_factory=list, max_length=50,
                                   description="Offered SKUs for non-cross-sell triggers; empty = any purchase")
     validity_days: int = Field(default=7, ge=1, le=90)
@@ -60,9 +60,14 @@ class CampaignDefinition(BaseModel):
     @classmethod
     def _known_placeholders(cls, value: str) -> str:
         try:
-            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+            parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)
+                      if name is not None]
         except ValueError as exc:
             raise ValueError(f"is not a valid template: {exc}") from exc
+        for name, spec, conversion in parsed:
+            if spec or conversion:  # "{discount:.1f}" fails on the string it gets; "{product:>1500}" overflows the text
+                raise ValueError(f"placeholder {{{name}}} takes no format spec or conversion")
+        fields = [name for name, _, _ in parsed]
         unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
         if unknown:
             raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use one of {sorted(PLACEHOLDERS)}")
@@ -311,11 +316,15 @@ def decide(proposal: Proposal, campaign: Campaign, member: MemberFacts, *, conse
     return Decision("send")
 
 
+MAX_TEXT = 1000  # OfferIssued.text
+
+
 def render(template: str, *, member_id: str, products: Sequence[str], discount: Decimal, valid_to: datetime,
            store_id: str | None) -> str:
-    return template.format(member_id=member_id, product=products[0] if products else "your next shop",
+    text = template.format(member_id=member_id, product=products[0] if products else "your next shop",
                            products=", ".join(products) or "your next shop", discount=f"{discount.normalize():f}",
                            valid_to=valid_to.date().isoformat(), store=store_id or "our stores")
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 1] + "…"  # many long SKUs in {products}
 
 
 def redeems(offer_products: Sequence[str], valid_from: datetime, valid_to: datetime, sale_at: datetime,

@@ -336,7 +336,7 @@ class NotifierHandlers:
         text = "" if withheld else domain.render(definition.template, member_id=proposal.member_id,
                                                  products=proposal.products, discount=definition.discount_percent,
                                                  valid_to=valid_to, store_id=proposal.store_id)
-        reason = OfferReason(trigger=proposal.trigger, detail=proposal.detail, source_event_id=proposal.source_event_id,
+        reason = OfferReason(trigger=proposal.trigger, detail=proposal.detail[:500], source_event_id=proposal.source_event_id,
                              rule_scope=proposal.rule_scope,
                              rule_antecedents=sorted(rule.antecedents) if rule else [],
                              rule_consequent=rule.consequent if rule else None,

@@ -257,3 +257,22 @@ def test_run_out_reminds_shortly_before_the_predicted_purchase_once_and_not_when
     reminded = domain.Rhythm(3, NOON, NOON + timedelta(days=14), reminded_for=NOON + timedelta(days=21))
     assert not domain.run_out_due(reminded, NOON + timedelta(days=20), lead=lead, min_purchases=3)
     assert not domain.run_out_due(rhythm, NOON + timedelta(days=20), lead=lead, min_purchases=4), "not regular yet"
+
+
+def test_campaign_definitions_that_would_fail_at_send_time_are_refused_up_front() -> None:
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    import pytest
+    from notifier import domain
+    from pydantic import ValidationError
+
+    base = {"name": "n", "trigger": "cross_sell", "channel": "email", "template": "{product}: {discount}% off"}
+    for template in ("{discount:.1f}% off {product}", "{product:>1500}", "{product!r}"):
+        with pytest.raises(ValidationError, match="format spec or conversion"):
+            domain.CampaignDefinition.model_validate({**base, "template": template})
+    with pytest.raises(ValidationError, match="discount_percent"):
+        domain.CampaignDefinition.model_validate({**base, "discount_percent": "12.34567"})
+    text = domain.render("{products}", member_id="m", products=["X" * 64] * 50, discount=Decimal("10"),
+                         valid_to=datetime(2011, 1, 1, tzinfo=UTC), store_id=None)
+    assert len(text) == domain.MAX_TEXT and text.endswith("…")
