@@ -100,6 +100,9 @@ class NotifierHandlers:
         if not sales:
             return 0
         member_ids = sorted({e.payload.member_id for e in sales if e.payload.member_id})
+        # every member of the batch at once, in id order: the run-out and cross-sell passes below lock
+        # subsets again (re-entrant), so no two transactions take them in crossing orders
+        await store.lock_members(conn, member_ids)
         await self._redeem(conn, sales, member_ids)
         issued = 0
         if "run_out" in self.enabled:
@@ -277,6 +280,7 @@ class NotifierHandlers:
         proposals.sort(key=lambda p: p.at)
         member_ids = sorted({p.member_id for p in proposals})
         earliest = proposals[0].at
+        await store.lock_members(conn, member_ids)  # before reading their sends: the caps hold across consumers
         members = await store.load_members(conn, member_ids)
         erased = await store.erased_among(conn, member_ids)
         history: dict[str, list[domain.PastOffer]] = {}

@@ -24,6 +24,7 @@ from sqlalchemy import (
     cast,
     func,
     select,
+    text,
     tuple_,
     update,
 )
@@ -153,6 +154,18 @@ async def load_members(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, d
     return {row.member_id: dict(row._mapping) for row in rows}
 
 
+MEMBER_LOCKS = 0x4E4F  # advisory lock namespace: one member's offer decisions at a time
+
+
+async def lock_members(conn: AsyncConnection, member_ids: Sequence[str]) -> None:
+    """Offer decisions of one member take turns across the notifier's consumers (sales, segments,
+    tiers, profiles run concurrently): each reads the member's recent sends before deciding, so the
+    caps hold. Locks are taken in id order in one statement (no deadlock between batches)."""
+    if member_ids:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(m)) FROM unnest(CAST(:ids AS text[])) AS m "
+                                "ORDER BY m"), {"ns": MEMBER_LOCKS, "ids": sorted(member_ids)})
+
+
 async def erased_among(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
     if not ids:
         return set()
@@ -161,7 +174,10 @@ async def erased_among(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
 
 
 async def upsert_members(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Profile facts: tier and preferred store; segments and first_seen_at stay as they are."""
+    """Profile facts: tier and preferred store; segments and first_seen_at stay as they are.
+    An erased member's row is not made again."""
+    erased = await erased_among(conn, [r["member_id"] for r in rows])
+    rows = [r for r in rows if r["member_id"] not in erased]
     if rows:
         statement = insert(members)
         await conn.execute(statement.on_conflict_do_update(
@@ -170,12 +186,16 @@ async def upsert_members(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
 
 
 async def set_segments(conn: AsyncConnection, member_id: str, segments: list[str], at: datetime) -> None:
+    if await erased_among(conn, [member_id]):
+        return  # a late segment change must not bring an erased member back
     statement = insert(members).values(member_id=member_id, segments=segments, first_seen_at=at)
     await conn.execute(statement.on_conflict_do_update(index_elements=[members.c.member_id],
                                                        set_={"segments": statement.excluded.segments}))
 
 
 async def set_tier(conn: AsyncConnection, member_id: str, tier: str, at: datetime) -> None:
+    if await erased_among(conn, [member_id]):
+        return
     statement = insert(members).values(member_id=member_id, tier=tier, first_seen_at=at)
     await conn.execute(statement.on_conflict_do_update(index_elements=[members.c.member_id],
                                                        set_={"tier": statement.excluded.tier}))
@@ -184,6 +204,7 @@ async def set_tier(conn: AsyncConnection, member_id: str, tier: str, at: datetim
 async def erase(conn: AsyncConnection, member_id: str, at: datetime, pseudonym: str) -> None:
     """Forget the person: no contact ever again; their offers stay only as counts under a pseudonym."""
     await conn.execute(members.delete().where(members.c.member_id == member_id))
+    await conn.execute(rhythms.delete().where(rhythms.c.member_id == member_id))  # their per-product purchase habits
     await conn.execute(update(offers).where(offers.c.member_id == member_id).values(member_id=pseudonym, text=""))
     await conn.execute(insert(erased_members).values(member_id=member_id, erased_at=at).on_conflict_do_nothing())
 
