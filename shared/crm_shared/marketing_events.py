@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from crm_shared.events import EVENT_NAMESPACE, PRINTABLE, Envelope, Identifier
+from crm_shared.events import EVENT_NAMESPACE, PRINTABLE, AnyEnvelope, Envelope, Identifier
 from crm_shared.money import Money
 
 OfferChannel = Literal["email", "sms", "push"]
@@ -65,10 +65,10 @@ class OfferIssued(BaseModel):
 
 def offer_event(offer: OfferIssued) -> Envelope[Any]:
     """One offer id, one event id: a recomputed or redelivered decision publishes the same event."""
-    return Envelope[Any](event_id=uuid.uuid5(EVENT_NAMESPACE, f"offer/{offer.offer_id}"),
-                         event_type="OfferWithheld" if offer.withheld else "OfferIssued",
-                         schema_version=MARKETING_SCHEMA_VERSION, occurred_at=offer.valid_from, source="notifier",
-                         key=offer.member_id, payload=offer)
+    return AnyEnvelope(event_id=uuid.uuid5(EVENT_NAMESPACE, f"offer/{offer.offer_id}"),
+                       event_type="OfferWithheld" if offer.withheld else "OfferIssued",
+                       schema_version=MARKETING_SCHEMA_VERSION, occurred_at=offer.valid_from, source="notifier",
+                       key=offer.member_id, payload=offer)
 
 
 OfferPublished = Envelope[OfferIssued]

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from crm_shared.events import EVENT_NAMESPACE, MAX_QUANTITY, PRINTABLE, Envelope, Identifier
+from crm_shared.events import EVENT_NAMESPACE, MAX_QUANTITY, PRINTABLE, AnyEnvelope, Envelope, Identifier
 from crm_shared.money import Money
 
 Sku = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=64,
@@ -117,9 +117,9 @@ def supply_event_id(identity: str) -> uuid.UUID:
 
 def _envelope(payload: BaseModel, *, event_type: str, identity: str, occurred_at: datetime, key: str,
               source: str) -> Envelope[Any]:
-    return Envelope[Any](event_id=supply_event_id(identity), event_type=event_type,
-                         schema_version=SUPPLY_SCHEMA_VERSION, occurred_at=occurred_at, source=source, key=key,
-                         payload=payload)
+    return AnyEnvelope(event_id=supply_event_id(identity), event_type=event_type,
+                       schema_version=SUPPLY_SCHEMA_VERSION, occurred_at=occurred_at, source=source, key=key,
+                       payload=payload)
 
 
 def goods_received(receipt: GoodsReceipt, *, source: str) -> Envelope[Any]:
