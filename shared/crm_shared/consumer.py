@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -211,6 +212,19 @@ def decoder_for(model: Any) -> Callable[[bytes | None], tuple[uuid.UUID, Any]]:
         return event.event_id, event
 
     return decode_event
+
+
+MAX_AHEAD_OF_RECORD = timedelta(hours=24)
+
+
+def sale_from_the_future(event: Any, record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """A screen for consumers of `pos.sales.v1` that run on event time: a sale dated more than 24 h
+    after its record was written (typed wrong, or sent straight to Kafka past the gateway's check)
+    would move every member's recency, expiry, tiers or every ordering cycle up to that day."""
+    produced = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    if event.payload.occurred_at > produced + MAX_AHEAD_OF_RECORD:
+        return f"occurred_at {event.payload.occurred_at.isoformat()} is more than 24 h after the record was written"
+    return None
 
 
 def consumer_for(common: Any, engine: AsyncEngine, applied: Table, *, service: str, part: str, topic: Any, model: Any,

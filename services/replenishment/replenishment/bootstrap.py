@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from crm_shared.auth import KeyRing
 from crm_shared.consumer import IdempotentConsumer
 from crm_shared.db import make_engine
-from crm_shared.kafka import ensure_topics, make_producer
-from crm_shared.outbox import OutboxRelay
+from crm_shared.outbox import OutboxRelay, relay_for
 from crm_shared.settings import CommonSettings
-from crm_shared.topics import BROKER_SENTINEL
 from crm_shared.web import database_check
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -54,11 +51,8 @@ def build(common: CommonSettings | None = None, settings: ReplenishmentSettings 
     settings = settings or ReplenishmentSettings()
     engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
     prefix = common.topic_prefix
-    relay = OutboxRelay(
-        engine, outbox, partial(make_producer, common.kafka_bootstrap, client_id=f"{SERVICE_NAME}-relay"),
-        lock_id=0x52504C4E, sentinel_topic=BROKER_SENTINEL.qualified(prefix), idle_poll=settings.relay_idle_poll_seconds,
-        ensure_topics=partial(ensure_topics, common.kafka_bootstrap, prefix=prefix, partitions=common.topic_partitions,
-                              replication=common.topic_replication))
+    relay = relay_for(common, engine, outbox, service=SERVICE_NAME, lock_id=0x52504C4E,
+                      idle_poll=settings.relay_idle_poll_seconds)
     handlers = SupplyHandlers(engine, settings.policy(), topic_prefix=prefix, wake_relay=relay.wake)
     return ReplenishmentService(common, settings, KeyRing.from_settings(common.api_keys, common.env), engine, handlers,
                                 consumers(common, engine, handlers, batch=settings.consumer_batch), relay)
