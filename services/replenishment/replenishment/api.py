@@ -93,6 +93,11 @@ def create_app(service: Any) -> FastAPI:
         check_store(principal, store_id)
         return await handlers.stock_view(store_id, sku)
 
+    @app.get("/v1/stock", tags=["stock"], summary="Per store: how many SKUs are at or below their reorder point")
+    async def stores_below(_: Annotated[Principal, Depends(ops_only)],
+                           below: Annotated[Literal["reorder_point"], Query(description="only `reorder_point`")]) -> Any:
+        return await handlers.stores_below_reorder_point()
+
     @app.get("/v1/stock/{store_id}", tags=["stock"], summary="SKUs of a store at or below their reorder point")
     async def stock_below(store_id: Annotated[Identifier, Path()], principal: Annotated[Principal, Depends(staff)],
                           below: Annotated[Literal["reorder_point"], Query(description="only `reorder_point`")],

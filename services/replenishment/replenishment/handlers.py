@@ -524,6 +524,18 @@ class SupplyHandlers:
                                         promotions.get((store_id, row.sku), ())))
         return {"store_id": store_id, "as_of_day": day, "below": "reorder_point", "items": items}
 
+    async def stores_below_reorder_point(self) -> dict[str, Any]:
+        """How many SKUs of each store are at or below their reorder point: the chain at a glance."""
+        s = store.stock
+        skus_below = func.count().label("skus")
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(s.c.store_id, skus_below)
+                                       .where(s.c.on_hand + s.c.on_order <= s.c.reorder_point, s.c.forecast_daily > 0)
+                                       .group_by(s.c.store_id).order_by(skus_below.desc(), s.c.store_id))).all()
+            days = {r.store_id: r.current_day for r in await conn.execute(select(store.stores))}
+        return {"below": "reorder_point", "stores": [{"store_id": r.store_id, "skus": int(r.skus),
+                                                      "as_of_day": days.get(r.store_id)} for r in rows]}
+
     async def supplier_products(self, supplier_id: str, limit: int) -> dict[str, Any]:
         """A supplier's own products at every store: stock, days of cover, the forecast to plan for."""
         s, p, st = store.stock, store.products, store.stores

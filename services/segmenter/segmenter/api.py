@@ -53,6 +53,12 @@ def create_app(service: Any) -> FastAPI:
     async def list_segments(_: Annotated[Principal, Depends(reader)]) -> Any:
         return await queries.segments()
 
+    @app.get("/v1/segment-sizes", tags=["segments"], summary="Every segment's size per event day, for one dimension")
+    async def segment_sizes(_: Annotated[Principal, Depends(reader)],
+                            dimension: Annotated[Literal["value_tier", "persona", "cluster"], Query()] = "value_tier",
+                            days: Annotated[int, Query(ge=1, le=3660)] = 90) -> Any:
+        return await queries.sizes_over_time(dimension, days)
+
     @app.get("/v1/segments/{segment_id}", tags=["segments"],
              summary="A segment: size, trend, the features that set it apart, example members")
     async def get_segment(segment_id: Annotated[str, Path(max_length=40)], _: Annotated[Principal, Depends(reader)]) -> Any:

@@ -60,6 +60,15 @@ class SegmentQueries:
                         for name, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))]
             for dimension, sizes in counts.items()}}
 
+    async def sizes_over_time(self, dimension: str, days: int) -> dict[str, Any]:
+        """Segment sizes per event day (recorded when event time enters a new day), the last `days` days."""
+        async with self.engine.connect() as conn:
+            clock = await store.load_clock(conn)
+            since = clock.date() - timedelta(days=days - 1) if clock else None
+            by_day = await store.sizes_by_day(conn, dimension, since)
+        return {"dimension": dimension, "as_of": clock,
+                "days": [{"day": day, "sizes": sizes} for day, sizes in sorted(by_day.items())]}
+
     async def segment(self, segment: str, dimension: str, examples: int = 5) -> dict[str, Any]:
         async with self.engine.connect() as conn:
             counts = await store.segment_counts(conn)

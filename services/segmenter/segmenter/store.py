@@ -230,6 +230,18 @@ async def record_sizes(conn: AsyncConnection, day: date, known: dict[str, Sequen
             set_={"size": statement.excluded.size}), rows)
 
 
+async def sizes_by_day(conn: AsyncConnection, dimension: str, since: date | None) -> dict[date, dict[str, int]]:
+    """Every segment's recorded size per event day of one dimension (from `since` on)."""
+    query = select(segment_sizes.c.day, segment_sizes.c.segment, segment_sizes.c.size).where(
+        segment_sizes.c.dimension == dimension).order_by(segment_sizes.c.day, segment_sizes.c.segment)
+    if since is not None:
+        query = query.where(segment_sizes.c.day >= since)
+    out: dict[date, dict[str, int]] = {}
+    for row in await conn.execute(query):
+        out.setdefault(row.day, {})[row.segment] = int(row.size)
+    return out
+
+
 async def sizes_over_time(conn: AsyncConnection, dimension: str, segment: str) -> dict[date, int]:
     rows = await conn.execute(select(segment_sizes.c.day, segment_sizes.c.size)
                               .where(segment_sizes.c.dimension == dimension, segment_sizes.c.segment == segment))

@@ -90,6 +90,8 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         # D is never ordered (no supplier terms): it stays below its reorder point.
         below = httpx.get(f"{url}/v1/stock/s1", params={"below": "reorder_point"}, headers=OPS).json()
         assert [(item["sku"], item["supplier_id"]) for item in below["items"]] == [("D", None)]
+        chain = httpx.get(f"{url}/v1/stock", params={"below": "reorder_point"}, headers=OPS).json()
+        assert [(row["store_id"], row["skus"]) for row in chain["stores"]] == [("s1", 1)]
 
         # The needs of A, B and C became one order per supplier × store when their cycle closed.
         orders = asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=2, timeout=30))

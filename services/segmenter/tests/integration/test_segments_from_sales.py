@@ -133,6 +133,24 @@ def test_every_member_gets_a_value_tier_persona_and_cluster_and_the_topic_says_s
     assert described["example_members"]
 
 
+def test_segment_sizes_per_event_day_are_the_recorded_trend(pipeline: tuple[str, ServiceProcess]) -> None:
+    _, segmenter = pipeline
+    over_time = httpx.get(f"{segmenter.url}/v1/segment-sizes", headers=OPS, params={"dimension": "persona"}).json()
+    days = [row["day"] for row in over_time["days"]]
+    # A day is recorded when a batch's event time enters it (a fast replay records few days, a live feed each one).
+    assert days == sorted(days) and days[-1] == over_time["as_of"][:10] == "2010-12-23"
+    assert all("2010-12-01" <= day <= "2010-12-23" for day in days)
+    assert sum(over_time["days"][-1]["sizes"].values()) > 0
+    # Each day's sizes are what GET /v1/segments/{id} keeps as that segment's history.
+    regular = {h["day"]: h["size"] for h in httpx.get(f"{segmenter.url}/v1/segments/regular", headers=OPS).json()
+               ["trend"]["history"]}
+    assert {row["day"]: row["sizes"].get("regular", 0) for row in over_time["days"]} == regular
+    last_week = httpx.get(f"{segmenter.url}/v1/segment-sizes", headers=OPS, params={"dimension": "persona", "days": 7})
+    assert [row["day"] for row in last_week.json()["days"]] == [d for d in days if d >= "2010-12-17"]
+    bad = httpx.get(f"{segmenter.url}/v1/segment-sizes", headers=OPS, params={"dimension": "colour"})
+    assert bad.status_code == 422 and "dimension" in bad.text
+
+
 def test_rules_and_bought_with_match_a_plain_count_of_the_same_baskets(
         pipeline: tuple[str, ServiceProcess], slice_sales: list[Sale]) -> None:
     _, segmenter = pipeline
