@@ -3,6 +3,7 @@
 
 import inspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -11,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import orjson
-from crm_shared.auth import Principal, require_role
+from crm_shared.auth import Principal, Role, require_role
 from crm_shared.events import Identifier, Sale
 from crm_shared.money import Money
 from crm_shared.web import HTTP_LATENCY, HTTP_REQUESTS, ApiError, field_errors, install_common, service_lifespan
@@ -23,11 +24,35 @@ from starlette.types import Receive, Scope, Send
 
 from pos_gateway import SERVICE_NAME
 from pos_gateway.domain import Refusal
+from pos_gateway.rate_limit import KeyRateLimiter, RateLimit
 from pos_gateway.store import Accepted, LedgerUnavailable
 
 log = logging.getLogger(__name__)
 
 DirectEndpoint = Callable[[Request], Coroutine[Any, Any, Response]]
+KeyCheck = Callable[[Request], Coroutine[Any, Any, Principal]]
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float, limit: RateLimit) -> None:
+        super().__init__("rate limit")
+        self.retry_after, self.limit = retry_after, limit
+
+
+def key_check(roles: tuple[Role, ...], limiter: KeyRateLimiter | None) -> KeyCheck:
+    """401 without a valid key, 403 for a role that may not, 429 when the key is over its rate."""
+    check_role = require_role(*roles)
+    if limiter is None:
+        return check_role
+
+    async def dependency(request: Request) -> Principal:
+        principal = await check_role(request)
+        wait = limiter.take(principal.key_id, time.monotonic())
+        if wait > 0:
+            raise RateLimited(wait, limiter.limit)
+        return principal
+
+    return dependency
 
 
 class SaleAccepted(BaseModel):
@@ -106,6 +131,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Body is not valid JSON", 401: "Missing or unknown API key", 403: "Key's role or store does not allow this",
         409: "Sale id already recorded with different contents", 413: "Body over the size limit",
         415: "Body is not application/json", 422: "A field is invalid (the response names it)",
+        429: "Too many requests with this key: `Retry-After` says when to try again",
         503: "Ledger unavailable: the sale was NOT recorded, retry"}.items()
 }
 
@@ -224,9 +250,20 @@ def create_app(gateway: Any) -> FastAPI:
     handlers = gateway.handlers
     install_common(app, service=SERVICE_NAME, readiness=gateway.readiness_checks())
 
-    # 401 without a valid key, 403 for a role that may not; checked before the body is read.
-    terminal = require_role("pos", "ops")
-    reader = require_role("pos", "ops")
+    limit = RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst)
+    limiter = KeyRateLimiter(limit) if limit.per_second > 0 else None
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+        body = {"error": "too_many_requests",
+                "detail": [{"field": "x-api-key", "reason": f"over {exc.limit.per_second:g} requests/s "
+                                                           f"(burst {exc.limit.burst}) for this key"}],
+                "limit": exc.limit.describe(), "retry_after_seconds": round(exc.retry_after, 3)}
+        return JSONResponse(body, status_code=429, headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+
+    # 401 without a valid key, 403 for a role that may not, 429 over the key's rate; before the body is read.
+    terminal = key_check(("pos", "ops"), limiter)
+    reader = key_check(("pos", "ops"), limiter)
     ingest = APIRouter(route_class=DirectRoute)  # the terminals' hot path
 
     @ingest.post("/v1/sales", status_code=202, tags=["sales"], summary="Record one sale or return",
@@ -281,7 +318,8 @@ def create_app(gateway: Any) -> FastAPI:
     app.direct_endpoints.update({("POST", "/v1/sales"): post_sale, ("POST", "/v1/sales/batch"): post_batch})
 
     @app.get("/v1/sales/{store_id}/{sale_id}", tags=["sales"], summary="A recorded sale, as the ledger holds it",
-             response_model=StoredSale, responses={404: {"model": ErrorResponse}, 401: ERRORS[401], 403: ERRORS[403]})
+             response_model=StoredSale,
+             responses={404: {"model": ErrorResponse}, 401: ERRORS[401], 403: ERRORS[403], 429: ERRORS[429]})
     async def get_sale(store_id: Annotated[Identifier, Path()], sale_id: Annotated[Identifier, Path()],
                        principal: Annotated[Principal, Depends(reader)]) -> Any:
         found = await handlers.get_sale(store_id, sale_id, principal)
@@ -293,7 +331,7 @@ def create_app(gateway: Any) -> FastAPI:
 
     @app.get("/v1/stats/live", tags=["stats"], response_model=LiveFigures,
              summary="Sales per store per hour and top SKUs over the last hours of event time",
-             responses={401: ERRORS[401], 403: ERRORS[403]})
+             responses={401: ERRORS[401], 403: ERRORS[403], 429: ERRORS[429]})
     async def live_stats(principal: Annotated[Principal, Depends(reader)],
                          store_id: Annotated[Identifier | None, Query()] = None,
                          hours: Annotated[int, Query(ge=1, le=168)] = settings.live_stats_window_hours,

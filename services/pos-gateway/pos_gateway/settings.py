@@ -40,5 +40,9 @@ class GatewaySettings(BaseSettings):
     live_stats_enabled: bool = True
     live_stats_window_hours: int = 24
     db_pool_size: int = 10
+    # Requests per API key and gateway process (token bucket; 0 = off). A batch is one request.
+    # Health, readiness and metrics are never limited.
+    rate_limit_per_second: float = Field(default=500.0, ge=0)
+    rate_limit_burst: int = Field(default=1000, ge=1)
     migrations_dir: str = Field(default_factory=lambda: migrations_dir_beside(__file__))
 
