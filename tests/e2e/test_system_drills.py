@@ -1,0 +1,383 @@
+"""Fault drills on the whole system: all five services, real sales, the real broker and database.
+
+Each drill replays the same real sales as an uninterrupted reference run, breaks something on the
+way, and then compares the final state of every service with the reference (`crm_shared.system`):
+
+- a consumer service SIGKILLed mid-replay and restarted, in turn;
+- the broker frozen (SIGSTOP) during ingestion through the gateway's HTTP API;
+- PostgreSQL restarted during a replay;
+- poison records on every consumed topic.
+
+Compared exactly (as multisets: a row applied twice is a difference): the gateway's ledger, profiles,
+purchases, points earned and reversed (which sale, which member, when), the segmenter's per-member
+figures, baskets and product days, stock, daily sales, needs, purchase orders and their lines. Left
+out are the columns two uninterrupted runs already disagree on (`ORDER_DEPENDENT` in the harness: the
+cross-partition event-time watermark, online-learned clusters). Offers depend on wall-clock timing
+(basket rules are published every 10 s of wall time; caps and consent lookups race with them), so for
+the notifier the drills check what must hold whatever the timing: every decided offer is on
+`marketing.offers.v1` under exactly one event id, and every sale was applied exactly once. For the same
+reason replenishment runs with `UNITS_PER_OFFER=0` in these drills (offers would make forecasts, hence
+purchase orders, depend on that timing).
+
+`make test` runs the reduced form (the December 2010 demo slice, two services killed, a 5 s freeze);
+`make drills` the full form (the first 6,000 invoices of the whole file, every consumer service killed,
+a 30 s freeze, PostgreSQL killed as well as stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from crm_shared.datasets.online_retail import load_sales
+from crm_shared.embedded import EmbeddedStack
+from crm_shared.events import Sale, SaleLine
+from crm_shared.kafka import make_producer
+from crm_shared.system import Snapshot, System
+from crm_shared.testing import REPO_ROOT, StackEndpoints, dataset, read_topic
+from crm_shared.topics import ALL_TOPICS, MARKETING_OFFERS, POS_SALES
+
+pytestmark = pytest.mark.e2e
+
+DEMO_SLICE = REPO_ROOT / "deploy" / "demo-data" / "online_retail_2010-12.csv.gz"
+FULL_SLICE_SALES = 6_000
+CONSUMER_BATCH = "100"  # small batches, so that a kill lands between two commits of one replay
+DRILL_ENV = {
+    "member_profile": {"MEMBER_PROFILE_CONSUMER_BATCH": CONSUMER_BATCH},
+    "segmenter": {"SEGMENTER_CONSUMER_BATCH": CONSUMER_BATCH},
+    "replenishment": {"REPLENISHMENT_CONSUMER_BATCH": CONSUMER_BATCH, "REPLENISHMENT_UNITS_PER_OFFER": "0"},
+    "notifier": {"NOTIFIER_CONSUMER_BATCH": CONSUMER_BATCH},
+    "pos_gateway": {"POS_GATEWAY_RELAY_IDLE_POLL_SECONDS": "0.1"},
+}
+SALES_CONSUMERS = ("member_profile", "segmenter", "replenishment", "notifier")
+
+
+@dataclass(frozen=True)
+class Drill:
+    """How big a drill is: `reduced` runs in `make test`, `full` in `make drills`."""
+
+    size: str
+    victims: tuple[str, ...]
+    freeze_seconds: float
+
+    def sales(self) -> list[Sale]:
+        if self.size == "reduced":
+            return load_sales(DEMO_SLICE)[0]
+        return load_sales(dataset("online_retail.csv.gz"))[0][:FULL_SLICE_SALES]
+
+
+REDUCED = Drill("reduced", ("member-profile", "replenishment"), 5.0)
+FULL = Drill("full", ("member-profile", "segmenter", "replenishment", "notifier"), 30.0)
+SIZES = [pytest.param(REDUCED, id="reduced"), pytest.param(FULL, id="full", marks=pytest.mark.slow)]
+
+
+def chunks(sales: Sequence[Sale], parts: int) -> list[list[Sale]]:
+    size = -(-len(sales) // parts)
+    return [list(sales[i:i + size]) for i in range(0, len(sales), size)]
+
+
+def prepared(endpoints: StackEndpoints, work: Path, sales: Sequence[Sale]) -> System:
+    """All five services, the catalog taken in, every member of the slice enrolled with consent."""
+    system = System.start(endpoints, work, extra_env=DRILL_ENV)
+    try:
+        system.publish_catalog(sales)
+        system.enrol(s.member_id for s in sales if s.member_id)
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+@dataclass
+class Reference:
+    sales: list[Sale]
+    system: System
+    snapshot: Snapshot
+
+
+@dataclass
+class References:
+    """One uninterrupted run per drill size, made on first use and shared by the drills of the module."""
+
+    endpoints: StackEndpoints
+    work: Path
+    made: dict[str, Reference] = field(default_factory=dict)
+
+    def get(self, drill: Drill) -> Reference:
+        if drill.size not in self.made:
+            sales = drill.sales()
+            system = prepared(self.endpoints, self.work / f"reference-{drill.size}", sales)
+            try:
+                system.replay_kafka(sales)
+                system.wait_until_quiet(timeout=600)
+                self.made[drill.size] = Reference(sales, system, system.snapshot())
+            except BaseException:
+                system.stop()
+                raise
+        return self.made[drill.size]
+
+    def close(self) -> None:
+        for reference in self.made.values():
+            reference.system.stop()
+
+
+@pytest.fixture(scope="module")
+def references(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[References]:
+    registry = References(crm_stack, tmp_path_factory.mktemp("references"))
+    yield registry
+    registry.close()
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[EmbeddedStack]:
+    """A stack of the drills' own: its broker is frozen and its PostgreSQL restarted, which the
+    session stack (shared by every other test) must never see."""
+    stack = EmbeddedStack.create(Path(tempfile.mkdtemp(prefix="crm-drill-stack-")) / "stack")
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def endpoints_of(stack: EmbeddedStack) -> StackEndpoints:
+    return StackEndpoints(stack.kafka.bootstrap, stack.postgres.url, stack.redis.url, stack)
+
+
+def assert_same_final_state(got: Snapshot, reference: Reference, what: str) -> None:
+    diff = got.comparable().describe(reference.snapshot.comparable())
+    assert diff == "identical", f"{what}: the final state differs from the uninterrupted run:\n{diff}"
+    for module in SALES_CONSUMERS:
+        applied = got.applied.get(module, {}).get(POS_SALES.name)
+        assert applied == len(reference.sales), f"{what}: {module} applied {applied} sales of {len(reference.sales)}"
+
+
+def assert_offers_published_once(system: System, snapshot: Snapshot, what: str) -> None:
+    """Every offer the notifier decided is on marketing.offers.v1, under one event id, and nothing else is."""
+    decided = set(snapshot.column("notifier.offers", "offer_id"))
+    assert decided, f"{what}: the notifier decided no offer at all; the offer check would prove nothing"
+    records = asyncio.run(read_topic(system.endpoints.kafka_bootstrap, MARKETING_OFFERS.qualified(system.prefix),
+                                     expected=len(decided), timeout=60, settle=2))
+    event_ids: dict[str, set[str]] = defaultdict(set)
+    for record in records:
+        event = orjson.loads(record.value)
+        event_ids[event["payload"]["offer_id"]].add(event["event_id"])
+    assert set(event_ids) == decided, (f"{what}: {len(decided - set(event_ids))} decided offers not published, "
+                                       f"{len(set(event_ids) - decided)} published offers not in the notifier")
+    twice = {offer: ids for offer, ids in event_ids.items() if len(ids) > 1}
+    assert not twice, f"{what}: offers published as two different events: {list(twice.items())[:3]}"
+
+
+def wait_for_new_applied(system: System, service: str, group_part: str, before: float, timeout: float = 60) -> float:
+    group = f"{system.prefix}{service}.{group_part}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        applied = system.counters().get(group, {}).get("applied", 0.0)
+        if applied > before:
+            return applied
+        time.sleep(0.03)
+    raise TimeoutError(f"{group} applied nothing new in {timeout:.0f} s:\n{system.services[service].tail()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGKILL each consumer service in turn, mid-replay
+
+
+@pytest.mark.parametrize("drill", SIZES)
+def test_each_consumer_service_killed_mid_replay_loses_nothing_and_applies_nothing_twice(
+        drill: Drill, references: References, crm_stack: StackEndpoints, tmp_path: Path) -> None:
+    reference = references.get(drill)
+    system = prepared(crm_stack, tmp_path / "killed", reference.sales)
+    kills: list[str] = []
+    try:
+        parts = chunks(reference.sales, len(drill.victims) + 1)
+        system.replay_kafka(parts[0])
+        published = len(parts[0])
+        for victim, part in zip(drill.victims, parts[1:], strict=True):
+            before = system.counters().get(f"{system.prefix}{victim}.sales", {}).get("applied", 0.0)
+            system.replay_kafka(part)
+            published += len(part)
+            applied = wait_for_new_applied(system, victim, "sales", before)
+            system.services[victim].kill()  # SIGKILL: no shutdown hook, no offset commit, no flush
+            kills.append(f"{victim} after {applied:.0f} of {published} sales published so far")
+            time.sleep(0.5)
+            system.services[victim].start(timeout=120)
+        system.wait_until_quiet(timeout=900)
+        snapshot = system.snapshot()
+        assert any(int(k.split(" after ")[1].split(" of ")[0]) < int(k.split(" of ")[1].split()[0]) for k in kills), (
+            f"every kill came after the victim had caught up; the drill proves nothing: {kills}")
+        assert_same_final_state(snapshot, reference, f"killed {kills}")
+        assert_offers_published_once(system, snapshot, f"killed {kills}")
+    finally:
+        system.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker frozen during ingestion through the gateway
+
+
+@pytest.mark.parametrize("drill", SIZES)
+def test_broker_down_during_ingestion_every_acknowledged_sale_reaches_every_service(
+        drill: Drill, references: References, own_stack: EmbeddedStack, tmp_path: Path) -> None:
+    reference = references.get(drill)
+    system = prepared(endpoints_of(own_stack), tmp_path / "broker-down", reference.sales)
+    broker = own_stack.kafka.process
+    assert broker is not None
+    try:
+        first, during, after = chunks(reference.sales, 3)
+        assert system.replay_http(first).accepted == len(first)
+        broker.send_signal(signal.SIGSTOP)  # the broker stops answering: no refusal, no error, silence
+        frozen_at = time.monotonic()
+        try:
+            outcome = system.replay_http(during)
+            ready = httpx.get(f"{system.url('pos-gateway')}/readyz", timeout=30)
+            remaining = drill.freeze_seconds - (time.monotonic() - frozen_at)
+            if remaining > 0:
+                time.sleep(remaining)
+        finally:
+            broker.send_signal(signal.SIGCONT)
+        frozen_for = time.monotonic() - frozen_at
+        assert outcome.accepted == len(during), f"the gateway refused sales while the broker was down: {outcome}"
+        assert ready.status_code == 503, f"/readyz said {ready.status_code} with the broker frozen: {ready.text}"
+        assert system.replay_http(after).accepted == len(after)
+        system.wait_until_quiet(timeout=900)
+        snapshot = system.snapshot()
+        assert snapshot.rows("pos_gateway.sales") == len(reference.sales)
+        assert_same_final_state(snapshot, reference, f"broker frozen {frozen_for:.0f} s")
+        assert_offers_published_once(system, snapshot, f"broker frozen {frozen_for:.0f} s")
+    finally:
+        if broker.poll() is None:
+            broker.send_signal(signal.SIGCONT)
+        system.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL restarted during a replay
+
+
+@pytest.mark.parametrize("drill", SIZES)
+def test_postgresql_restarted_during_replay_services_reconnect_and_lose_nothing(
+        drill: Drill, references: References, own_stack: EmbeddedStack, tmp_path: Path) -> None:
+    reference = references.get(drill)
+    system = prepared(endpoints_of(own_stack), tmp_path / "pg-restart", reference.sales)
+    try:
+        parts = chunks(reference.sales, 3 if drill.size == "reduced" else 4)
+        system.replay_kafka(parts[0])
+        before = system.counters().get(f"{system.prefix}member-profile.sales", {}).get("applied", 0.0)
+        system.replay_kafka(parts[1])
+        wait_for_new_applied(system, "member-profile", "sales", before)
+        own_stack.postgres.stop()  # fast shutdown: every connection of every service is cut
+        time.sleep(2)
+        own_stack.postgres.start()
+        system.replay_kafka(parts[2])
+        if drill.size == "full":  # and a crash (SIGKILL of the postmaster: recovery from the WAL)
+            own_stack.postgres.kill()
+            time.sleep(2)
+            own_stack.postgres.start()
+            system.replay_kafka(parts[3])
+        system.wait_until_quiet(timeout=900)
+        for name, process in system.services.items():
+            assert process.alive, f"{name} died instead of reconnecting:\n{process.tail()}"
+            ready = httpx.get(f"{process.url}/readyz", timeout=10)
+            assert ready.status_code == 200, f"{name} not ready after PostgreSQL came back: {ready.text}"
+        snapshot = system.snapshot()
+        assert_same_final_state(snapshot, reference, "PostgreSQL restarted")
+        assert_offers_published_once(system, snapshot, "PostgreSQL restarted")
+    finally:
+        system.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Poison on every consumed topic
+
+
+def consumed_topics(system: System) -> dict[str, list[str]]:
+    """Topic (unprefixed) -> the consumer groups (prefixed) that read it."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for spec in system.specs:
+        for group, topics in spec.consumer_groups:
+            for topic in topics:
+                out[topic].append(system.prefix + group)
+    return out
+
+
+POISON = (b"\x00\x01 not json at all", b'{"event_id": "not-a-uuid", "payload": {}}')
+
+
+def test_poison_on_every_consumed_topic_lands_in_its_dlq_with_a_reason_and_consumers_go_on(
+        references: References) -> None:
+    reference = references.get(REDUCED)
+    system = reference.system
+    readers = consumed_topics(system)
+    canary = Sale(sale_id="poison-canary-1", store_id="or-drill", terminal_id="t1", member_id="drill-canary",
+                  occurred_at=datetime(2010, 12, 23, 18, 0, tzinfo=UTC), currency="GBP",
+                  lines=[SaleLine(sku="85123A", description="WHITE HANGING HEART T-LIGHT HOLDER", quantity=2,
+                                  unit_price=Decimal("2.55"))])
+
+    async def inject() -> None:
+        producer = make_producer(system.endpoints.kafka_bootstrap, client_id="drill-poison")
+        await producer.start()
+        try:
+            for topic in readers:
+                for poison in POISON:
+                    await producer.send_and_wait(f"{system.prefix}{topic}", poison, key=b"drill-poison")
+        finally:
+            await producer.stop()
+
+    asyncio.run(inject())
+    system.replay_kafka([canary])  # after the poison, on the busiest topic: the consumers must go on
+    system.wait_until_quiet(timeout=120)
+
+    missing: list[str] = []
+    for topic, groups in sorted(readers.items()):
+        dlq = next(t for t in ALL_TOPICS if t.name == topic).dlq(system.prefix)
+        records = asyncio.run(read_topic(system.endpoints.kafka_bootstrap, dlq, expected=len(groups) * len(POISON),
+                                         timeout=30, settle=1))
+        by_group: dict[str, list[dict[str, bytes]]] = defaultdict(list)
+        for record in records:
+            headers = dict(record.headers or ())
+            by_group[headers.get("dlq.consumer", b"?").decode()].append(headers)
+            assert record.value in POISON, f"{dlq} holds a record that is not the poison, altered or not ours"
+            assert headers.get("dlq.reason"), f"{dlq}: a record without a reason"
+            assert headers.get("dlq.source", b"").startswith(f"{system.prefix}{topic}/".encode())
+        missing += [f"{group} on {topic}: {len(by_group.get(group, []))} of {len(POISON)}" for group in groups
+                    if len(by_group.get(group, [])) != len(POISON)]
+    assert not missing, "poison not dead-lettered exactly once per consumer group: " + "; ".join(missing)
+
+    profile = httpx.get(f"{system.url('member-profile')}/v1/members/drill-canary/profile",
+                        headers={"x-api-key": "dev-ops"}, timeout=10)
+    assert profile.status_code == 200 and profile.json()["frequency"] == 1, profile.text
+    stock = httpx.get(f"{system.url('replenishment')}/v1/stock/or-drill/85123A", headers={"x-api-key": "dev-ops"},
+                      timeout=10)
+    assert stock.status_code == 200 and stock.json()["sold"] == 2, stock.text
+    after = system.snapshot()
+    for module in SALES_CONSUMERS:
+        assert after.applied[module][POS_SALES.name] == len(reference.sales) + 1, f"{module}: {after.applied[module]}"
+
+
+@pytest.mark.slow
+def test_two_uninterrupted_runs_agree_on_the_compared_state(references: References, crm_stack: StackEndpoints,
+                                                            tmp_path: Path) -> None:
+    """The harness's own check: what the drills compare does not differ between two clean runs (else a
+    drill could fail, or pass, by chance)."""
+    reference = references.get(REDUCED)
+    system = prepared(crm_stack, tmp_path / "second", reference.sales)
+    try:
+        system.replay_kafka(reference.sales)
+        system.wait_until_quiet(timeout=600)
+        snapshot = system.snapshot()
+        assert_same_final_state(snapshot, reference, "a second clean run")
+        assert snapshot.rows("replenishment.purchase_orders") > 0, "no purchase order raised: nothing compared there"
+        assert snapshot.rows("member_profile.points_ledger") > 0
+    finally:
+        system.stop()
+
