@@ -243,6 +243,129 @@ def check_service_folders(compose: dict, folders: list[Path]) -> list[str]:
     return problems
 
 
+EDGE_CONFIG = REPO / "deploy" / "edge" / "nginx.conf"
+
+
+def consumer_services() -> dict[str, int]:
+    """Compose name -> port of every service with consumer groups (crm_shared/services.py)."""
+    from crm_shared.services import SERVICES
+
+    return {spec.name: spec.port for spec in SERVICES if spec.consumer_groups}
+
+
+def is_app(svc: dict) -> bool:
+    return "build" in svc and not is_one_shot(svc)
+
+
+def check_scalable(compose: dict) -> list[str]:
+    """A consumer must be able to run several replicas (`--scale`): no fixed container name, no
+    fixed host port (the edge publishes the ports), nothing pinning it to one replica."""
+    problems = []
+    svcs = services_of(compose)
+    for name in consumer_services():
+        svc = svcs.get(name)
+        if svc is None:
+            continue  # check_service_folders reports a missing block
+        if "container_name" in svc:
+            problems.append(f"{name}: container_name {svc['container_name']!r} blocks --scale")
+        if published_ports(svc):
+            problems.append(f"{name}: publishes host ports {published_ports(svc)}, which blocks --scale; the edge publishes them")
+        mode = (svc.get("deploy") or {}).get("mode")
+        if mode == "global":
+            problems.append(f"{name}: deploy.mode global")
+    return problems
+
+
+def check_resource_limits(compose: dict) -> list[str]:
+    problems = []
+    for name, svc in services_of(compose).items():
+        limits = ((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        for what in ("cpus", "memory"):
+            if not limits.get(what):
+                problems.append(f"{name}: no deploy.resources.limits.{what}")
+    return problems
+
+
+def dockerfile_env(path: Path | None) -> dict[str, str]:
+    if path is None or not path.is_file():
+        return {}
+    env: dict[str, str] = {}
+    for instr, args in dockerfile_instructions(path.read_text(encoding="utf-8")):
+        if instr == "ENV":
+            for key, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", args):
+                env[key] = value
+    return env
+
+
+def check_listens_on_all_interfaces(compose: dict) -> list[str]:
+    """Settings default to 127.0.0.1: in a container that is unreachable from the edge and the other
+    services. `<PREFIX>_HOST` must be 0.0.0.0, from the compose env or the image's ENV."""
+    problems = []
+    for name, svc in services_of(compose).items():
+        if not is_app(svc):
+            continue
+        var = name.replace("-", "_").upper() + "_HOST"
+        host = environment(svc).get(var) or dockerfile_env(dockerfile_path(svc)).get(var)
+        if host != "0.0.0.0":
+            problems.append(f"{name}: {var} is {host!r}, so the service listens on loopback only")
+    return problems
+
+
+def check_migrations_run_once(compose: dict) -> list[str]:
+    """A service with a schema waits for a one-shot that migrates it, so replicas never race."""
+    problems = []
+    svcs = services_of(compose)
+    for name, svc in svcs.items():
+        if not is_app(svc):
+            continue
+        folder = SERVICES_DIR / name
+        if not (folder / "migrations").is_dir():
+            continue
+        module = name.replace("-", "_")
+        migrators = [target for target, condition in depends_on(svc).items()
+                     if condition == "service_completed_successfully" and target in svcs
+                     and re.search(rf"\b{module} migrate\b", " ".join(map(str, svcs[target].get("command") or [])))]
+        if not migrators:
+            problems.append(f"{name}: no one-shot `python -m {module} migrate` it waits for")
+    return problems
+
+
+def edge_routes(config: str) -> dict[int, str]:
+    """Port -> `service:port` it proxies to, from the edge's nginx.conf."""
+    routes = {}
+    for listen, upstream in re.findall(r"listen\s+(\d+);[^}]*?set\s+\$upstream\s+([\w.-]+:\d+);", config):
+        routes[int(listen)] = upstream
+    return routes
+
+
+def check_edge(compose: dict, config: str) -> list[str]:
+    svcs = services_of(compose)
+    edge = svcs.get("edge")
+    if edge is None:
+        return ["no edge service in front of the app services"]
+    problems = []
+    routes = edge_routes(config)
+    published = {port for port, _ in published_ports(edge)}
+    for name, port in consumer_services().items():
+        if name not in svcs:
+            continue
+        if routes.get(port) != f"{name}:{port}":
+            problems.append(f"edge: port {port} does not proxy to {name}:{port} (nginx.conf has {routes.get(port)!r})")
+        if port not in published:
+            problems.append(f"edge: does not publish {name}'s port {port}")
+    for port, upstream in routes.items():
+        if upstream.split(":")[0] not in svcs:
+            problems.append(f"edge: port {port} proxies to {upstream}, not a compose service")
+    if "resolver 127.0.0.11" not in config:
+        problems.append("edge: no Docker DNS resolver, so new replicas are never seen")
+    if not re.search(r"^\s*access_log\s+off;", config, re.M):
+        problems.append("edge: access log on (URLs carry member ids and lookup phone numbers/e-mails)")
+    volume_sources = [str(v).split(":")[0] for v in edge.get("volumes") or []]
+    if "./deploy/edge/nginx.conf" not in volume_sources:
+        problems.append("edge: does not mount ./deploy/edge/nginx.conf")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------
 # Dockerfiles
 # ---------------------------------------------------------------------------------------------
@@ -333,8 +456,38 @@ def test_app_services_run_production_with_keys_from_host(compose):
 
 
 def test_host_ports_do_not_clash(compose):
-    assert published_ports(services_of(compose)["pos-gateway"]) == [(8001, "tcp")]
+    assert (8001, "tcp") in published_ports(services_of(compose)["edge"])
     assert check_port_clashes(compose) == []
+
+
+def test_every_consumer_can_run_several_replicas(compose):
+    assert set(consumer_services()) >= {"pos-gateway", "member-profile", "segmenter", "replenishment", "notifier"}
+    assert check_scalable(compose) == []
+
+
+def test_every_service_has_resource_limits(compose):
+    assert check_resource_limits(compose) == []
+
+
+def test_app_services_listen_on_all_interfaces(compose):
+    assert check_listens_on_all_interfaces(compose) == []
+
+
+def test_migrations_run_once_before_the_replicas(compose):
+    assert check_migrations_run_once(compose) == []
+
+
+def test_the_edge_proxies_every_service_to_all_its_replicas(compose):
+    assert check_edge(compose, EDGE_CONFIG.read_text(encoding="utf-8")) == []
+
+
+def test_scaling_is_documented():
+    text = (REPO / "deploy" / "scaling.md").read_text(encoding="utf-8")
+    from crm_shared.topics import ALL_TOPICS
+
+    missing = [t.name for t in ALL_TOPICS if t.has_dlq and f"`{t.name}`" not in text]
+    missing += [name for name in consumer_services() if f"**{name}**" not in text]
+    assert missing == [], "deploy/scaling.md does not cover these topics/services"
 
 
 def test_depends_on_targets_exist(compose):
@@ -421,6 +574,38 @@ def _no_gateway_block(c):
     del c["services"]["pos-gateway"]
 
 
+def _fixed_port(c):
+    c["services"]["member-profile"]["ports"] = ["8002:8002"]
+
+
+def _container_name(c):
+    c["services"]["notifier"]["container_name"] = "crm-notifier"
+
+
+def _no_limits(c):
+    del c["services"]["redis"]["deploy"]
+
+
+def _loopback(c):
+    env = dict(c["services"]["notifier"]["environment"])
+    env["NOTIFIER_HOST"] = "127.0.0.1"
+    c["services"]["notifier"]["environment"] = env
+
+
+def _no_migrate_job(c):
+    deps = dict(c["services"]["replenishment"]["depends_on"])
+    del deps["replenishment-migrate"]
+    c["services"]["replenishment"]["depends_on"] = deps
+
+
+def _no_edge(c):
+    del c["services"]["edge"]
+
+
+def _edge_publishes_less(c):
+    c["services"]["edge"]["ports"] = ["8001-8004:8001-8004"]
+
+
 @pytest.mark.parametrize(
     ("breakage", "check"),
     [
@@ -435,6 +620,13 @@ def _no_gateway_block(c):
         (_auto_create, check_kafka_kraft),
         (_no_image, check_build_or_image),
         (_no_gateway_block, lambda c: check_service_folders(c, service_folders())),
+        (_fixed_port, check_scalable),
+        (_container_name, check_scalable),
+        (_no_limits, check_resource_limits),
+        (_loopback, check_listens_on_all_interfaces),
+        (_no_migrate_job, check_migrations_run_once),
+        (_no_edge, lambda c: check_edge(c, EDGE_CONFIG.read_text(encoding="utf-8"))),
+        (_edge_publishes_less, lambda c: check_edge(c, EDGE_CONFIG.read_text(encoding="utf-8"))),
     ],
     ids=lambda v: getattr(v, "__name__", "check").lstrip("_"),
 )
@@ -442,6 +634,22 @@ def test_checks_catch_a_broken_compose(compose, breakage, check):
     broken = copy.deepcopy(compose)
     breakage(broken)
     assert check(broken), f"{breakage.__name__} went unnoticed"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace("set $upstream notifier:8005;", "set $upstream notifier:8099;"),
+        lambda t: t.replace("resolver 127.0.0.11", "resolver 8.8.8.8"),
+        lambda t: t.replace("access_log off;", "access_log /var/log/nginx/access.log;"),
+    ],
+    ids=["wrong-upstream", "no-docker-dns", "access-log"],
+)
+def test_edge_check_catches_a_broken_config(compose, edit):
+    text = EDGE_CONFIG.read_text(encoding="utf-8")
+    broken = edit(text)
+    assert broken != text, "the edit did not apply: update this self-test"
+    assert check_edge(compose, broken)
 
 
 @pytest.mark.parametrize(
