@@ -223,7 +223,12 @@ def demo(file: Annotated[Path, typer.Option(help="sales file to replay")] = DEMO
             _print_segments(runtime.services["segmenter"].url)
         if "replenishment" in runtime.services:
             _print_orders(runtime.services["replenishment"].url)
+        if "notifier" in runtime.services:
+            _wait_for_lag_zero(runtime.settings(), timeout=60)  # segment and tier events reach the notifier last
+            _print_offers(runtime.services["notifier"].url)
         echo(f"\nLook at: {gateway}/docs  ·  {gateway}/v1/stats/live (X-API-Key: dev-ops)  ·  crm status")
+        if "ops-console" in runtime.services:
+            echo(f"Ops console: {runtime.services['ops-console'].url}/?key=dev-ops  (the key is kept in a cookie)")
         if not exit_after_replay:
             echo("The system keeps running; Ctrl-C stops it.")
             runtime.supervise(stop)
@@ -280,6 +285,31 @@ def _print_orders(replenishment: str) -> None:
     for order in orders[:3]:
         echo(f"  {order.get('po_id')}  {order.get('supplier_id')} → {order.get('store_id')}  "
              f"{len(order.get('lines', []))} lines  {order.get('status')}")
+
+
+def _print_offers(notifier: str) -> None:
+    headers = {"x-api-key": "dev-marketing"}
+    try:
+        campaigns = httpx.get(f"{notifier}/v1/campaigns", headers=headers, timeout=10).json()["campaigns"]
+        reports = [httpx.get(f"{notifier}/v1/campaigns/{c['campaign_id']}/report", headers=headers, timeout=10).json()
+                   for c in campaigns]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        echo(f"\nOffers: the notifier did not answer ({exc!r})")
+        return
+    sent = sum(int(r["sent"]) for r in reports)
+    withheld = sum(int(r["withheld"]) for r in reports)
+    suppressed: dict[str, int] = {}
+    for report in reports:
+        for reason, count in report["suppressed"].items():
+            suppressed[reason] = suppressed.get(reason, 0) + int(count)
+    echo(f"\nOffers ({len(campaigns)} campaigns): {sent:,} sent, {withheld:,} withheld (control group), "
+         f"{sum(suppressed.values()):,} suppressed")
+    for reason, count in sorted(suppressed.items(), key=lambda kv: (-kv[1], kv[0])):
+        echo(f"  suppressed: {reason:<18} {count:>7,}")
+    for campaign, report in zip(campaigns, reports, strict=True):
+        uplift = "not measurable yet" if report.get("uplift") is None else f"uplift {100 * report['uplift']:+.1f} pts"
+        echo(f"  {campaign['campaign_id']:<24} {report['sent']:>6,} sent  {report['withheld']:>5,} withheld  "
+             f"{report['suppressed_total']:>7,} suppressed  {uplift}")
 
 
 def _load_env(state_dir: Path) -> dict[str, Any]:

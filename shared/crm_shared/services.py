@@ -46,6 +46,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
                                                ("notifier.erasures", ("member.erased.v1",)),
                                                ("notifier.rules", ("analytics.associations.v1",)),
                                                ("notifier.low-stock", ("inventory.low_stock.v1",)))),
+    ServiceSpec("ops-console", "ops_console", 8006),
 )
 
 
