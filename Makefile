@@ -10,6 +10,12 @@ SERVICE_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard services/*/pyproject.to
 .PHONY: install demo up test test-unit test-all bench drills lint clean
 
 $(STAMP): constraints.txt shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+# The ops console's browser test drives Debian's chromium (a browser download does not work here).
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "note: /usr/bin/chromium is missing (apt-get install chromium as root); the ops console's browser test needs it"; fi; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e "shared[test]" $(addprefix -e ,$(SERVICE_DIRS))
