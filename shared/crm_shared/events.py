@@ -54,6 +54,8 @@ class SaleLine(BaseModel):
     quantity: int = Field(strict=True, gt=0, le=MAX_QUANTITY, description="Units sold (or returned); always positive")
     unit_price: Money = Field(description="Price of one unit, a decimal string with at most 4 decimals; may be 0")
     discount: Money = Field(default=Decimal("0"), description="Discount on the whole line, a decimal string")
+    offer_code: Identifier | None = Field(default=None, description="An offer id the customer presented for this line "
+                                                                     "(marketing.offers.v1), when the till scanned one")
 
     @field_validator("unit_price")
     @classmethod
@@ -187,6 +189,28 @@ class MemberErased(BaseModel):
     requested_by: str = Field(description="Key id (a hash) of the ops key that asked; never a name")
 
 
+ContactChannel = Literal["email", "sms", "push", "phone"]
+
+
+class MemberContactability(BaseModel):
+    """Payload of `member.consents.v1` (compacted, key = member id): who may be contacted, on which
+    channel, as member-profile holds it after every enrolment, consent change, edit and erasure.
+
+    Only what a marketing service needs to decide whether and when to contact: consent per channel,
+    the home store, and the birthday as month-day (never the year, never a name or address)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member_id: Identifier
+    as_of: AwareDatetime = Field(description="When member-profile recorded the change (wall clock of the desk)")
+    enrolled: bool = Field(description="False once erased; a card seen at a till without enrolment has no record")
+    consents: dict[ContactChannel, bool] = Field(default_factory=dict, description="Current consent per channel")
+    home_store: Identifier | None = None
+    birthday: Annotated[str, StringConstraints(pattern=r"^(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")] | None = Field(
+        default=None, description="Month and day only (MM-DD), for birthday offers")
+    erased: bool = False
+
+
 class TierChanged(BaseModel):
     """Payload of `member.tier_changed.v1`: an upgrade or a downgrade, evaluated in event time."""
 
@@ -245,6 +269,12 @@ def member_event(payload: BaseModel, *, event_type: str, member_id: str, occurre
                        occurred_at=occurred_at, source=source, key=member_id, payload=payload)
 
 
+def contactability_event(payload: MemberContactability, *, source: str = "member-profile") -> Envelope[Any]:
+    """`member.consents.v1` record: every change is its own fact (a consent given twice is two events)."""
+    return AnyEnvelope(event_id=uuid.uuid4(), event_type="MemberContactability", schema_version=1,
+                       occurred_at=payload.as_of, source=source, key=payload.member_id, payload=payload)
+
+
 # --- the product catalog ------------------------------------------------------------------------
 
 class Product(BaseModel):
@@ -268,6 +298,8 @@ class Product(BaseModel):
     min_order_quantity: int | None = Field(default=None, ge=1, le=1_000_000)
     lead_time_days: int | None = Field(default=None, ge=0, le=365)
     shelf_capacity: int | None = Field(default=None, ge=1, le=10_000_000)
+    launched_at: AwareDatetime | None = Field(default=None, description="First day on sale, for a new arrival; "
+                                                                        "absent for the standing range")
 
 
 def product_listed(product: Product, *, source: str, occurred_at: datetime) -> Envelope[Product]:

@@ -5,6 +5,7 @@ Same envelope as every other event (`crm_shared.events.Envelope`); version 1 of 
 | topic                 | payload        | key       | event_type                      |
 |-----------------------|----------------|-----------|---------------------------------|
 | marketing.offers.v1   | `OfferIssued`  | member_id | OfferIssued / OfferWithheld     |
+| marketing.offer_webhooks.dlq | `OfferDeliveryFailed` | offer_id | OfferDeliveryFailed |
 
 A control-group member gets an `OfferWithheld` record (`withheld=true`, no text): nothing is sent,
 but the record is there so that redemptions of treated and control members can be compared.
@@ -21,7 +22,8 @@ from crm_shared.events import EVENT_NAMESPACE, PRINTABLE, AnyEnvelope, Envelope,
 from crm_shared.money import Money
 
 OfferChannel = Literal["email", "sms", "push"]
-TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out"]
+TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out", "birthday", "after_sale",
+                      "new_arrival"]
 MARKETING_SCHEMA_VERSION = 1
 
 
@@ -72,3 +74,23 @@ def offer_event(offer: OfferIssued) -> Envelope[Any]:
 
 
 OfferPublished = Envelope[OfferIssued]
+
+
+class OfferDeliveryFailed(BaseModel):
+    """Payload of `marketing.offer_webhooks.dlq`: an offer the marketing tool's webhook never accepted
+    after every retry. The offer is still on `marketing.offers.v1`; this says the tool did not get it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    offer_id: Identifier
+    member_id: Identifier
+    attempts: int = Field(ge=1)
+    last_error: Annotated[str, StringConstraints(max_length=500)]
+    failed_at: AwareDatetime = Field(description="Wall clock of the last attempt")
+    body: str = Field(description="The JSON body that was offered to the webhook (the offer's event)")
+
+
+def delivery_failed_event(failure: OfferDeliveryFailed) -> Envelope[Any]:
+    return AnyEnvelope(event_id=uuid.uuid5(EVENT_NAMESPACE, f"offer-webhook-failed/{failure.offer_id}"),
+                       event_type="OfferDeliveryFailed", schema_version=MARKETING_SCHEMA_VERSION,
+                       occurred_at=failure.failed_at, source="notifier", key=failure.offer_id, payload=failure)

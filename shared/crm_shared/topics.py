@@ -28,6 +28,8 @@ class Topic:
 POS_SALES = Topic("pos.sales.v1", "Every sale and return from a store terminal; key = member id, or store id for anonymous sales")
 MEMBER_PROFILES = Topic("member.profiles.v1", "360-degree member profiles, latest per member", compacted=True)
 MEMBER_ERASED = Topic("member.erased.v1", "A member asked to be forgotten; every service erases personal data")
+MEMBER_CONSENTS = Topic("member.consents.v1", "Consent per channel, home store and birthday (MM-DD); latest per member",
+                        compacted=True)
 MEMBER_TIER_CHANGED = Topic("member.tier_changed.v1", "Loyalty tier upgrades and downgrades")
 MEMBER_SEGMENTS = Topic("member.segments.v1", "Segment and persona changes per member")
 ANALYTICS_ASSOCIATIONS = Topic("analytics.associations.v1", "Market-basket association rules when the top rules change")
@@ -37,6 +39,8 @@ INVENTORY_LOW_STOCK = Topic("inventory.low_stock.v1", "SKUs with low days of cov
 SUPPLIER_REORDERS = Topic("supplier.reorders.v1", "Purchase orders raised for suppliers")
 SUPPLIER_ACKS = Topic("supplier.acks.v1", "Supplier acknowledgements of purchase orders")
 MARKETING_OFFERS = Topic("marketing.offers.v1", "Personalised offers (and withheld control records)")
+MARKETING_OFFER_WEBHOOKS_DLQ = Topic("marketing.offer_webhooks.dlq",
+                                     "Offers the marketing tool's webhook refused after every retry", has_dlq=False)
 
 # Never written to: its absence tells a producer that the broker was restarted empty (the embedded
 # broker is memory-only, and it acknowledges writes to topics it no longer has).
@@ -48,6 +52,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     MEMBER_PROFILES,
     MEMBER_ERASED,
     MEMBER_TIER_CHANGED,
+    MEMBER_CONSENTS,
     MEMBER_SEGMENTS,
     ANALYTICS_ASSOCIATIONS,
     CATALOG_PRODUCTS,
@@ -56,6 +61,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     SUPPLIER_REORDERS,
     SUPPLIER_ACKS,
     MARKETING_OFFERS,
+    MARKETING_OFFER_WEBHOOKS_DLQ,
 )
 
 

@@ -10,9 +10,17 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.auth import Principal
-from crm_shared.events import Envelope, MemberErased, MemberProfileUpdated, Sale, member_event
+from crm_shared.events import (
+    Envelope,
+    MemberContactability,
+    MemberErased,
+    MemberProfileUpdated,
+    Sale,
+    contactability_event,
+    member_event,
+)
 from crm_shared.outbox import add_events
-from crm_shared.topics import MEMBER_ERASED, MEMBER_PROFILES, MEMBER_TIER_CHANGED
+from crm_shared.topics import MEMBER_CONSENTS, MEMBER_ERASED, MEMBER_PROFILES, MEMBER_TIER_CHANGED
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -192,6 +200,7 @@ class MemberHandlers:
         self.clock = clock
         self.erased_topic = MEMBER_ERASED.qualified(topic_prefix)
         self.profiles_topic = MEMBER_PROFILES.qualified(topic_prefix)
+        self.consents_topic = MEMBER_CONSENTS.qualified(topic_prefix)
         self.wake_relay = wake_relay or (lambda: None)
         self.call_list_sigmas = call_list_sigmas
 
@@ -211,9 +220,11 @@ class MemberHandlers:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(store.members).values(member_id=member_id, enrolled_at=now, **details))
                 await self._record_consents(conn, member_id, enrolment.consents, now)
+                await self._publish_contactability(conn, member_id, now)
         except IntegrityError as exc:
             field = next((f for name, f in UNIQUE_FIELDS.items() if name in str(exc.orig)), "member_id")
             raise MemberRefusal(409, "conflict", field, f"another member already has this {field}") from exc
+        self.wake_relay()
         return await self.member(member_id, principal)
 
     async def update(self, member_id: str, details: ContactDetails, principal: Principal) -> dict[str, Any]:
@@ -237,6 +248,9 @@ class MemberHandlers:
                 except IntegrityError as exc:
                     field = next((f for name, f in UNIQUE_FIELDS.items() if name in str(exc.orig)), "member_id")
                     raise MemberRefusal(409, "conflict", field, f"another member already has this {field}") from exc
+                if {"birth_date", "home_store"} & changes.keys():
+                    await self._publish_contactability(conn, member_id, self.clock())
+        self.wake_relay()
         return await self.member(member_id, principal)
 
     async def set_consent(self, member_id: str, consent: ConsentGiven, principal: Principal) -> dict[str, Any]:
@@ -248,7 +262,10 @@ class MemberHandlers:
                 raise MemberRefusal(404, "not_found", "member_id", f"no enrolled member {member_id!r}")
             self._check_store(principal, record["home_store"])
             await self._record_consents(conn, member_id, [consent], self.clock())
-            return await store.current_consents(conn, member_id)
+            await self._publish_contactability(conn, member_id, self.clock())
+            current = await store.current_consents(conn, member_id)
+        self.wake_relay()
+        return current
 
     async def _record_consents(self, conn: AsyncConnection, member_id: str, given: list[ConsentGiven],
                                now: datetime) -> None:
@@ -256,6 +273,21 @@ class MemberHandlers:
             await conn.execute(insert(store.consents), [
                 {"member_id": member_id, "channel": c.channel, "granted": c.granted, "given_at": consent_time(c, now),
                  "source": c.source} for c in given])
+
+    async def _publish_contactability(self, conn: AsyncConnection, member_id: str, now: datetime) -> None:
+        """`member.consents.v1`: the member's consent per channel, home store and birthday (MM-DD),
+        in the same transaction as the change, so a marketing service never contacts on stale consent."""
+        record = await store.member_record(conn, member_id)
+        enrolled = record is not None and record["erased_at"] is None
+        consents = {channel: bool(entry["granted"]) for channel, entry in
+                    (await store.current_consents(conn, member_id)).items()} if enrolled else {}
+        birth = record["birth_date"] if enrolled and record is not None else None
+        payload = MemberContactability(
+            member_id=member_id, as_of=now, enrolled=enrolled, consents=consents,
+            home_store=record["home_store"] if enrolled and record is not None else None,
+            birthday=birth.strftime("%m-%d") if birth is not None else None,
+            erased=record is not None and record["erased_at"] is not None)
+        await add_events(conn, store.outbox, self.consents_topic, [contactability_event(payload, source=SERVICE_NAME)])
 
     async def member(self, member_id: str, principal: Principal) -> dict[str, Any]:
         async with self.engine.connect() as conn:
@@ -296,6 +328,7 @@ class MemberHandlers:
                                                       set_={**personal, "erased_at": now, "updated_at": func.now()}))
             await conn.execute(store.consents.delete().where(store.consents.c.member_id == member_id))
             await conn.execute(store.member_segments.delete().where(store.member_segments.c.member_id == member_id))
+            await self._publish_contactability(conn, member_id, now)
             payload = MemberErased(member_id=member_id, erased_at=now, requested_by=principal.key_id)
             await add_events(conn, store.outbox, self.erased_topic, [member_event(
                 payload, event_type="MemberErased", member_id=member_id, occurred_at=now, source=SERVICE_NAME,

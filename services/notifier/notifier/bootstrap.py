@@ -11,15 +11,16 @@ from crm_shared.consumer import IdempotentConsumer
 from crm_shared.db import make_engine
 from crm_shared.outbox import OutboxRelay, relay_for
 from crm_shared.settings import CommonSettings
+from crm_shared.topics import MARKETING_OFFER_WEBHOOKS_DLQ
 from crm_shared.web import database_check
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier import SERVICE_NAME
-from notifier.consents import ConsentBook
 from notifier.handlers import NotifierHandlers
 from notifier.settings import NotifierSettings
 from notifier.store import outbox
 from notifier.stream import consumers
+from notifier.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,12 @@ class NotifierService:
     handlers: NotifierHandlers
     consumers: list[IdempotentConsumer[Any]]
     relay: OutboxRelay
-    consents: ConsentBook
+    webhooks: WebhookSender
 
     async def start(self) -> None:
         await self.handlers.restore()
         self.relay.start()
+        self.webhooks.start()
         if self.settings.consumer_enabled:
             for consumer in self.consumers:
                 consumer.start()
@@ -45,8 +47,8 @@ class NotifierService:
     async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
+        await self.webhooks.stop()
         await self.relay.stop()
-        await self.consents.close()
         await self.engine.dispose()
 
     def readiness_checks(self) -> dict[str, Any]:
@@ -56,12 +58,17 @@ class NotifierService:
 def build(common: CommonSettings | None = None, settings: NotifierSettings | None = None) -> NotifierService:
     common = common or CommonSettings()
     settings = settings or NotifierSettings()
+    if common.env == "production":
+        for name in ("pseudonym_key", "webhook_secret"):
+            if getattr(settings, name).startswith("dev-"):
+                raise ValueError(f"NOTIFIER_{name.upper()} must be set to a real secret in production")
     engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
     prefix = common.topic_prefix
     relay = relay_for(common, engine, outbox, service=SERVICE_NAME, lock_id=0x4E4F5446,
                       idle_poll=settings.relay_idle_poll_seconds)
-    consents = ConsentBook(settings.member_profile_url, settings.member_profile_key, ttl=settings.consent_cache_seconds,
-                           timeout=settings.consent_timeout_seconds)
-    handlers = NotifierHandlers(engine, settings, consents, topic_prefix=prefix, wake_relay=relay.wake)
+    webhooks = WebhookSender(engine, settings, dlq_topic=MARKETING_OFFER_WEBHOOKS_DLQ.qualified(prefix),
+                             wake_relay=relay.wake)
+    handlers = NotifierHandlers(engine, settings, topic_prefix=prefix, wake_relay=relay.wake,
+                                wake_webhooks=webhooks.wake)
     return NotifierService(common, settings, KeyRing.from_settings(common.api_keys, common.env), engine, handlers,
-                           consumers(common, engine, handlers, batch=settings.consumer_batch), relay, consents)
+                           consumers(common, engine, handlers, batch=settings.consumer_batch), relay, webhooks)

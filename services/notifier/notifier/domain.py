@@ -4,11 +4,12 @@ the control group, and what a campaign's report says. No I/O, no clock: every ti
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -16,19 +17,27 @@ from zoneinfo import ZoneInfo
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 OfferChannel = Literal["email", "sms", "push"]
-TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out"]
-TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out")
-DEFAULT_TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome")
+TriggerKind = Literal["cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out", "birthday", "after_sale",
+                      "new_arrival"]
+TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "run_out", "birthday",
+                                     "after_sale", "new_arrival")
+DEFAULT_TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "tier_upgrade", "welcome", "birthday",
+                                             "new_arrival")
+# Settings a running (or stopped) campaign keeps: changing them would move members between arms or
+# change what was measured mid-flight. A new campaign id is a new experiment.
+FROZEN_ONCE_STARTED = ("trigger", "control_share", "channel")
 CampaignStatus = Literal["draft", "running", "stopped"]
 TIER_RANK = {"member": 0, "silver": 1, "gold": 2, "vip": 3}
 PLACEHOLDERS = frozenset({"member_id", "product", "products", "discount", "valid_to", "store"})
 
 # Why an offer was not sent; every one is counted per campaign.
 SuppressionReason = Literal["erased", "not_running", "outside_schedule", "not_targeted", "budget_exhausted", "duplicate",
-                            "low_stock", "no_consent", "consent_unknown", "quiet_hours", "daily_cap", "weekly_cap"]
+                            "low_stock", "no_consent", "quiet_hours", "daily_cap", "weekly_cap"]
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120, pattern=r"^[^\x00-\x1f\x7f]*$")]
 Label = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
+CategoryName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120,
+                                                pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class CampaignDefinition(BaseModel):
@@ -55,6 +64,18 @@ class CampaignDefinition(BaseModel):
     ends_at: AwareDatetime | None = None
     min_confidence: float = Field(default=0.0, ge=0, le=1, description="Cross-sell: weakest rule confidence used")
     min_lift: float = Field(default=1.0, ge=0, le=1e6, description="Cross-sell: weakest rule lift used")
+    categories: list[CategoryName] = Field(default_factory=list, max_length=100, validate_default=True,
+                                           description="after_sale: purchases of these catalog categories are followed "
+                                                       "up (required); new_arrival: only new products of these "
+                                                       "categories (empty = any)")
+    delay_days: int = Field(default=3, ge=0, le=90, description="after_sale: days of event time after the purchase")
+
+    @field_validator("categories")
+    @classmethod
+    def _after_sale_needs_categories(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("trigger") == "after_sale" and not value:
+            raise ValueError("an after_sale campaign names the categories whose purchases it follows up")
+        return value
 
     @field_validator("template")
     @classmethod
@@ -276,12 +297,21 @@ def targeted(definition: CampaignDefinition, member: MemberFacts, store_id: str 
     return not (definition.stores and store not in definition.stores)
 
 
-def decide(proposal: Proposal, campaign: Campaign, member: MemberFacts, *, consent: bool | None,
+def is_same_offer(past: PastOffer, proposal: Proposal) -> bool:
+    """The same products offered again while an earlier offer is valid, from any campaign (two campaigns
+    must not both push the same beer); product-less offers (welcome, wake-up) repeat per campaign only."""
+    if past.products and proposal.products:
+        return past.products == proposal.products
+    return past.campaign_id == proposal.campaign_id and past.products == proposal.products
+
+
+def decide(proposal: Proposal, campaign: Campaign, member: MemberFacts, *, consent: bool,
            history: Sequence[PastOffer], low_stock: frozenset[str], policy: Policy) -> Decision:
     """Every guard, in order; the first that stops the offer names the reason. Passing all of them,
     the member's control-group side decides between sending and withholding.
 
-    `consent`: True/False for the campaign's channel, None when it could not be learned (treated as no)."""
+    `consent`: the member's consent for the campaign's channel, as member-profile last published it
+    (not enrolled or never asked = False)."""
     definition = campaign.definition
     at = proposal.at
     if member.erased:
@@ -295,21 +325,21 @@ def decide(proposal: Proposal, campaign: Campaign, member: MemberFacts, *, conse
         return Decision("suppress", "not_targeted")
     if definition.budget is not None and campaign.sent >= definition.budget:
         return Decision("suppress", "budget_exhausted")
-    if any(p.campaign_id == proposal.campaign_id and p.products == proposal.products and p.valid_to > at
-           for p in history):
+    window_end = at + timedelta(days=definition.validity_days)
+    if any(is_same_offer(p, proposal) and p.issued_at < window_end and at < p.valid_to for p in history):
         return Decision("suppress", "duplicate")
     if low_stock & set(proposal.products):
         return Decision("suppress", "low_stock")
-    if consent is None:
-        return Decision("suppress", "consent_unknown")
     if not consent:
         return Decision("suppress", "no_consent")
     if in_quiet_hours(local_time(at, proposal.store_id or member.preferred_store, policy), policy):
         return Decision("suppress", "quiet_hours")
-    sent = [p.issued_at for p in history if not p.withheld and p.issued_at <= at]
-    if sum(1 for t in sent if at - t < timedelta(days=1)) >= policy.daily_cap:
+    # Sends on either side of this one: a late trigger (a segment change that arrives after later
+    # sales) must not squeeze a third message into a day that already has two.
+    sent = [p.issued_at for p in history if not p.withheld]
+    if sum(1 for t in sent if abs(at - t) < timedelta(days=1)) >= policy.daily_cap:
         return Decision("suppress", "daily_cap")
-    if sum(1 for t in sent if at - t < timedelta(days=7)) >= policy.weekly_cap:
+    if sum(1 for t in sent if abs(at - t) < timedelta(days=7)) >= policy.weekly_cap:
         return Decision("suppress", "weekly_cap")
     if in_control_group(proposal.member_id, proposal.campaign_id, definition.control_share):
         return Decision("withhold")
@@ -357,15 +387,69 @@ class Uplift:
     incremental_revenue: Decimal | None
 
 
+Z95 = 1.959963984540054
+
+
+def wilson(converted: int, members: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of one proportion: stays inside [0, 1] and is not empty at 0 or n."""
+    p = converted / members
+    denominator = 1 + z * z / members
+    centre = (p + z * z / (2 * members)) / denominator
+    half = z * math.sqrt(p * (1 - p) / members + z * z / (4 * members * members)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def uplift(treated: Arm, control: Arm) -> Uplift:
-    """Difference of conversion rates with a normal-approximation 95% interval (Wald, unpooled), and
-    the revenue the treated group brought beyond what the control rate predicts."""
+    """Difference of conversion rates with a 95% interval by Newcombe's hybrid score method (method 10,
+    from two Wilson intervals: well-behaved at 0% and 100% conversion and with small arms, where the
+    Wald interval collapses to a point), and the revenue the treated group brought beyond what the
+    control's revenue per member predicts."""
     pt, pc = treated.rate, control.rate
     if pt is None or pc is None:
         return Uplift(pt, pc, None, None, None)
     diff = pt - pc
-    se = math.sqrt(pt * (1 - pt) / treated.members + pc * (1 - pc) / control.members)
+    lt, ut = wilson(treated.converted, treated.members)
+    lc, uc = wilson(control.converted, control.members)
+    low = diff - math.sqrt((pt - lt) ** 2 + (uc - pc) ** 2)
+    high = diff + math.sqrt((ut - pt) ** 2 + (pc - lc) ** 2)
     per_treated = treated.revenue / treated.members
     per_control = control.revenue / control.members
     incremental = ((per_treated - per_control) * treated.members).quantize(Decimal("0.01"))
-    return Uplift(pt, pc, diff, (diff - 1.96 * se, diff + 1.96 * se), incremental)
+    return Uplift(pt, pc, diff, (low, high), incremental)
+
+
+# --- birthdays, webhooks ----------------------------------------------------------------------
+
+def birthdays_on(day: date) -> set[str]:
+    """The MM-DD birthdays celebrated on `day`: 29 February ones on the 28th in a common year."""
+    keys = {day.strftime("%m-%d")}
+    if day.month == 2 and day.day == 28 and not _leap(day.year):
+        keys.add("02-29")
+    return keys
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+def days_entered(previous: date | None, today: date, *, most: int = 7) -> list[date]:
+    """Days the event-time clock entered since `previous` (the first clock reading enters only today;
+    a jump of months is not replayed as months of birthdays: the last `most` days at most)."""
+    if previous is None:
+        return [today]
+    if today <= previous:
+        return []
+    span = min((today - previous).days, most)
+    return [today - timedelta(days=n) for n in range(span - 1, -1, -1)]
+
+
+def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:
+    """`sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>." + body): the receiver recomputes it and
+    refuses old timestamps (replay)."""
+    digest = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return "sha256=" + digest
+
+
+def retry_delay(attempts: int, *, base_seconds: float, cap_seconds: float) -> float:
+    """Exponential backoff after the `attempts`-th failure: base, 2x base, 4x base … at most cap."""
+    return float(min(cap_seconds, base_seconds * 2 ** max(0, attempts - 1)))

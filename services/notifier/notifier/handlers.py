@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from crm_shared.events import (
     AssociationRulesChanged,
     Envelope,
+    MemberContactability,
     MemberErased,
     MemberProfileUpdated,
     MemberSegmentChanged,
+    Product,
     Sale,
     TierChanged,
 )
 from crm_shared.marketing_events import OfferIssued, OfferReason, offer_event
 from crm_shared.outbox import add_events
-from crm_shared.supply_events import LowStock
+from crm_shared.serde import encode
+from crm_shared.supply_events import GoodsReceipt, LowStock
 from crm_shared.topics import MARKETING_OFFERS
+from crm_shared.web import ApiError
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier import domain, store
-from notifier.consents import ConsentBook
 from notifier.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
@@ -52,15 +58,28 @@ DEFAULT_CAMPAIGNS: dict[str, dict[str, Any]] = {
     "run_out": {"name": "Run-out reminder", "trigger": "run_out", "channel": "push",
                 "template": "Running low on {product}? {discount}% off it until {valid_to}.",
                 "discount_percent": "5", "validity_days": 5},
+    "birthday": {"name": "Happy birthday", "trigger": "birthday", "channel": "email",
+                 "template": "Happy birthday! {discount}% off your next shop until {valid_to}.",
+                 "discount_percent": "15", "validity_days": 14},
+    "new_arrival": {"name": "New arrival for you", "trigger": "new_arrival", "channel": "push",
+                    "template": "New in, picked for your taste: {product}. {discount}% off until {valid_to}.",
+                    "discount_percent": "10", "validity_days": 10},
 }
+# after_sale has no default campaign: a marketer names the categories worth a follow-up.
+SCHEDULED_TRIGGERS = ("after_sale", "new_arrival")
 
 
 def default_campaign_id(trigger: str) -> str:
     return "auto-" + trigger.replace("_", "-")
 
 
-def pseudonym(member_id: str) -> str:
-    return "erased-" + hashlib.sha256(member_id.encode()).hexdigest()[:16]
+def pseudonym(member_id: str, key: str) -> str:
+    """A keyed hash: member ids are short and enumerable, so a plain hash of one could be reversed."""
+    return "erased-" + hmac.new(key.encode(), member_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def identity_uuid(source_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"crm:{source_id}"))
 
 
 def campaign_of(row: dict[str, Any]) -> domain.Campaign:
@@ -74,47 +93,82 @@ def rules_of(documents: list[dict[str, Any]]) -> list[domain.Rule]:
 
 
 class NotifierHandlers:
-    def __init__(self, engine: AsyncEngine, settings: NotifierSettings, consents: ConsentBook, *, topic_prefix: str,
-                 wake_relay: Callable[[], None]) -> None:
+    def __init__(self, engine: AsyncEngine, settings: NotifierSettings, *, topic_prefix: str,
+                 wake_relay: Callable[[], None], wake_webhooks: Callable[[], None] = lambda: None) -> None:
         self.engine = engine
         self.settings = settings
-        self.consents = consents
         self.offers_topic = MARKETING_OFFERS.qualified(topic_prefix)
         self.wake_relay = wake_relay
+        self.wake_webhooks = wake_webhooks
         self.policy = settings.policy()
         self.enabled = settings.enabled_triggers
         self.rules_by_scope: dict[str, list[domain.Rule]] = {}
+        self.rule_windows: dict[str, datetime] = {}
+        self.calendar_zone = ZoneInfo(settings.default_time_zone)
+        # Campaign definitions change seldom and are read by every batch: held here for a moment (a
+        # change made through another replica's API shows within `campaign_cache_seconds`).
+        self._campaigns: tuple[float, list[domain.Campaign]] = (0.0, [])
 
     async def restore(self) -> None:
         async with self.engine.begin() as conn:
             if self.settings.seed_campaigns:
-                for trigger in sorted(self.enabled):
+                for trigger in sorted(self.enabled & DEFAULT_CAMPAIGNS.keys()):
                     await store.seed_campaign(conn, default_campaign_id(trigger), DEFAULT_CAMPAIGNS[trigger])
-            self.rules_by_scope = {scope: rules_of(docs) for scope, docs in (await store.load_rules(conn)).items()}
+            await self._refresh_rules(conn)
 
-    # --- sales: redemptions, then cross-sell ----------------------------------------------------
+    # --- sales: offers from the sale, follow-ups due by its time, then redemptions ---------------
 
     async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> int:
-        sales = sorted((e for e in events if e.payload.member_id is not None and e.payload.kind == "sale"),
-                       key=lambda e: e.payload.occurred_at)
-        if not sales:
+        """One batch of sales, in event-time order: cross-sell, run-out, after-sale scheduling; the
+        follow-ups (after-sale care, new arrivals, birthdays) whose time the batch's clock reached;
+        every proposal through the guards at once; then redemptions (so an offer made by one sale is
+        redeemed by a later sale of the same batch) and returns that undo them."""
+        ordered = sorted(events, key=lambda e: e.payload.occurred_at)
+        if not ordered:
             return 0
-        member_ids = sorted({e.payload.member_id for e in sales if e.payload.member_id})
-        # every member of the batch at once, in id order: the run-out and cross-sell passes below lock
-        # subsets again (re-entrant), so no two transactions take them in crossing orders
+        clock = ordered[-1].payload.occurred_at
+        sales = [e for e in ordered if e.payload.member_id is not None and e.payload.kind == "sale"]
+        returns = [e for e in ordered if e.payload.member_id is not None and e.payload.kind == "return"]
+        campaigns = await self._running_all(conn)
+        proposals: list[domain.Proposal] = []
+        # follow-ups first: they may name members outside this batch, and every member is locked at once
+        proposals += await self._due_follow_ups(conn, clock, campaigns)
+        proposals += await self._birthdays(conn, clock, campaigns.get("birthday", []))
+        run_out = "run_out" in self.enabled and bool(sales)
+        lead = timedelta(days=self.settings.run_out_lead_days)
+        due_elsewhere = ({r["member_id"] for r in await store.due_rhythms(conn, clock, lead,
+                                                                          self.settings.run_out_min_purchases)}
+                         if run_out else set())
+        member_ids = sorted({e.payload.member_id or "" for e in sales + returns} | {p.member_id for p in proposals}
+                            | due_elsewhere)
         await store.lock_members(conn, member_ids)
-        await self._redeem(conn, sales, member_ids)
-        issued = 0
-        if "run_out" in self.enabled:
-            issued += await self._run_out(conn, sales)
-        if "cross_sell" not in self.enabled:
-            return issued
-        campaigns = await self._running(conn, "cross_sell")
+        if run_out:
+            proposals += await self._run_out(conn, sales, campaigns.get("run_out", []), locked=set(member_ids))
+        if "after_sale" in self.enabled and campaigns.get("after_sale") and sales:
+            await self._schedule_after_sale(conn, sales, campaigns["after_sale"])
+        if "cross_sell" in self.enabled and campaigns.get("cross_sell") and sales:
+            await self._refresh_rules(conn)
+            proposals += self._cross_sell(sales, campaigns["cross_sell"])
+        issued = await self._issue(conn, proposals)
+        # every sale may carry offer codes (a forwarded code redeems at an anonymous till too)
+        redeeming = [e for e in ordered if e.payload.kind == "sale" and (
+            e.payload.member_id is not None or any(line.offer_code for line in e.payload.lines))]
+        if redeeming:
+            await self._redeem(conn, redeeming)
+        if returns:
+            await store.undo_redemptions(conn, [(e.payload.member_id or "", e.payload.original_sale_id,
+                                                 [line.sku for line in e.payload.lines])
+                                                for e in returns if e.payload.original_sale_id])
+        return issued
+
+    def _cross_sell(self, sales: list[Envelope[Sale]], campaigns: list[domain.Campaign]) -> list[domain.Proposal]:
         proposals = []
         for event in sales:
             sale = event.payload
             bought = [line.sku for line in sale.lines]
             scope, rules = domain.rules_for_store(self.rules_by_scope, sale.store_id)
+            if not rules:
+                continue
             for campaign in campaigns:
                 rule = domain.cross_sell(bought, rules, min_confidence=campaign.definition.min_confidence,
                                          min_lift=campaign.definition.min_lift)
@@ -125,9 +179,10 @@ class NotifierHandlers:
                 proposals.append(domain.Proposal(campaign.campaign_id, sale.member_id or "", "cross_sell",
                                                  (rule.consequent,), sale.store_id, sale.occurred_at, detail,
                                                  str(event.event_id), rule=rule, rule_scope=scope))
-        return issued + await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
+        return proposals
 
-    async def _run_out(self, conn: AsyncConnection, sales: list[Envelope[Sale]]) -> int:
+    async def _run_out(self, conn: AsyncConnection, sales: list[Envelope[Sale]], campaigns: list[domain.Campaign], *,
+                       locked: set[str]) -> list[domain.Proposal]:
         """Keep each member's rhythm per product; remind before the predicted re-purchase, in event time."""
         pairs = sorted({(e.payload.member_id or "", line.sku) for e in sales for line in e.payload.lines})
         held = await store.load_rhythms(conn, pairs)
@@ -143,10 +198,10 @@ class NotifierHandlers:
              "reminded_for": r.reminded_for} for (m, k), r in rhythms.items()])
         clock = sales[-1].payload.occurred_at
         lead = timedelta(days=self.settings.run_out_lead_days)
-        due = await store.due_rhythms(conn, clock, lead, self.settings.run_out_min_purchases)
-        if not due:
-            return 0
-        campaigns = await self._running(conn, "run_out")
+        # members whose reminder is due were locked with the batch's (a rhythm that became due since is
+        # another consumer's, or the next batch's, to remind)
+        due = [r for r in await store.due_rhythms(conn, clock, lead, self.settings.run_out_min_purchases)
+               if r["member_id"] in locked]
         proposals, reminded = [], []
         for row in due:
             rhythm = domain.Rhythm(int(row["purchases"]), row["first_at"], row["last_at"], row["reminded_for"])
@@ -155,25 +210,108 @@ class NotifierHandlers:
             due_at = rhythm.due_at
             assert due_at is not None
             reminded.append((row["member_id"], row["sku"], due_at))
-            identity = uuid.uuid5(uuid.NAMESPACE_URL, f"crm:run-out/{row['member_id']}/{row['sku']}/{due_at.isoformat()}")
+            identity = identity_uuid(f"run-out/{row['member_id']}/{row['sku']}/{due_at.isoformat()}")
             proposals.extend(domain.Proposal(
                 c.campaign_id, row["member_id"], "run_out", (row["sku"],), None, clock,
                 f"bought {rhythm.purchases} times, every {rhythm.mean_interval}; next due {due_at.isoformat()}"[:500],
-                str(identity)) for c in campaigns)
+                identity) for c in campaigns)
         await store.mark_reminded(conn, reminded)
-        return await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
+        return proposals
 
-    async def _redeem(self, conn: AsyncConnection, sales: list[Envelope[Sale]], member_ids: list[str]) -> None:
+    async def _schedule_after_sale(self, conn: AsyncConnection, sales: list[Envelope[Sale]],
+                                   campaigns: list[domain.Campaign]) -> None:
+        """A purchase in a followed-up category schedules care `delay_days` later in event time."""
+        catalog = await store.categories_of(conn, [line.sku for e in sales for line in e.payload.lines])
+        rows = []
+        for event in sales:
+            for line in event.payload.lines:
+                category = (catalog.get(line.sku) or {}).get("category")
+                for campaign in campaigns:
+                    if category and category in campaign.definition.categories:
+                        rows.append({"source_id": f"after-sale/{campaign.campaign_id}/{event.event_id}/{line.sku}"[:200],
+                                     "trigger": "after_sale", "campaign_id": campaign.campaign_id,
+                                     "member_id": event.payload.member_id, "sku": line.sku,
+                                     "store_id": event.payload.store_id,
+                                     "due_at": event.payload.occurred_at + timedelta(days=campaign.definition.delay_days),
+                                     "detail": f"bought {line.sku} ({category}) on "
+                                               f"{event.payload.occurred_at.date().isoformat()}"[:500]})
+        await store.schedule(conn, rows)
+
+    async def _due_follow_ups(self, conn: AsyncConnection, clock: datetime,
+                              campaigns: dict[str, list[domain.Campaign]]) -> list[domain.Proposal]:
+        """After-sale care and new arrivals whose event time has come."""
+        due = await store.due_scheduled(conn, clock)
+        if not due:
+            return []
+        proposals: list[domain.Proposal] = []
+        launches = [row for row in due if row["trigger"] == "new_arrival"]
+        catalog = await store.categories_of(conn, [row["sku"] for row in launches])
+        for row in due:
+            identity = identity_uuid(row["source_id"])
+            if row["trigger"] == "after_sale":
+                for campaign in campaigns.get("after_sale", []):
+                    if campaign.campaign_id == row["campaign_id"]:
+                        proposals.append(domain.Proposal(campaign.campaign_id, row["member_id"], "after_sale",
+                                                         (row["sku"],), row["store_id"], clock, row["detail"], identity))
+            elif row["trigger"] == "new_arrival":
+                product = catalog.get(row["sku"]) or {}
+                for campaign in campaigns.get("new_arrival", []):
+                    wanted = campaign.definition.categories
+                    if wanted and product.get("category") not in wanted:
+                        continue
+                    for member_id in await store.members_with_habit(
+                            conn, category=product.get("category"), brand=product.get("brand"),
+                            limit=self.settings.new_arrival_max_members):
+                        proposals.append(domain.Proposal(
+                            campaign.campaign_id, member_id, "new_arrival", (row["sku"],), None, clock,
+                            row["detail"], identity))
+        await store.mark_fired(conn, [row["source_id"] for row in due], clock)
+        return proposals
+
+    async def _birthdays(self, conn: AsyncConnection, clock: datetime,
+                         campaigns: list[domain.Campaign]) -> list[domain.Proposal]:
+        """When event time enters a new calendar day, the members whose birthday it is."""
+        if "birthday" not in self.enabled or not campaigns:
+            return []
+        today = clock.astimezone(self.calendar_zone).date()
+        previous = await store.clock(conn, "calendar_day")
+        if previous is not None and today <= previous.astimezone(self.calendar_zone).date():
+            return []
+        previous = await store.advance_clock(conn, "calendar_day", clock)  # locks the row: one consumer per day
+        days = domain.days_entered(None if previous is None else previous.astimezone(self.calendar_zone).date(), today)
+        proposals = []
+        for day in days:
+            for row in await store.birthdays(conn, sorted(domain.birthdays_on(day)),
+                                             limit=self.settings.birthday_max_members):
+                identity = identity_uuid(f"birthday/{row['member_id']}/{day.isoformat()}")
+                proposals.extend(domain.Proposal(c.campaign_id, row["member_id"], "birthday",
+                                                 tuple(c.definition.products), row["home_store"], clock,
+                                                 f"birthday on {day.isoformat()}", identity) for c in campaigns)
+        return proposals
+
+    async def _redeem(self, conn: AsyncConnection, sales: list[Envelope[Sale]]) -> None:
+        """A sale redeems an offer by its code on a line (any member: a forwarded code still counts), or
+        by buying an offered product (any purchase for product-less offers) inside the window."""
+        member_ids = sorted({e.payload.member_id for e in sales if e.payload.member_id})
         earliest = sales[0].payload.occurred_at
         skus = {line.sku for event in sales for line in event.payload.lines}
+        codes = sorted({line.offer_code for event in sales for line in event.payload.lines if line.offer_code})
+        by_code = {o["offer_id"]: o for o in await store.offers_by_code(conn, codes)}
         open_offers = await store.open_offers(conn, member_ids, earliest, sorted(skus))
         by_member: dict[str, list[dict[str, Any]]] = {}
         for offer in open_offers:
-            by_member.setdefault(offer["member_id"], []).append(offer)
-        redeemed: list[tuple[str, datetime, Decimal]] = []
+            by_member.setdefault(offer["member_id"], []).append(by_code.get(offer["offer_id"], offer))
+        redeemed: list[dict[str, Any]] = []
         for event in sales:
             sale = event.payload
-            for offer in by_member.get(sale.member_id or "", []):
+            for line in sale.lines:
+                offer = by_code.get(line.offer_code or "")
+                if offer is not None and not offer.get("redeemed") and offer["issued_at"] < sale.occurred_at <= offer["valid_to"]:
+                    offer["redeemed"] = True
+                    revenue = sum((x.net for x in sale.lines if x.offer_code == line.offer_code), Decimal("0"))
+                    redeemed.append({"offer_id": offer["offer_id"], "redeemed_at": sale.occurred_at,
+                                     "redeemed_revenue": revenue, "redeemed_by": sale.sale_id, "redeemed_by_code": True})
+            for offer in by_member.get(sale.member_id, []) if sale.member_id else []:
                 if offer.get("redeemed"):
                     continue
                 products = list(offer["products"])
@@ -182,40 +320,45 @@ class NotifierHandlers:
                     revenue = (sum((line.net for line in sale.lines if line.sku in products), Decimal("0"))
                                if products else sale.total)
                     offer["redeemed"] = True
-                    redeemed.append((offer["offer_id"], sale.occurred_at, revenue))
+                    redeemed.append({"offer_id": offer["offer_id"], "redeemed_at": sale.occurred_at,
+                                     "redeemed_revenue": revenue, "redeemed_by": sale.sale_id,
+                                     "redeemed_by_code": False})
         await store.mark_redeemed(conn, redeemed)
+        for row in redeemed:
+            REDEMPTIONS.labels("code" if row["redeemed_by_code"] else "purchase").inc()
 
     # --- member events ---------------------------------------------------------------------------
 
     async def apply_segments(self, conn: AsyncConnection, events: list[Envelope[MemberSegmentChanged]]) -> int:
         ordered = sorted(events, key=lambda e: e.payload.as_of)
-        for event in ordered:
-            change = event.payload
-            await store.set_segments(conn, change.member_id, sorted(set(change.current.values())), change.as_of)
+        await store.lock_members(conn, sorted({e.payload.member_id for e in ordered}))
+        await store.set_segments(conn, [{"member_id": e.payload.member_id, "segments": sorted(set(e.payload.current.values())),
+                                         "segments_as_of": e.payload.as_of} for e in ordered])
         if "dormant_wakeup" not in self.enabled:
             return 0
-        campaigns = await self._running(conn, "dormant_wakeup")
+        campaigns = (await self._running_all(conn)).get("dormant_wakeup", [])
         proposals = [
             domain.Proposal(c.campaign_id, e.payload.member_id, "dormant_wakeup", tuple(c.definition.products), None,
                             e.payload.as_of, f"persona {e.payload.old} -> dormant: {e.payload.reason}"[:500],
                             str(e.event_id), segment="dormant")
             for e in ordered if domain.is_dormant_transition(e.payload.dimension, e.payload.old, e.payload.new)
             for c in campaigns]
-        return await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
+        return await self._issue(conn, proposals)
 
     async def apply_tiers(self, conn: AsyncConnection, events: list[Envelope[TierChanged]]) -> int:
         ordered = sorted(events, key=lambda e: e.payload.effective_at)
-        for event in ordered:
-            await store.set_tier(conn, event.payload.member_id, event.payload.new_tier, event.payload.effective_at)
+        await store.lock_members(conn, sorted({e.payload.member_id for e in ordered}))
+        await store.set_tiers(conn, [{"member_id": e.payload.member_id, "tier": e.payload.new_tier,
+                                      "tier_as_of": e.payload.effective_at} for e in ordered])
         if "tier_upgrade" not in self.enabled:
             return 0
-        campaigns = await self._running(conn, "tier_upgrade")
+        campaigns = (await self._running_all(conn)).get("tier_upgrade", [])
         proposals = [
             domain.Proposal(c.campaign_id, e.payload.member_id, "tier_upgrade", tuple(c.definition.products), None,
                             e.payload.effective_at, f"tier {e.payload.old_tier} -> {e.payload.new_tier}",
                             str(e.event_id), segment=e.payload.new_tier)
             for e in ordered if domain.is_upgrade(e.payload.old_tier, e.payload.new_tier) for c in campaigns]
-        return await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
+        return await self._issue(conn, proposals)
 
     async def apply_profiles(self, conn: AsyncConnection, events: list[Envelope[MemberProfileUpdated]]) -> int:
         latest: dict[str, Envelope[MemberProfileUpdated]] = {}
@@ -223,27 +366,42 @@ class NotifierHandlers:
         for event in sorted(events, key=lambda e: e.payload.as_of):
             latest[event.payload.member_id] = event
             first.setdefault(event.payload.member_id, event)
+        await store.lock_members(conn, sorted(latest))
         known = await store.load_members(conn, sorted(latest))
-        newcomers = [e for m, e in first.items() if domain.is_first_profile(m in known, e.payload.frequency)]
-        await store.upsert_members(conn, [
+        # welcome once: the first profile the notifier sees of a member with at most one visit (a segment
+        # or tier event that arrived first made a row, but no profile); never for one the batch says is erased
+        newcomers = [e for m, e in first.items()
+                     if domain.is_first_profile(bool(known.get(m, {}).get("profile_seen")), e.payload.frequency)
+                     and not latest[m].payload.erased]
+        await store.upsert_profiles(conn, [
             {"member_id": m, "tier": e.payload.tier, "preferred_store": e.payload.preferred_store,
-             "segments": [], "first_seen_at": first[m].payload.as_of}
+             "categories": sorted(e.payload.categories)[:20], "brands": sorted(e.payload.brands)[:20],
+             "segments": [], "first_seen_at": first[m].payload.as_of, "profile_as_of": e.payload.as_of}
             for m, e in latest.items() if not e.payload.erased])
         if "welcome" not in self.enabled or not newcomers:
             return 0
-        campaigns = await self._running(conn, "welcome")
+        campaigns = (await self._running_all(conn)).get("welcome", [])
         proposals = [
             domain.Proposal(c.campaign_id, e.payload.member_id, "welcome", tuple(c.definition.products),
                             e.payload.preferred_store, e.payload.as_of, "first profile of a new member",
                             str(e.event_id)) for e in newcomers for c in campaigns]
-        return await self._issue(conn, proposals, {c.campaign_id: c for c in campaigns})
+        return await self._issue(conn, proposals)
+
+    async def apply_contacts(self, conn: AsyncConnection, events: list[Envelope[MemberContactability]]) -> None:
+        """Consent per channel, home store and birthday from member-profile (`member.consents.v1`)."""
+        await store.upsert_contacts(conn, [
+            {"member_id": e.payload.member_id, "enrolled": e.payload.enrolled and not e.payload.erased,
+             "consents": {k: bool(v) for k, v in e.payload.consents.items()} if not e.payload.erased else {},
+             "home_store": e.payload.home_store, "birthday": e.payload.birthday, "as_of": e.payload.as_of}
+            for e in events])
 
     async def apply_erasures(self, conn: AsyncConnection, events: list[Envelope[MemberErased]]) -> None:
+        await store.lock_members(conn, sorted({e.payload.member_id for e in events}))
         for event in events:
-            await store.erase(conn, event.payload.member_id, event.payload.erased_at, pseudonym(event.payload.member_id))
-            self.consents.forget(event.payload.member_id)
+            await store.erase(conn, event.payload.member_id, event.payload.erased_at,
+                              pseudonym(event.payload.member_id, self.settings.pseudonym_key))
 
-    # --- rules and stock ---------------------------------------------------------------------------
+    # --- rules, catalog and stock ------------------------------------------------------------------
 
     async def apply_rules(self, conn: AsyncConnection, events: list[Envelope[AssociationRulesChanged]]) -> bool:
         changed = False
@@ -256,31 +414,71 @@ class NotifierHandlers:
     async def after_rules(self, changed: bool) -> None:
         if changed:
             async with self.engine.connect() as conn:
-                loaded = await store.load_rules(conn)
-            self.rules_by_scope = {scope: rules_of(docs) for scope, docs in loaded.items()}
+                await self._refresh_rules(conn)
+
+    async def _refresh_rules(self, conn: AsyncConnection) -> None:
+        """The rules another replica's consumer stored since this one loaded them (one small query:
+        each scope's window end; the rules themselves only when one moved)."""
+        windows = await store.rule_windows(conn)
+        if windows != self.rule_windows:
+            self.rules_by_scope = {scope: rules_of(docs) for scope, docs in (await store.load_rules(conn)).items()}
+            self.rule_windows = windows
+
+    async def apply_catalog(self, conn: AsyncConnection, events: list[Envelope[Product]]) -> None:
+        """Category and brand per SKU (after-sale care, new arrivals); a product with `launched_at` is a
+        new arrival, offered when event time reaches its launch to members with that category or brand."""
+        await store.upsert_products(conn, [{"sku": e.payload.sku, "category": e.payload.category,
+                                            "brand": e.payload.brand, "launched_at": e.payload.launched_at}
+                                           for e in events])
+        if "new_arrival" in self.enabled:
+            await store.schedule(conn, [
+                {"source_id": f"new-arrival/{e.payload.sku}/{e.payload.launched_at.isoformat()}"[:200],
+                 "trigger": "new_arrival", "campaign_id": None, "member_id": None, "sku": e.payload.sku,
+                 "store_id": None, "due_at": e.payload.launched_at,
+                 "detail": f"new {e.payload.category or 'product'}"
+                           f"{' by ' + e.payload.brand if e.payload.brand else ''}: {e.payload.sku}"[:500]}
+                for e in events if e.payload.launched_at is not None])
 
     async def apply_low_stock(self, conn: AsyncConnection, events: list[Envelope[LowStock]]) -> None:
         await store.save_low_stock(conn, [{"store_id": e.payload.store_id, "sku": e.payload.sku, "as_of": e.payload.as_of,
                                            "days_of_cover": e.payload.days_of_cover} for e in events])
 
+    async def apply_receipts(self, conn: AsyncConnection, events: list[Envelope[GoodsReceipt]]) -> None:
+        """Goods received at a store: the SKUs' low-stock holds there end (back in stock)."""
+        await store.clear_low_stock(conn, [(e.payload.store_id, line.sku, e.payload.received_at)
+                                           for e in events for line in e.payload.lines])
+
     async def after_offers(self, issued: int) -> None:
         if issued:
             self.wake_relay()
+            self.wake_webhooks()
 
     # --- the guards, for every trigger ------------------------------------------------------------
 
-    async def _running(self, conn: AsyncConnection, trigger: str) -> list[domain.Campaign]:
-        rows = await store.load_campaigns(conn)
-        return [campaign_of(r) for r in rows if r["status"] == "running" and r["definition"]["trigger"] == trigger]
+    async def _running_all(self, conn: AsyncConnection) -> dict[str, list[domain.Campaign]]:
+        """Running campaigns by trigger (held `campaign_cache_seconds`; budgets are read fresh in `_issue`)."""
+        expires, held = self._campaigns
+        if time.monotonic() >= expires:
+            held = [campaign_of(r) for r in await store.load_campaigns(conn)]
+            self._campaigns = (time.monotonic() + self.settings.campaign_cache_seconds, held)
+        out: dict[str, list[domain.Campaign]] = {}
+        for campaign in held:
+            if campaign.status == "running" and campaign.definition.trigger in self.enabled:
+                out.setdefault(campaign.definition.trigger, []).append(campaign)
+        return out
 
-    async def _issue(self, conn: AsyncConnection, proposals: list[domain.Proposal],
-                     campaigns: dict[str, domain.Campaign]) -> int:
+    def forget_campaigns(self) -> None:
+        self._campaigns = (0.0, [])
+
+    async def _issue(self, conn: AsyncConnection, proposals: list[domain.Proposal]) -> int:
         if not proposals:
             return 0
-        proposals.sort(key=lambda p: p.at)
+        proposals.sort(key=lambda p: (p.at, p.member_id, p.campaign_id))
         member_ids = sorted({p.member_id for p in proposals})
         earliest = proposals[0].at
         await store.lock_members(conn, member_ids)  # before reading their sends: the caps hold across consumers
+        campaign_ids = sorted({p.campaign_id for p in proposals})
+        campaigns = {r["campaign_id"]: campaign_of(r) for r in await store.load_campaigns(conn, campaign_ids)}
         members = await store.load_members(conn, member_ids)
         erased = await store.erased_among(conn, member_ids)
         history: dict[str, list[domain.PastOffer]] = {}
@@ -289,28 +487,29 @@ class NotifierHandlers:
                 row["campaign_id"], tuple(row["products"]), row["issued_at"], row["valid_to"], row["withheld"]))
         stores = sorted({s for p in proposals for s in (p.store_id, members.get(p.member_id, {}).get("preferred_store"))
                          if s})
-        low = await store.low_stock_at(conn, stores, earliest - timedelta(hours=self.settings.low_stock_hold_hours))
-        consents = await self.consents.lookup([m for m in member_ids if m not in erased])
+        low = await store.low_stock_at(conn, stores)
+        consents = await store.consents_of(conn, [m for m in member_ids if m not in erased])
         sent_now: Tally[str] = Tally()
         suppressed: Tally[tuple[str, str]] = Tally()
+        outcomes: Tally[tuple[str, str]] = Tally()
         rows: list[dict[str, Any]] = []
         events: dict[str, Any] = {}
         for proposal in proposals:
-            campaign = campaigns[proposal.campaign_id]
+            campaign = campaigns.get(proposal.campaign_id)
+            if campaign is None:
+                continue
             campaign = domain.Campaign(campaign.campaign_id, campaign.definition, campaign.status,
                                        campaign.sent + sent_now[campaign.campaign_id])
             row = members.get(proposal.member_id) or {}
             facts = domain.MemberFacts(proposal.member_id, row.get("tier"), row.get("preferred_store"),
                                        frozenset(row.get("segments") or ()), proposal.member_id in erased)
-            channel = campaign.definition.channel
-            member_consents = consents.get(proposal.member_id)
-            consent = None if member_consents is None else member_consents.get(channel, False)
+            consent = consents.get(proposal.member_id, {}).get(campaign.definition.channel, False)
             store_id = proposal.store_id or facts.preferred_store
             decision = domain.decide(proposal, campaign, facts, consent=consent,
                                      history=history.get(proposal.member_id, []),
                                      low_stock=frozenset(low.get(store_id, set()) if store_id else set()),
                                      policy=self.policy)
-            OFFERS.labels(proposal.trigger, decision.reason or decision.action).inc()
+            outcomes[(proposal.trigger, decision.reason or decision.action)] += 1
             if decision.action == "suppress":
                 suppressed[(proposal.campaign_id, decision.reason or "unknown")] += 1
                 continue
@@ -325,11 +524,16 @@ class NotifierHandlers:
             if not offer.withheld:
                 sent_now[campaign.campaign_id] += 1
         new_ids = await store.add_offers(conn, rows)
-        await add_events(conn, store.outbox, self.offers_topic, [events[r["offer_id"]] for r in rows
-                                                                if r["offer_id"] in new_ids])
+        fresh = [events[r["offer_id"]] for r in rows if r["offer_id"] in new_ids]
+        await add_events(conn, store.outbox, self.offers_topic, fresh)
+        if self.settings.webhook_url:
+            await store.enqueue_webhooks(conn, [{"offer_id": e.payload.offer_id, "body": encode(e).decode()}
+                                                for e in fresh if not e.payload.withheld])
         await store.count_sent(conn, dict(Tally(r["campaign_id"] for r in rows
                                                if r["offer_id"] in new_ids and not r["withheld"])))
         await store.count_suppressions(conn, dict(suppressed))
+        for (trigger, outcome), n in outcomes.items():
+            OFFERS.labels(trigger, outcome).inc(n)  # counted per decision taken; a rolled-back batch recounts
         return len(new_ids)
 
     @staticmethod
@@ -355,12 +559,23 @@ class NotifierHandlers:
     # --- campaigns (the HTTP side) ------------------------------------------------------------------
 
     async def put_campaign(self, campaign_id: str, definition: domain.CampaignDefinition) -> tuple[dict[str, Any], bool]:
+        """Create (as a draft) or change a campaign. Once it has run, its trigger, channel and control
+        share stay (they decide who is measured against whom): a different experiment is a new campaign."""
         async with self.engine.begin() as conn:
-            existing = {r["campaign_id"] for r in await store.load_campaigns(conn)}
+            held = await store.load_campaigns(conn, [campaign_id], lock=True)
+            if held and held[0]["status"] != "draft":
+                before = held[0]["definition"]
+                after = definition.model_dump(mode="json")
+                for field in domain.FROZEN_ONCE_STARTED:
+                    if before.get(field) != after.get(field):
+                        raise CampaignRefusal(409, "conflict", field,
+                                              f"cannot change {field} of a campaign that has been started "
+                                              f"({before.get(field)!r}); create a new campaign")
             await store.save_campaign(conn, campaign_id, definition.model_dump(mode="json"), "draft")
+        self.forget_campaigns()
         found = await self.campaign(campaign_id)
         assert found is not None
-        return found, campaign_id not in existing
+        return found, not held
 
     async def campaign(self, campaign_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
@@ -375,6 +590,7 @@ class NotifierHandlers:
         async with self.engine.begin() as conn:
             if not await store.set_status(conn, campaign_id, status):
                 return None
+        self.forget_campaigns()
         return await self.campaign(campaign_id)
 
     async def preview(self, campaign_id: str, sample: int = 10) -> dict[str, Any] | None:
@@ -423,11 +639,19 @@ class NotifierHandlers:
                 "revenue": {"treated": str(treated["revenue"]), "control": str(control["revenue"])},
                 "incremental_revenue": None if result.incremental_revenue is None else str(result.incremental_revenue)}
 
+    async def webhook_figures(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            return await store.webhook_figures(conn)
+
     async def member_offers(self, member_id: str) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
             rows = await store.member_offers(conn, member_id)
         return [{**r, "products": list(r["products"]),
                  "redeemed_revenue": None if r["redeemed_revenue"] is None else str(r["redeemed_revenue"])} for r in rows]
+
+
+class CampaignRefusal(ApiError):
+    """A campaign change that is refused (the API answers it with its status and the field)."""
 
 
 def _campaign_document(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
     Table,
     Text,
+    case,
     cast,
     func,
     select,
@@ -60,6 +63,8 @@ offers = Table(
     Column("withheld", Boolean, nullable=False),
     Column("redeemed_at", DateTime(timezone=True)),
     Column("redeemed_revenue", Numeric),
+    Column("redeemed_by", String(64), doc="the sale id that redeemed it (a return of it undoes the redemption)"),
+    Column("redeemed_by_code", Boolean, nullable=False, server_default="false"),
     Index("ix_offers_member_valid", "member_id", "valid_to"),
     Index("ix_offers_campaign", "campaign_id"),
 )
@@ -78,6 +83,68 @@ members = Table(
     Column("preferred_store", String(64)),
     Column("segments", ARRAY(Text), nullable=False, server_default="{}", doc="current value tier, persona, cluster"),
     Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("profile_seen", Boolean, nullable=False, server_default="false", doc="a profile arrived (welcome once)"),
+    Column("profile_as_of", DateTime(timezone=True)),
+    Column("tier_as_of", DateTime(timezone=True)),
+    Column("segments_as_of", DateTime(timezone=True)),
+    Column("categories", ARRAY(Text), nullable=False, server_default="{}", doc="top categories from the profile"),
+    Column("brands", ARRAY(Text), nullable=False, server_default="{}", doc="top brands from the profile"),
+)
+
+contacts = Table(
+    "contacts", metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("enrolled", Boolean, nullable=False),
+    Column("consents", JSONB, nullable=False, doc="channel -> granted, from member.consents.v1"),
+    Column("home_store", String(64)),
+    Column("birthday", String(5), doc="MM-DD"),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+)
+
+products = Table(
+    "products", metadata,
+    Column("sku", String(64), primary_key=True),
+    Column("category", Text),
+    Column("brand", Text),
+    Column("launched_at", DateTime(timezone=True)),
+)
+
+scheduled = Table(
+    "scheduled", metadata,
+    Column("source_id", String(200), primary_key=True, doc="what it follows up, e.g. after-sale/<sale event>/<sku>"),
+    Column("trigger", String(32), nullable=False),
+    Column("campaign_id", String(64), doc="after-sale: the campaign whose delay and categories scheduled it"),
+    Column("member_id", String(64)),
+    Column("sku", String(64)),
+    Column("store_id", String(64)),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("fired_at", DateTime(timezone=True)),
+)
+
+clocks = Table(
+    "clocks", metadata,
+    Column("name", String(32), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("offer_id", String(64), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+model_state = Table(
+    "model_state", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 erased_members = Table(
@@ -112,13 +179,20 @@ low_stock = Table(
     Column("sku", String(64), primary_key=True),
     Column("as_of", DateTime(timezone=True), nullable=False),
     Column("days_of_cover", Numeric, nullable=False),
+    Column("cleared_at", DateTime(timezone=True), doc="event time of the receipt that brought stock back"),
 )
 
 
 # --- campaigns --------------------------------------------------------------------------------
 
-async def load_campaigns(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return [dict(row._mapping) for row in await conn.execute(select(campaigns).order_by(campaigns.c.campaign_id))]
+async def load_campaigns(conn: AsyncConnection, ids: Sequence[str] | None = None, *,
+                         lock: bool = False) -> list[dict[str, Any]]:
+    query = select(campaigns).order_by(campaigns.c.campaign_id)
+    if ids is not None:
+        query = query.where(any_of(campaigns.c.campaign_id, list(ids)))
+    if lock:
+        query = query.with_for_update()
+    return [dict(row._mapping) for row in await conn.execute(query)]
 
 
 async def count_sent(conn: AsyncConnection, sent: dict[str, int]) -> None:
@@ -173,38 +247,171 @@ async def erased_among(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
     return {row.member_id for row in rows}
 
 
-async def upsert_members(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Profile facts: tier and preferred store; segments and first_seen_at stay as they are.
-    An erased member's row is not made again."""
-    erased = await erased_among(conn, [r["member_id"] for r in rows])
-    rows = [r for r in rows if r["member_id"] not in erased]
+def _not_erased(rows: Sequence[dict[str, Any]], erased: set[str]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["member_id"] not in erased]
+
+
+def _latest(rows: Sequence[dict[str, Any]], stamp: str) -> list[dict[str, Any]]:
+    """One row per member, the latest by `stamp` (one statement may not touch a row twice)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        held = latest.get(row["member_id"])
+        if held is None or held[stamp] <= row[stamp]:
+            latest[row["member_id"]] = row
+    return [latest[m] for m in sorted(latest)]
+
+
+async def upsert_profiles(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Profile facts (tier, preferred store, top categories and brands), each only if newer in event
+    time than what is held; `profile_seen` marks that the welcome decision was taken. An erased
+    member's row is not made again."""
+    rows = _not_erased(_latest(rows, "profile_as_of"), await erased_among(conn, [r["member_id"] for r in rows]))
+    if not rows:
+        return
+    statement = insert(members)
+    newer = members.c.profile_as_of.is_(None) | (members.c.profile_as_of <= statement.excluded.profile_as_of)
+    tier_newer = members.c.tier_as_of.is_(None) | (members.c.tier_as_of <= statement.excluded.profile_as_of)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=[members.c.member_id],
+        set_={"preferred_store": case((newer, statement.excluded.preferred_store), else_=members.c.preferred_store),
+              "categories": case((newer, statement.excluded.categories), else_=members.c.categories),
+              "brands": case((newer, statement.excluded.brands), else_=members.c.brands),
+              "tier": case((newer & tier_newer, statement.excluded.tier), else_=members.c.tier),
+              "tier_as_of": case((newer & tier_newer, statement.excluded.profile_as_of), else_=members.c.tier_as_of),
+              "profile_as_of": func.greatest(members.c.profile_as_of, statement.excluded.profile_as_of),
+              "profile_seen": True}),
+        [{**r, "profile_seen": True, "tier_as_of": r["profile_as_of"]} for r in rows])
+
+
+async def set_segments(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Each member's current segments (rows: member_id, segments, segments_as_of), unless older than held."""
+    rows = _not_erased(_latest(rows, "segments_as_of"), await erased_among(conn, [r["member_id"] for r in rows]))
     if rows:
         statement = insert(members)
         await conn.execute(statement.on_conflict_do_update(
             index_elements=[members.c.member_id],
-            set_={"tier": statement.excluded.tier, "preferred_store": statement.excluded.preferred_store}), list(rows))
+            set_={"segments": statement.excluded.segments, "segments_as_of": statement.excluded.segments_as_of},
+            where=members.c.segments_as_of.is_(None) | (members.c.segments_as_of <= statement.excluded.segments_as_of)),
+            [{**r, "first_seen_at": r["segments_as_of"]} for r in rows])
 
 
-async def set_segments(conn: AsyncConnection, member_id: str, segments: list[str], at: datetime) -> None:
-    if await erased_among(conn, [member_id]):
-        return  # a late segment change must not bring an erased member back
-    statement = insert(members).values(member_id=member_id, segments=segments, first_seen_at=at)
-    await conn.execute(statement.on_conflict_do_update(index_elements=[members.c.member_id],
-                                                       set_={"segments": statement.excluded.segments}))
+async def set_tiers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Each member's tier (rows: member_id, tier, tier_as_of), unless older than held."""
+    rows = _not_erased(_latest(rows, "tier_as_of"), await erased_among(conn, [r["member_id"] for r in rows]))
+    if rows:
+        statement = insert(members)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[members.c.member_id],
+            set_={"tier": statement.excluded.tier, "tier_as_of": statement.excluded.tier_as_of},
+            where=members.c.tier_as_of.is_(None) | (members.c.tier_as_of <= statement.excluded.tier_as_of)),
+            [{**r, "first_seen_at": r["tier_as_of"]} for r in rows])
 
 
-async def set_tier(conn: AsyncConnection, member_id: str, tier: str, at: datetime) -> None:
-    if await erased_among(conn, [member_id]):
-        return
-    statement = insert(members).values(member_id=member_id, tier=tier, first_seen_at=at)
-    await conn.execute(statement.on_conflict_do_update(index_elements=[members.c.member_id],
-                                                       set_={"tier": statement.excluded.tier}))
+# --- contactability (member.consents.v1) ---------------------------------------------------------
+
+async def upsert_contacts(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    rows = _not_erased(_latest(rows, "as_of"), await erased_among(conn, [r["member_id"] for r in rows]))
+    if rows:
+        statement = insert(contacts)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[contacts.c.member_id],
+            set_={c: statement.excluded[c] for c in ("enrolled", "consents", "home_store", "birthday", "as_of")},
+            where=contacts.c.as_of <= statement.excluded.as_of), rows)
+
+
+async def consents_of(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, dict[str, bool]]:
+    """Current consent per channel of enrolled members; absent = never enrolled (no consent)."""
+    if not ids:
+        return {}
+    rows = await conn.execute(select(contacts.c.member_id, contacts.c.consents)
+                              .where(any_of(contacts.c.member_id, list(ids)), contacts.c.enrolled))
+    return {row.member_id: {k: bool(v) for k, v in row.consents.items()} for row in rows}
+
+
+async def birthdays(conn: AsyncConnection, keys: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(select(contacts.c.member_id, contacts.c.home_store, contacts.c.birthday)
+                              .where(any_of(contacts.c.birthday, sorted(keys)), contacts.c.enrolled)
+                              .order_by(contacts.c.member_id).limit(limit))
+    return [dict(row._mapping) for row in rows]
+
+
+# --- event-time clocks and scheduled triggers ----------------------------------------------------
+
+async def clock(conn: AsyncConnection, name: str) -> datetime | None:
+    row = (await conn.execute(select(clocks.c.at).where(clocks.c.name == name))).first()
+    return None if row is None else row.at
+
+
+async def advance_clock(conn: AsyncConnection, name: str, at: datetime) -> datetime | None:
+    """Move a named event-time clock forward (never back); returns where it was before."""
+    row = (await conn.execute(select(clocks.c.at).where(clocks.c.name == name).with_for_update())).first()
+    previous = row.at if row else None
+    if previous is None or at > previous:
+        statement = insert(clocks).values(name=name, at=at)
+        await conn.execute(statement.on_conflict_do_update(index_elements=[clocks.c.name], set_={"at": at}))
+    return previous
+
+
+async def schedule(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(scheduled).on_conflict_do_nothing(), list(rows))
+
+
+async def due_scheduled(conn: AsyncConnection, clock: datetime, limit: int = 5000) -> list[dict[str, Any]]:
+    """Follow-ups whose time has come in event time, not fired yet; locked so one consumer fires each."""
+    rows = await conn.execute(select(scheduled).where(scheduled.c.fired_at.is_(None), scheduled.c.due_at <= clock)
+                              .order_by(scheduled.c.due_at, scheduled.c.source_id).limit(limit)
+                              .with_for_update(skip_locked=True))
+    return [dict(row._mapping) for row in rows]
+
+
+async def mark_fired(conn: AsyncConnection, source_ids: Sequence[str], at: datetime) -> None:
+    if source_ids:
+        await conn.execute(update(scheduled).where(any_of(scheduled.c.source_id, list(source_ids))).values(fired_at=at))
+
+
+# --- products (new arrivals, after-sale care) ----------------------------------------------------
+
+async def upsert_products(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    latest = {r["sku"]: r for r in rows}
+    if latest:
+        statement = insert(products)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[products.c.sku],
+            set_={c: statement.excluded[c] for c in ("category", "brand", "launched_at")}),
+            [latest[k] for k in sorted(latest)])
+
+
+async def categories_of(conn: AsyncConnection, skus: Sequence[str]) -> dict[str, dict[str, Any]]:
+    if not skus:
+        return {}
+    rows = await conn.execute(select(products).where(any_of(products.c.sku, sorted(set(skus)))))
+    return {row.sku: dict(row._mapping) for row in rows}
+
+
+async def members_with_habit(conn: AsyncConnection, *, category: str | None, brand: str | None,
+                             limit: int) -> list[str]:
+    """Members whose profile's top categories or brands include the product's (erased ones are gone)."""
+    condition = None
+    if category:
+        condition = members.c.categories.any(category)  # type: ignore[arg-type]
+    if brand:
+        by_brand = members.c.brands.any(brand)  # type: ignore[arg-type]
+        condition = by_brand if condition is None else condition | by_brand
+    if condition is None:
+        return []
+    rows = await conn.execute(select(members.c.member_id).where(condition).order_by(members.c.member_id).limit(limit))
+    return [row.member_id for row in rows]
 
 
 async def erase(conn: AsyncConnection, member_id: str, at: datetime, pseudonym: str) -> None:
     """Forget the person: no contact ever again; their offers stay only as counts under a pseudonym."""
     await conn.execute(members.delete().where(members.c.member_id == member_id))
     await conn.execute(rhythms.delete().where(rhythms.c.member_id == member_id))  # their per-product purchase habits
+    await conn.execute(contacts.delete().where(contacts.c.member_id == member_id))  # consents and birthday
+    await conn.execute(scheduled.delete().where(scheduled.c.member_id == member_id, scheduled.c.fired_at.is_(None)))
+    await conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.offer_id.in_(
+        select(offers.c.offer_id).where(offers.c.member_id == member_id))))  # bodies name the member
     await conn.execute(update(offers).where(offers.c.member_id == member_id).values(member_id=pseudonym, text=""))
     await conn.execute(insert(erased_members).values(member_id=member_id, erased_at=at).on_conflict_do_nothing())
 
@@ -259,10 +466,79 @@ async def add_offers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> s
     return {row.offer_id for row in result}
 
 
-async def mark_redeemed(conn: AsyncConnection, redeemed: Sequence[tuple[str, datetime, Any]]) -> None:
-    for offer_id, at, revenue in redeemed:
-        await conn.execute(update(offers).where(offers.c.offer_id == offer_id, offers.c.redeemed_at.is_(None))
-                           .values(redeemed_at=at, redeemed_revenue=revenue))
+async def offers_by_code(conn: AsyncConnection, codes: Sequence[str]) -> list[dict[str, Any]]:
+    """Unredeemed offers whose id a till scanned as an offer code."""
+    if not codes:
+        return []
+    rows = await conn.execute(
+        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to)
+        .where(any_of(offers.c.offer_id, sorted(set(codes))), offers.c.redeemed_at.is_(None)))
+    return [dict(row._mapping) for row in rows]
+
+
+async def mark_redeemed(conn: AsyncConnection, redeemed: Sequence[dict[str, Any]]) -> None:
+    """rows: offer_id, redeemed_at, redeemed_revenue, redeemed_by (sale id), redeemed_by_code."""
+    for row in redeemed:
+        await conn.execute(update(offers).where(offers.c.offer_id == row["offer_id"], offers.c.redeemed_at.is_(None))
+                           .values(**{k: v for k, v in row.items() if k != "offer_id"}))
+
+
+async def undo_redemptions(conn: AsyncConnection, returns: Sequence[tuple[str, str, Sequence[str]]]) -> int:
+    """A return of the offered product from the sale that redeemed an offer undoes the redemption
+    (rows: member id, original sale id, returned SKUs)."""
+    undone = 0
+    for member_id, sale_id, skus in returns:
+        result = await conn.execute(
+            update(offers).where(offers.c.member_id == member_id, offers.c.redeemed_by == sale_id,
+                                 offers.c.products.overlap(cast(sorted(set(skus)), ARRAY(Text))))
+            .values(redeemed_at=None, redeemed_revenue=None, redeemed_by=None, redeemed_by_code=False))
+        undone += result.rowcount or 0
+    return undone
+
+
+# --- webhook deliveries --------------------------------------------------------------------------
+
+async def enqueue_webhooks(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(webhook_deliveries).on_conflict_do_nothing(), list(rows))
+
+
+async def claim_webhooks(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+    """Pending deliveries that are due, locked for this transaction (another replica skips them)."""
+    rows = await conn.execute(select(webhook_deliveries)
+                              .where(webhook_deliveries.c.status == "pending",
+                                     webhook_deliveries.c.next_attempt_at <= func.now())
+                              .order_by(webhook_deliveries.c.next_attempt_at).limit(limit)
+                              .with_for_update(skip_locked=True))
+    return [dict(row._mapping) for row in rows]
+
+
+async def record_attempt(conn: AsyncConnection, offer_id: str, *, status: str, attempts: int,
+                         retry_in_seconds: float | None, error: str | None) -> None:
+    values: dict[str, Any] = {"status": status, "attempts": attempts, "last_error": error}
+    if status == "delivered":
+        values["delivered_at"] = func.now()
+    if retry_in_seconds is not None:
+        values["next_attempt_at"] = func.now() + func.make_interval(0, 0, 0, 0, 0, 0, retry_in_seconds)
+    await conn.execute(update(webhook_deliveries).where(webhook_deliveries.c.offer_id == offer_id).values(**values))
+
+
+async def webhook_figures(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(webhook_deliveries.c.status, func.count()).group_by(webhook_deliveries.c.status))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+# --- the chooser's model ------------------------------------------------------------------------
+
+async def load_model(conn: AsyncConnection, name: str) -> bytes | None:
+    row = (await conn.execute(select(model_state.c.state).where(model_state.c.name == name))).first()
+    return None if row is None else bytes(row.state)
+
+
+async def save_model(conn: AsyncConnection, name: str, state: bytes) -> None:
+    statement = insert(model_state).values(name=name, state=state)
+    await conn.execute(statement.on_conflict_do_update(index_elements=[model_state.c.name],
+                                                       set_={"state": state, "updated_at": func.now()}))
 
 
 async def count_suppressions(conn: AsyncConnection, counts: dict[tuple[str, str], int]) -> None:
@@ -306,25 +582,48 @@ async def save_rules(conn: AsyncConnection, scope: str, window_end: datetime, ru
     return bool(result.rowcount)
 
 
+async def rule_windows(conn: AsyncConnection) -> dict[str, datetime]:
+    return {row.scope: row.window_end for row in await conn.execute(select(basket_rules.c.scope,
+                                                                          basket_rules.c.window_end))}
+
+
 async def load_rules(conn: AsyncConnection) -> dict[str, list[dict[str, Any]]]:
     return {row.scope: list(row.rules) for row in await conn.execute(select(basket_rules))}
 
 
 async def save_low_stock(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
+    """Hold a SKU as low at a store until a goods receipt after the report clears it (an older report
+    arriving late neither replaces a newer one nor undoes a clearance that came after it)."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["store_id"], row["sku"])
+        if key not in latest or latest[key]["as_of"] <= row["as_of"]:
+            latest[key] = row
+    if latest:
         statement = insert(low_stock)
         await conn.execute(statement.on_conflict_do_update(
             index_elements=[low_stock.c.store_id, low_stock.c.sku],
-            set_={"as_of": statement.excluded.as_of, "days_of_cover": statement.excluded.days_of_cover},
-            where=low_stock.c.as_of <= statement.excluded.as_of), list(rows))
+            set_={"as_of": statement.excluded.as_of, "days_of_cover": statement.excluded.days_of_cover,
+                  "cleared_at": case((low_stock.c.cleared_at >= statement.excluded.as_of, low_stock.c.cleared_at),
+                                     else_=None)},
+            where=low_stock.c.as_of <= statement.excluded.as_of), [latest[k] for k in sorted(latest)])
 
 
-async def low_stock_at(conn: AsyncConnection, stores: Sequence[str], since: datetime) -> dict[str, set[str]]:
-    """SKUs reported low at each store since `since` (a report holds for a while in event time)."""
+async def clear_low_stock(conn: AsyncConnection, received: Sequence[tuple[str, str, datetime]]) -> None:
+    """Goods received (store, sku, at): a low-stock report made before then no longer holds."""
+    for store_id, sku, at in sorted(set(received)):
+        await conn.execute(update(low_stock).where(low_stock.c.store_id == store_id, low_stock.c.sku == sku,
+                                                   low_stock.c.as_of <= at,
+                                                   low_stock.c.cleared_at.is_(None) | (low_stock.c.cleared_at < at))
+                           .values(cleared_at=at))
+
+
+async def low_stock_at(conn: AsyncConnection, stores: Sequence[str]) -> dict[str, set[str]]:
+    """SKUs held as low at each store (reported, and no goods received since)."""
     if not stores:
         return {}
     rows = await conn.execute(select(low_stock.c.store_id, low_stock.c.sku)
-                              .where(any_of(low_stock.c.store_id, list(stores)), low_stock.c.as_of >= since))
+                              .where(any_of(low_stock.c.store_id, list(stores)), low_stock.c.cleared_at.is_(None)))
     out: dict[str, set[str]] = {}
     for row in rows:
         out.setdefault(row.store_id, set()).add(row.sku)

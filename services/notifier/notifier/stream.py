@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_shared.consumer import IdempotentConsumer, consumer_for
+from crm_shared.consumer import IdempotentConsumer, consumer_for, sale_from_the_future
 from crm_shared.events import (
     AssociationRulesChanged,
     Envelope,
+    MemberContactability,
     MemberErased,
     MemberProfileUpdated,
     MemberSegmentChanged,
+    Product,
     SaleRecorded,
     TierChanged,
 )
 from crm_shared.settings import CommonSettings
-from crm_shared.supply_events import LowStockDetected
+from crm_shared.supply_events import GoodsReceived, LowStockDetected
 from crm_shared.topics import (
     ANALYTICS_ASSOCIATIONS,
+    CATALOG_PRODUCTS,
     INVENTORY_LOW_STOCK,
+    INVENTORY_RECEIPTS,
+    MEMBER_CONSENTS,
     MEMBER_ERASED,
     MEMBER_PROFILES,
     MEMBER_SEGMENTS,
@@ -40,11 +45,14 @@ CONSUMERS: tuple[tuple[str, Topic, Any, str, str | None], ...] = (
     ("erasures", MEMBER_ERASED, Envelope[MemberErased], "apply_erasures", None),
     ("rules", ANALYTICS_ASSOCIATIONS, Envelope[AssociationRulesChanged], "apply_rules", "after_rules"),
     ("low-stock", INVENTORY_LOW_STOCK, LowStockDetected, "apply_low_stock", None),
+    ("receipts", INVENTORY_RECEIPTS, GoodsReceived, "apply_receipts", None),
+    ("consents", MEMBER_CONSENTS, Envelope[MemberContactability], "apply_contacts", None),
+    ("catalog", CATALOG_PRODUCTS, Envelope[Product], "apply_catalog", None),
 )
 
 
 def consumers(common: CommonSettings, engine: Any, handlers: NotifierHandlers, *, batch: int) -> list[IdempotentConsumer[Any]]:
     return [consumer_for(common, engine, applied_events, service=SERVICE_NAME, part=part, topic=topic, model=model,
                          handle=getattr(handlers, handle), after_commit=getattr(handlers, after) if after else None,
-                         batch=batch)
+                         screen=sale_from_the_future if topic is POS_SALES else None, batch=batch)
             for part, topic, model, handle, after in CONSUMERS]

@@ -33,7 +33,8 @@ def fingerprint(sale: Sale, body: Mapping[str, Any] | None = None) -> str:
     """A digest of the sale's meaning; "1.50" and "1.5" are the same price. `body` is the sale's
     JSON dump when the caller has it already."""
     canonical = dict(body if body is not None else sale.model_dump(mode="json"))
-    canonical["lines"] = [{**line, "unit_price": _normal_decimal(line["unit_price"]),
+    canonical["lines"] = [{**{k: v for k, v in line.items() if k != "offer_code" or v is not None},
+                           "unit_price": _normal_decimal(line["unit_price"]),
                            "discount": _normal_decimal(line["discount"])} for line in canonical["lines"]]
     canonical["occurred_at"] = sale.occurred_at.timestamp()
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -15,22 +15,37 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from crm_shared.events import AssociationRulesChanged, RuleDocument, Sale, SaleLine, sale_recorded, segmenter_event
+from crm_shared.events import (
+    AssociationRulesChanged,
+    MemberContactability,
+    RuleDocument,
+    Sale,
+    SaleLine,
+    contactability_event,
+    sale_recorded,
+    segmenter_event,
+)
 from crm_shared.kafka import consumer_lag
 from crm_shared.serde import encode
 from crm_shared.testing import StackEndpoints, read_topic, start_service
-from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFERS, POS_SALES
+from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFERS, MEMBER_CONSENTS, POS_SALES
 
 pytestmark = pytest.mark.integration
 
 MARKETING = {"x-api-key": "dev-marketing"}
 MEMBERS, RULES = 50, 20
 DAY = datetime(2026, 6, 2, 10, 0, tzinfo=UTC)
+
+
+def contactability(member: str, *channels: str, at: datetime) -> Any:
+    return contactability_event(MemberContactability(member_id=member, as_of=at, enrolled=True, home_store="s1",
+                                                     consents={c: True for c in channels}))  # type: ignore[misc]
 
 
 def decisions(url: str) -> int:
@@ -40,18 +55,12 @@ def decisions(url: str) -> int:
 
 def test_sigkill_mid_stream_loses_no_offer_and_decides_none_twice(crm_stack: StackEndpoints, tmp_path) -> None:  # type: ignore[no-untyped-def]
     prefix = f"nk{uuid.uuid4().hex[:6]}."
-    profile = start_service("member_profile", crm_stack, tmp_path, prefix=prefix, extra_env={
-        "MEMBER_PROFILE_SCHEMA_NAME": f"mp_{uuid.uuid4().hex[:8]}", "MEMBER_PROFILE_CONSUMER_ENABLED": "false"})
     notifier = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env={
-        "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}", "NOTIFIER_MEMBER_PROFILE_URL": profile.url,
+        "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}",
         "NOTIFIER_TRIGGERS": "cross_sell", "NOTIFIER_DAILY_CAP": "1000", "NOTIFIER_WEEKLY_CAP": "1000",
         "NOTIFIER_CONSUMER_BATCH": "50"})
     try:
         members = [f"k{i:03d}" for i in range(MEMBERS)]
-        for member in members:
-            answer = httpx.post(f"{profile.url}/v1/members", headers={"x-api-key": "dev-ops"}, timeout=10, json={
-                "member_id": member, "home_store": "s1", "consents": [{"channel": "push", "granted": True, "source": "s1"}]})
-            assert answer.status_code == 201, answer.text
         rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=500, min_support=0.01,
                                         min_confidence=0.3, rules=[
                                             RuleDocument(antecedents=[f"a{i}"], consequent=f"b{i}", support=0.02,
@@ -65,14 +74,19 @@ def test_sigkill_mid_stream_loses_no_offer_and_decides_none_twice(crm_stack: Sta
             producer = AIOKafkaProducer(bootstrap_servers=crm_stack.kafka_bootstrap)
             await producer.start()
             try:
+                for member in members:  # member-profile's consent records, as it publishes them
+                    consent = contactability(member, "push", at=DAY - timedelta(days=1))
+                    await producer.send(MEMBER_CONSENTS.qualified(prefix), encode(consent), key=member.encode())
                 event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain", occurred_at=DAY,
                                         identity=f"rules/{prefix}")
-                topic = ANALYTICS_ASSOCIATIONS.qualified(prefix)
-                await producer.send_and_wait(topic, encode(event), key=b"chain")
-                deadline = time.monotonic() + 60  # the rules are in the notifier before the sales arrive
-                while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.rules", [topic])).get(topic) != 0:
-                    assert time.monotonic() < deadline, "the notifier did not take the rules in 60 s"
-                    await asyncio.sleep(0.2)
+                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
+                deadline = time.monotonic() + 60  # rules and consents are in the notifier before the sales arrive
+                for part, topic in (("rules", ANALYTICS_ASSOCIATIONS.qualified(prefix)),
+                                    ("consents", MEMBER_CONSENTS.qualified(prefix))):
+                    while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.{part}",
+                                              [topic])).get(topic) != 0:
+                        assert time.monotonic() < deadline, f"the notifier did not take the {part} in 60 s"
+                        await asyncio.sleep(0.2)
                 for sale in sales:
                     recorded = sale_recorded(sale, source="test-till")
                     await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())
@@ -105,4 +119,3 @@ def test_sigkill_mid_stream_loses_no_offer_and_decides_none_twice(crm_stack: Sta
         assert {tuple(e["payload"]["products"]) for e in events} == {(f"b{i}",) for i in range(RULES)}
     finally:
         notifier.stop()
-        profile.stop()

@@ -31,13 +31,17 @@ from crm_shared.events import (
 from crm_shared.kafka import consumer_lag
 from crm_shared.processes import ServiceProcess
 from crm_shared.serde import encode
-from crm_shared.supply_events import LowStock, low_stock_detected
+from crm_shared.supply_events import GoodsReceipt, LowStock, ReceiptLine, goods_received, low_stock_detected
 from crm_shared.testing import StackEndpoints, read_topic, start_service
 from crm_shared.topics import (
     ANALYTICS_ASSOCIATIONS,
+    CATALOG_PRODUCTS,
     INVENTORY_LOW_STOCK,
+    INVENTORY_RECEIPTS,
     MARKETING_OFFERS,
+    MEMBER_CONSENTS,
     MEMBER_ERASED,
+    MEMBER_PROFILES,
     MEMBER_SEGMENTS,
     MEMBER_TIER_CHANGED,
     POS_SALES,
@@ -77,7 +81,8 @@ class Stack:
         """Until every notifier consumer group has read everything there is."""
         deadline = time.monotonic() + timeout
         topics = {"sales": POS_SALES, "segments": MEMBER_SEGMENTS, "tiers": MEMBER_TIER_CHANGED, "erasures": MEMBER_ERASED,
-                  "rules": ANALYTICS_ASSOCIATIONS, "low-stock": INVENTORY_LOW_STOCK}
+                  "rules": ANALYTICS_ASSOCIATIONS, "low-stock": INVENTORY_LOW_STOCK, "consents": MEMBER_CONSENTS,
+                  "catalog": CATALOG_PRODUCTS, "receipts": INVENTORY_RECEIPTS, "profiles": MEMBER_PROFILES}
         pending = dict(topics)
         while pending and time.monotonic() < deadline:
             for part, topic in list(pending.items()):
@@ -118,11 +123,23 @@ class Stack:
         assert answer.status_code == 200, answer.text
         return dict(answer.json())
 
-    def enrol(self, member: str, *channels: str) -> None:
+    def enrol(self, member: str, *channels: str, birth_date: str | None = None) -> None:
+        """Enrol at member-profile's desk; returns once its `member.consents.v1` record is in the notifier."""
         answer = httpx.post(f"{self.profile.url}/v1/members", headers=OPS, timeout=10, json={
-            "member_id": member, "home_store": "s1",
+            "member_id": member, "home_store": "s1", "birth_date": birth_date,
             "consents": [{"channel": c, "granted": True, "source": "s1"} for c in channels]})
         assert answer.status_code == 201, answer.text
+        self.await_record(MEMBER_CONSENTS.qualified(self.prefix), member)
+        self.settle()
+
+    def await_record(self, topic: str, key: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = asyncio.run(read_topic(self.endpoints.kafka_bootstrap, topic, expected=0, timeout=2, settle=0.1))
+            if any(r.key == key.encode() for r in records):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"no record for {key} on {topic} within {timeout}s\n{self.profile.tail()}")
 
 
 def mine(event: dict[str, Any], member: str, campaign: str) -> bool:
@@ -153,10 +170,10 @@ def stack(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory) -
     profile = start_service("member_profile", crm_stack, logs, prefix=prefix,
                             extra_env={"MEMBER_PROFILE_SCHEMA_NAME": f"mp_{uuid.uuid4().hex[:8]}"})
     notifier = start_service("notifier", crm_stack, logs, prefix=prefix, extra_env={
-        "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}", "NOTIFIER_MEMBER_PROFILE_URL": profile.url,
-        "NOTIFIER_CONSENT_CACHE_SECONDS": "0", "NOTIFIER_DAILY_CAP": "2", "NOTIFIER_CONSUMER_BATCH": "200",
+        "NOTIFIER_SCHEMA_NAME": f"nt_{uuid.uuid4().hex[:8]}", "NOTIFIER_CAMPAIGN_CACHE_SECONDS": "0",
+        "NOTIFIER_DAILY_CAP": "2", "NOTIFIER_CONSUMER_BATCH": "200",
         "NOTIFIER_STORE_TIME_ZONES": '{"tokyo-1": "Asia/Tokyo"}',
-        "NOTIFIER_TRIGGERS": "cross_sell,dormant_wakeup,tier_upgrade,welcome,run_out"})
+        "NOTIFIER_TRIGGERS": "cross_sell,dormant_wakeup,tier_upgrade,welcome,run_out,birthday,after_sale,new_arrival"})
     try:
         s = Stack(crm_stack, prefix, notifier, profile)
         rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=1000, min_support=0.01,
@@ -241,6 +258,14 @@ def test_low_stock_products_are_not_offered(stack: Stack) -> None:
     stack.ring(stack.sale(member, ["pasta"], DAY, store="s2"))
     assert stack.report()["suppressed"].get("low_stock", 0) == before + 1
     assert stack.offers(member, expected=0, timeout=2) == []
+    # a week later the sauce is still not back: still held (no time-to-live); then the goods arrive
+    stack.ring(stack.sale(member, ["pasta"], DAY + timedelta(days=8), store="s2"))
+    assert stack.report()["suppressed"].get("low_stock", 0) == before + 2
+    receipt = GoodsReceipt(receipt_id=f"gr-{member}", store_id="s2", received_at=DAY + timedelta(days=9),
+                           lines=[ReceiptLine(sku="sauce", quantity=48)])
+    stack.publish(INVENTORY_RECEIPTS.name, [goods_received(receipt, source="replenishment")])
+    stack.ring(stack.sale(member, ["pasta"], DAY + timedelta(days=10), store="s2"))
+    assert [o["payload"]["products"] for o in stack.offers(member, expected=1)] == [["sauce"]]
 
 
 def test_control_members_get_a_withheld_record_and_redemptions_feed_the_report(stack: Stack) -> None:
@@ -351,3 +376,131 @@ def test_run_out_reminder_before_the_predicted_repurchase_in_event_time(stack: S
     reminders = stack.offers(regular, expected=1, campaign="auto-run-out")
     assert [r["payload"]["products"] for r in reminders] == [["coffee"]], reminders
     assert reminders[0]["payload"]["reason"]["trigger"] == "run_out"
+
+
+def test_birthday_offer_when_event_time_enters_the_members_birthday(stack: Stack) -> None:
+    celebrant = treated("bd", "auto-birthday")
+    stack.enrol(celebrant, "email", birth_date="1990-10-20")  # only MM-DD reaches the notifier
+    passer_by = treated("bdp")
+    stack.ring(stack.sale(passer_by, ["tea"], datetime(2026, 10, 19, 11, 0, tzinfo=UTC)))
+    assert stack.offers(celebrant, expected=0, timeout=2, campaign="auto-birthday") == []
+    stack.ring(stack.sale(passer_by, ["tea"], datetime(2026, 10, 20, 9, 30, tzinfo=UTC)))  # the day begins
+    stack.ring(stack.sale(passer_by, ["tea"], datetime(2026, 10, 20, 15, 0, tzinfo=UTC)))  # same day: nothing new
+    greetings = stack.offers(celebrant, expected=1, campaign="auto-birthday")
+    assert len(greetings) == 1, greetings
+    assert greetings[0]["payload"]["reason"]["trigger"] == "birthday" and "birthday" in greetings[0]["payload"]["text"]
+    assert greetings[0]["payload"]["channel"] == "email"
+
+
+def test_after_sale_care_follows_a_purchase_of_a_configured_category_days_later(stack: Stack) -> None:
+    url = stack.notifier.url
+    care = {"name": "Jeans care", "trigger": "after_sale", "channel": "push", "categories": ["JEANS"],
+            "delay_days": 3, "control_share": 0.0, "discount_percent": "0",
+            "template": "Are you happy with your {product}? Tell us, and get tips to keep it like new."}
+    assert httpx.put(f"{url}/v1/campaigns/jeans-care", json=care, headers=MARKETING).status_code == 201
+    assert httpx.post(f"{url}/v1/campaigns/jeans-care/start", headers=MARKETING).json()["status"] == "running"
+    from crm_shared.events import Product, product_listed
+
+    stack.publish(CATALOG_PRODUCTS.name, [product_listed(Product(sku="jeans-501", category="JEANS", brand="Levi"),
+                                                          source="test", occurred_at=DAY)])
+    buyer = treated("as", "jeans-care")
+    stack.enrol(buyer, "push")
+    bought_at = datetime(2026, 11, 2, 11, 0, tzinfo=UTC)
+    stack.ring(stack.sale(buyer, ["jeans-501", "socks"], bought_at))
+    stack.ring(stack.sale(treated("asp"), ["tea"], bought_at + timedelta(days=2)))  # event time: too early
+    assert stack.offers(buyer, expected=0, timeout=2, campaign="jeans-care") == []
+    stack.ring(stack.sale(treated("asp"), ["tea"], bought_at + timedelta(days=3, hours=1)))
+    follow_up = stack.offers(buyer, expected=1, campaign="jeans-care")
+    assert [(o["payload"]["reason"]["trigger"], o["payload"]["products"]) for o in follow_up] == [
+        ("after_sale", ["jeans-501"])]
+    assert follow_up[0]["payload"]["text"].startswith("Are you happy with your jeans-501?")
+    bad = httpx.put(f"{url}/v1/campaigns/no-categories", json={**care, "categories": []}, headers=MARKETING)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "categories", bad.text
+
+
+def test_new_arrival_goes_to_members_whose_habits_match_when_event_time_reaches_the_launch(stack: Stack) -> None:
+    from crm_shared.events import MemberProfileUpdated, Product, VisitRhythm, product_listed
+
+    fan, other = treated("na", "auto-new-arrival"), treated("nb", "auto-new-arrival")
+    for member in (fan, other):
+        stack.enrol(member, "push")
+    launch = datetime(2026, 11, 10, 8, 0, tzinfo=UTC)
+
+    def profile(member: str, categories: dict[str, float]) -> Any:
+        updated = MemberProfileUpdated(
+            member_id=member, as_of=launch - timedelta(days=5), first_purchase_at=None, last_purchase_at=None,
+            recency_days=None, frequency=5, returns=0, monetary=Decimal("100"), average_basket_value=Decimal("20"),
+            average_basket_size=3.0, returns_rate=0.0, discount_share=0.0, preferred_store="s1", hour_of_day={},
+            weekday={}, visit_rhythm=VisitRhythm(intervals=4, mean_days=7.0, spread_days=1.0, days_overdue=None),
+            tier="member", points_balance=0, categories=categories)
+        return member_event(updated, event_type="MemberProfileUpdated", member_id=member, occurred_at=updated.as_of,
+                            source="member-profile", identity=f"profile/{member}/{uuid.uuid4()}")
+
+    stack.publish(MEMBER_PROFILES.name, [profile(fan, {"COFFEE": 0.6, "BAKERY": 0.2}), profile(other, {"BAKERY": 0.9})])
+    stack.publish(CATALOG_PRODUCTS.name, [product_listed(Product(sku="brew-new", category="COFFEE", brand="Roastery",
+                                                                 launched_at=launch), source="test", occurred_at=DAY)])
+    stack.ring(stack.sale(treated("nap"), ["tea"], launch + timedelta(hours=2)))
+    arrivals = stack.offers(fan, expected=1, campaign="auto-new-arrival")
+    assert [(o["payload"]["reason"]["trigger"], o["payload"]["products"]) for o in arrivals] == [
+        ("new_arrival", ["brew-new"])]
+    assert stack.offers(other, expected=0, timeout=2, campaign="auto-new-arrival") == []
+
+
+def test_an_offer_code_on_a_sale_line_redeems_and_a_return_of_the_offered_product_undoes_it(stack: Stack) -> None:
+    member = treated("oc")
+    stack.enrol(member, "push")
+    at = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    stack.ring(stack.sale(member, ["diapers"], at))
+    [offer] = stack.offers(member, expected=1)
+    code = offer["payload"]["offer_id"]
+    till = Sale(sale_id=f"code-{member}", store_id="s1", terminal_id="t1", member_id=None,  # a forwarded code
+                occurred_at=at + timedelta(days=1), currency="EUR",
+                lines=[SaleLine(sku="beer", quantity=2, unit_price=Decimal("1.50"), offer_code=code)])
+    stack.ring(till)
+
+    def held() -> dict[str, Any]:
+        answer = httpx.get(f"{stack.notifier.url}/v1/members/{member}/offers", headers=MARKETING, timeout=10).json()
+        return next(o for o in answer["offers"] if o["offer_id"] == code)
+
+    assert held()["redeemed_at"] is not None and Decimal(held()["redeemed_revenue"]) == Decimal("3.00")
+    # a product redemption by the member, then its return: the redemption is undone
+    member2 = treated("rt")
+    stack.enrol(member2, "push")
+    stack.ring(stack.sale(member2, ["bread"], at))
+    bought = stack.sale(member2, ["butter"], at + timedelta(days=1), price="2.50")
+    stack.ring(bought)
+    answer = httpx.get(f"{stack.notifier.url}/v1/members/{member2}/offers", headers=MARKETING, timeout=10).json()
+    assert [o["redeemed_by"] for o in answer["offers"]] == [bought.sale_id]
+    back = Sale(sale_id=f"ret-{member2}", store_id="s1", terminal_id="t1", member_id=member2, kind="return",
+                original_sale_id=bought.sale_id, occurred_at=at + timedelta(days=2), currency="EUR",
+                lines=[SaleLine(sku="butter", quantity=1, unit_price=Decimal("2.50"))])
+    stack.ring(back)
+    answer = httpx.get(f"{stack.notifier.url}/v1/members/{member2}/offers", headers=MARKETING, timeout=10).json()
+    assert [(o["redeemed_at"], o["redeemed_by"]) for o in answer["offers"]] == [(None, None)]
+
+
+def test_a_started_campaign_keeps_its_control_share_and_channel(stack: Stack) -> None:
+    url = stack.notifier.url
+    body = {"name": "Fixed arms", "trigger": "dormant_wakeup", "channel": "email", "control_share": 0.2,
+            "template": "{discount}% off until {valid_to}"}
+    assert httpx.put(f"{url}/v1/campaigns/fixed-arms", json=body, headers=MARKETING).status_code == 201
+    assert httpx.put(f"{url}/v1/campaigns/fixed-arms", json={**body, "control_share": 0.3},
+                     headers=MARKETING).status_code == 200, "a draft may still change"
+    httpx.post(f"{url}/v1/campaigns/fixed-arms/start", headers=MARKETING)
+    moved = httpx.put(f"{url}/v1/campaigns/fixed-arms", json={**body, "control_share": 0.05}, headers=MARKETING)
+    assert moved.status_code == 409 and moved.json()["detail"][0]["field"] == "control_share", moved.text
+    renamed = httpx.put(f"{url}/v1/campaigns/fixed-arms", json={**body, "control_share": 0.3, "name": "Fixed arms 2"},
+                        headers=MARKETING)
+    assert renamed.status_code == 200, renamed.text
+
+
+def test_welcome_still_goes_out_when_a_segment_change_arrived_before_the_first_profile(stack: Stack) -> None:
+    newcomer = treated("wl", "auto-welcome")
+    stack.enrol(newcomer, "email")
+    early = MemberSegmentChanged(member_id=newcomer, dimension="value_tier", old=None, new="bronze",
+                                 reason="first visit", as_of=DAY, current={"value_tier": "bronze"})
+    stack.publish(MEMBER_SEGMENTS.name, [segmenter_event(early, event_type="MemberSegmentChanged", key=newcomer,
+                                                         occurred_at=DAY, identity=f"seg/{newcomer}")])
+    stack.ring(stack.sale(newcomer, ["tea"], DAY + timedelta(hours=3)))  # member-profile publishes the first profile
+    welcome = stack.offers(newcomer, expected=1, campaign="auto-welcome", timeout=30)
+    assert [w["payload"]["reason"]["trigger"] for w in welcome] == ["welcome"]

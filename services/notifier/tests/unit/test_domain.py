@@ -41,7 +41,7 @@ def proposal(member: str = "m1", at: datetime = NOON, products: tuple[str, ...] 
 
 
 def decide(prop: Proposal | None = None, camp: Campaign | None = None, member: MemberFacts | None = None, *,
-           consent: bool | None = True, history: list[PastOffer] | None = None,
+           consent: bool = True, history: list[PastOffer] | None = None,
            low_stock: frozenset[str] = frozenset()) -> domain.Decision:
     prop = prop or proposal()
     return domain.decide(prop, camp or campaign(), member or MemberFacts(prop.member_id), consent=consent,
@@ -109,9 +109,9 @@ def test_erased_members_are_never_contacted_whatever_else_holds() -> None:
     assert decide(member=MemberFacts("m1", erased=True)) == domain.Decision("suppress", "erased")
 
 
-def test_consent_per_channel_no_consent_and_unknown_consent_both_suppress() -> None:
+def test_no_consent_on_the_channel_suppresses() -> None:
     assert decide(consent=False).reason == "no_consent"
-    assert decide(consent=None).reason == "consent_unknown"
+    assert decide(consent=True).action == "send"
 
 
 def test_quiet_hours_are_read_in_the_stores_time_zone() -> None:
@@ -142,6 +142,14 @@ def test_daily_cap_counts_sends_of_every_campaign_in_the_last_24_hours_of_event_
     assert decide(history=sent_at(1, 5, withheld=True)).action == "send", "withheld records were never sent"
 
 
+def test_caps_count_sends_on_both_sides_of_a_late_trigger() -> None:
+    # a segment change dated 10:00 arrives after two offers were sent at 12:00 and 14:00 that day
+    later_sends = [PastOffer("c2", ("x",), NOON, NOON + timedelta(days=7), False),
+                   PastOffer("c3", ("y",), NOON + timedelta(hours=2), NOON + timedelta(days=7), False)]
+    assert decide(proposal(at=NOON - timedelta(hours=2)), history=later_sends).reason == "daily_cap"
+    assert decide(proposal(at=NOON - timedelta(days=2)), history=later_sends).action == "send"
+
+
 def test_weekly_cap_counts_the_last_seven_days() -> None:
     assert decide(history=sent_at(30, 60, 100)).reason == "weekly_cap"
     assert decide(history=sent_at(30, 60, 7 * 24 + 1)).action == "send"
@@ -156,6 +164,18 @@ def test_the_same_offer_is_not_made_twice_while_the_first_is_valid() -> None:
     assert decide(history=other_product).action == "send"
     withheld_twin = [PastOffer("c1", ("beer",), NOON - timedelta(days=1), NOON + timedelta(days=6), True)]
     assert decide(history=withheld_twin).reason == "duplicate", "a control member is not re-drawn either"
+
+
+def test_the_same_products_from_another_campaign_are_a_duplicate_but_product_less_offers_are_per_campaign() -> None:
+    other_campaign = [PastOffer("c9", ("beer",), NOON - timedelta(days=1), NOON + timedelta(days=6), False)]
+    assert decide(history=other_campaign).reason == "duplicate"
+    welcome_elsewhere = [PastOffer("c9", (), NOON - timedelta(days=1), NOON + timedelta(days=6), False)]
+    assert decide(proposal(products=()), history=welcome_elsewhere).action == "send"
+    same_campaign = [PastOffer("c1", (), NOON - timedelta(days=1), NOON + timedelta(days=6), False)]
+    assert decide(proposal(products=()), history=same_campaign).reason == "duplicate"
+    # a late trigger whose window would overlap a later offer of the same product is a duplicate too
+    later = [PastOffer("c9", ("beer",), NOON + timedelta(days=2), NOON + timedelta(days=9), False)]
+    assert decide(history=later).reason == "duplicate"
 
 
 def test_products_low_on_stock_are_not_promoted() -> None:
@@ -198,7 +218,9 @@ def test_an_offer_id_is_the_same_for_the_same_trigger_and_different_otherwise() 
     ({"template": "Hi {name}"}, "template"),
     ({"template": "Hi {product"}, "template"),
     ({"channel": "pigeon"}, "channel"),
-    ({"trigger": "birthday"}, "trigger"),
+    ({"trigger": "anniversary"}, "trigger"),
+    ({"trigger": "after_sale"}, "categories"),
+    ({"trigger": "after_sale", "categories": ["JEANS"], "delay_days": -1}, "delay_days"),
     ({"control_share": 0.9}, "control_share"),
     ({"discount_percent": "95"}, "discount_percent"),
     ({"starts_at": "2026-03-05T00:00:00Z", "ends_at": "2026-03-04T00:00:00Z"}, "ends_at"),
@@ -226,12 +248,23 @@ def test_redemption_is_a_later_purchase_of_the_offered_product_inside_the_window
     assert domain.redeems([], start, end, NOON + timedelta(days=2), ["anything"]), "a wake-up offer: any purchase"
 
 
-def test_uplift_with_a_95_percent_interval_and_incremental_revenue() -> None:
+def test_uplift_with_a_95_percent_newcombe_interval_and_incremental_revenue() -> None:
     result = domain.uplift(Arm(1000, 150, Decimal("3000")), Arm(1000, 100, Decimal("2000")))
     assert result.uplift == pytest.approx(0.05)
-    se = (0.15 * 0.85 / 1000 + 0.1 * 0.9 / 1000) ** 0.5
-    assert result.ci95 == pytest.approx((0.05 - 1.96 * se, 0.05 + 1.96 * se))
+    # Newcombe (1998) method 10 for 150/1000 vs 100/1000 (Wilson limits 0.1292–0.1738 and 0.0829–0.1203)
+    assert result.ci95 == pytest.approx((0.02105, 0.07903), abs=5e-5)
     assert result.incremental_revenue == Decimal("1000.00")
+    # Newcombe's own worked example (Statist. Med. 17:873, table II, example (b)): 9/10 vs 3/10 → 0.1705 to 0.8090
+    assert domain.uplift(Arm(10, 9, Decimal(0)), Arm(10, 3, Decimal(0))).ci95 == pytest.approx((0.1705, 0.8090),
+                                                                                                 abs=5e-4)
+
+
+def test_the_interval_stays_an_interval_at_zero_and_full_conversion() -> None:
+    # Wald gives the single point (1.0, 1.0) for 10/10 vs 0/10 and (0, 0) for 0/10 vs 0/10
+    everyone = domain.uplift(Arm(10, 10, Decimal(0)), Arm(10, 0, Decimal(0))).ci95
+    assert everyone is not None and everyone[0] < 1.0 - 0.1 and everyone[1] == pytest.approx(1.0)
+    nobody = domain.uplift(Arm(10, 0, Decimal(0)), Arm(10, 0, Decimal(0))).ci95
+    assert nobody is not None and nobody[0] < -0.1 and nobody[1] > 0.1
     assert domain.uplift(Arm(10, 1, Decimal(0)), Arm(0, 0, Decimal(0))).uplift is None
 
 
@@ -276,3 +309,38 @@ def test_campaign_definitions_that_would_fail_at_send_time_are_refused_up_front(
     text = domain.render("{products}", member_id="m", products=["X" * 64] * 50, discount=Decimal("10"),
                          valid_to=datetime(2011, 1, 1, tzinfo=UTC), store_id=None)
     assert len(text) == domain.MAX_TEXT and text.endswith("…")
+
+
+# --- birthdays, follow-up clocks, webhooks ---------------------------------------------------------
+
+def test_birthdays_of_a_day_and_29_february_in_a_common_year() -> None:
+    from datetime import date
+
+    assert domain.birthdays_on(date(2026, 3, 4)) == {"03-04"}
+    assert domain.birthdays_on(date(2026, 2, 28)) == {"02-28", "02-29"}
+    assert domain.birthdays_on(date(2028, 2, 28)) == {"02-28"}, "a leap year has its own 29th"
+
+
+def test_days_entered_by_the_event_clock() -> None:
+    from datetime import date
+
+    assert domain.days_entered(None, date(2010, 12, 1)) == [date(2010, 12, 1)]
+    assert domain.days_entered(date(2010, 12, 1), date(2010, 12, 1)) == []
+    assert domain.days_entered(date(2010, 12, 1), date(2010, 12, 3)) == [date(2010, 12, 2), date(2010, 12, 3)]
+    assert len(domain.days_entered(date(2010, 1, 1), date(2010, 12, 3))) == 7, "a long gap replays a week at most"
+    assert domain.days_entered(date(2010, 12, 3), date(2010, 12, 1)) == [], "the clock never goes back"
+
+
+def test_webhook_signature_is_hmac_sha256_of_timestamp_and_body() -> None:
+    import hashlib
+    import hmac
+
+    body = b'{"offer_id":"of-1"}'
+    expected = hmac.new(b"secret-key", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert domain.webhook_signature("secret-key", 1700000000, body) == "sha256=" + expected
+    assert domain.webhook_signature("secret-key", 1700000001, body) != "sha256=" + expected
+
+
+def test_webhook_retries_back_off_exponentially_up_to_a_cap() -> None:
+    delays = [domain.retry_delay(n, base_seconds=1, cap_seconds=30) for n in range(1, 8)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30]

@@ -1,0 +1,174 @@
+"""Webhook delivery to a marketing tool, on the real stack with a real HTTP receiver: every sent offer
+is posted signed (HMAC-SHA256), a failing tool gets retries with backoff, a refusing one sends the
+offer to `marketing.offer_webhooks.dlq` with the reason, and two notifier replicas sharing the work
+never post the same offer twice."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from crm_shared.events import (
+    AssociationRulesChanged,
+    MemberContactability,
+    RuleDocument,
+    Sale,
+    SaleLine,
+    contactability_event,
+    sale_recorded,
+    segmenter_event,
+)
+from crm_shared.kafka import consumer_lag
+from crm_shared.serde import encode
+from crm_shared.testing import StackEndpoints, read_topic, start_service
+from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFER_WEBHOOKS_DLQ, MEMBER_CONSENTS, POS_SALES
+from notifier.domain import in_control_group
+
+pytestmark = pytest.mark.integration
+
+SECRET = "test-webhook-secret"
+DAY = datetime(2026, 6, 3, 10, 0, tzinfo=UTC)
+
+
+class MarketingTool:
+    """A webhook receiver: checks each signature; members named `flaky-*` fail twice before it accepts,
+    members named `refused-*` are refused (400) every time."""
+
+    def __init__(self) -> None:
+        self.accepted: Counter[str] = Counter()
+        self.posts: Counter[str] = Counter()
+        self.bad_signatures = 0
+        self.lock = threading.Lock()
+        tool = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                stamp, signature = self.headers["x-crm-timestamp"], self.headers["x-crm-signature"]
+                expected = "sha256=" + hmac.new(SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+                offer_id = self.headers["x-crm-offer-id"]
+                member = orjson.loads(body)["payload"]["member_id"]
+                with tool.lock:
+                    tool.posts[offer_id] += 1
+                    attempt = tool.posts[offer_id]
+                    if not hmac.compare_digest(signature, expected):
+                        tool.bad_signatures += 1
+                    if member.startswith("refused-"):
+                        status = 400
+                    elif member.startswith("flaky-") and attempt <= 2:
+                        status = 503
+                    else:
+                        status = 200
+                        tool.accepted[offer_id] += 1
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/offers"
+
+    def __enter__(self) -> MarketingTool:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def tool() -> Iterator[MarketingTool]:
+    with MarketingTool() as receiver:
+        yield receiver
+
+
+def treated(stem: str) -> str:
+    for i in range(1000):
+        member = f"{stem}-{uuid.uuid4().hex[:6]}-{i}"
+        if not in_control_group(member, "auto-cross-sell", 0.1):
+            return member
+    raise AssertionError("unreachable")
+
+
+def test_offers_are_posted_signed_retried_dead_lettered_and_never_twice_across_replicas(
+        crm_stack: StackEndpoints, tool: MarketingTool, tmp_path: Any) -> None:
+    prefix = f"nw{uuid.uuid4().hex[:6]}."
+    env = {"NOTIFIER_SCHEMA_NAME": f"nw_{uuid.uuid4().hex[:8]}", "NOTIFIER_TRIGGERS": "cross_sell",
+           "NOTIFIER_WEBHOOK_URL": tool.url, "NOTIFIER_WEBHOOK_SECRET": SECRET,
+           "NOTIFIER_WEBHOOK_RETRY_BASE_SECONDS": "0.2", "NOTIFIER_WEBHOOK_MAX_ATTEMPTS": "4",
+           "NOTIFIER_WEBHOOK_IDLE_POLL_SECONDS": "0.1", "NOTIFIER_DAILY_CAP": "100", "NOTIFIER_WEEKLY_CAP": "100"}
+    first = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env=env)
+    second = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env=env)
+    members = [treated("ok") for _ in range(30)] + [treated("flaky") for _ in range(3)] + [treated("refused")]
+    try:
+        async def publish() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=crm_stack.kafka_bootstrap)
+            await producer.start()
+            try:
+                for member in members:
+                    consent = contactability_event(MemberContactability(
+                        member_id=member, as_of=DAY - timedelta(days=1), enrolled=True, consents={"push": True}))
+                    await producer.send(MEMBER_CONSENTS.qualified(prefix), encode(consent), key=member.encode())
+                rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=100,
+                                                min_support=0.01, min_confidence=0.3, rules=[RuleDocument(
+                                                    antecedents=["diapers"], consequent="beer", support=0.05,
+                                                    confidence=0.6, lift=2.4)])
+                event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain", occurred_at=DAY,
+                                        identity=f"rules/{prefix}")
+                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
+                deadline = time.monotonic() + 90
+                for part, topic in (("rules", ANALYTICS_ASSOCIATIONS), ("consents", MEMBER_CONSENTS)):
+                    name = topic.qualified(prefix)
+                    while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.{part}", [name])).get(name) != 0:
+                        assert time.monotonic() < deadline, f"the notifier did not take the {part}"
+                        await asyncio.sleep(0.2)
+                for n, member in enumerate(members):
+                    sale = Sale(sale_id=f"w{n}", store_id="s1", terminal_id="t1", member_id=member,
+                                occurred_at=DAY + timedelta(minutes=n), currency="EUR",
+                                lines=[SaleLine(sku="diapers", quantity=1, unit_price=Decimal("9.99"))])
+                    recorded = sale_recorded(sale, source="test-till")
+                    await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+        asyncio.run(publish())
+        deliverable = len(members) - 1
+        deadline = time.monotonic() + 90
+        while len(tool.accepted) < deliverable and time.monotonic() < deadline:
+            time.sleep(0.2)
+        dead = asyncio.run(read_topic(crm_stack.kafka_bootstrap, MARKETING_OFFER_WEBHOOKS_DLQ.qualified(prefix),
+                                      expected=1, timeout=30, settle=2.0))
+        time.sleep(1.0)  # a second post of anything would have arrived by now
+        assert len(tool.accepted) == deliverable, (tool.accepted, first.tail(), second.tail())
+        assert set(tool.accepted.values()) == {1}, f"an offer was accepted twice: {tool.accepted.most_common(3)}"
+        assert tool.bad_signatures == 0
+        flaky_posts = [n for offer, n in tool.posts.items() if offer in tool.accepted and n > 1]
+        assert sorted(flaky_posts) == [3, 3, 3], "each flaky delivery: two failures, then accepted once"
+        assert len(dead) == 1, dead
+        failure = orjson.loads(dead[0].value)["payload"]
+        assert failure["member_id"].startswith("refused-") and failure["attempts"] == 1
+        assert failure["last_error"] == "refused with HTTP 400"
+        assert orjson.loads(failure["body"])["payload"]["offer_id"] == failure["offer_id"]
+    finally:
+        first.stop()
+        second.stop()
