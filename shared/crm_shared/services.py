@@ -45,7 +45,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
                                                ("notifier.profiles", ("member.profiles.v1",)),
                                                ("notifier.erasures", ("member.erased.v1",)),
                                                ("notifier.rules", ("analytics.associations.v1",)),
-                                               ("notifier.low-stock", ("inventory.low_stock.v1",)))),
+                                               ("notifier.low-stock", ("inventory.low_stock.v1",)),
+                                               ("notifier.receipts", ("inventory.receipts.v1",)),
+                                               ("notifier.consents", ("member.consents.v1",)),
+                                               ("notifier.catalog", ("catalog.products.v1",)))),
     ServiceSpec("ops-console", "ops_console", 8006),
 )
 
