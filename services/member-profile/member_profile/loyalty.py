@@ -43,6 +43,7 @@ class Lot:
     lot_id: int
     remaining: int
     expires_at: datetime
+    earned_at: datetime | None = None  # None: held at any time
 
 
 class NotEnoughPoints(Exception):
@@ -85,9 +86,12 @@ def spend(lots: Sequence[Lot], points: int, as_of: datetime) -> list[tuple[int, 
     return taken
 
 
-def take_back(lots: Sequence[Lot], points: int, as_of: datetime) -> list[tuple[int, int]]:
-    """A return takes back what it earned, as far as the balance allows (never below zero)."""
-    return spend(lots, min(points, balance(lots, as_of)), as_of)
+def take_back(lots: Sequence[Lot], points: int, at: datetime) -> list[tuple[int, int]]:
+    """A return takes back what it earned, as far as the balance at its own time `at` allows (never
+    below zero). Lots earned after the return are not touched, so what it takes back does not depend
+    on which later sales were applied in the same consumer batch."""
+    held = [lot for lot in lots if lot.earned_at is None or lot.earned_at <= at]
+    return spend(held, min(points, balance(held, at)), at)
 
 
 def tier_for(rolling_spend: Decimal, rules: LoyaltyRules) -> Tier:

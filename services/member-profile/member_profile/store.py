@@ -321,14 +321,15 @@ async def ping(conn: AsyncConnection) -> None:
 # --- loyalty, tiers and the events member-profile publishes ------------------------------------
 
 async def load_lots(conn: AsyncConnection, member_ids: Iterable[str], *, lock: bool = False) -> dict[str, list[Lot]]:
-    query = (select(points_lots.c.id, points_lots.c.member_id, points_lots.c.remaining, points_lots.c.expires_at)
+    query = (select(points_lots.c.id, points_lots.c.member_id, points_lots.c.remaining, points_lots.c.expires_at,
+                    points_lots.c.earned_at)
              .where(any_of(points_lots.c.member_id, member_ids), points_lots.c.remaining > 0)
              .order_by(points_lots.c.id))
     if lock:
         query = query.with_for_update()
     lots: dict[str, list[Lot]] = {}
     for row in await conn.execute(query):
-        lots.setdefault(row.member_id, []).append(Lot(row.id, row.remaining, row.expires_at))
+        lots.setdefault(row.member_id, []).append(Lot(row.id, row.remaining, row.expires_at, row.earned_at))
     return lots
 
 
@@ -391,7 +392,7 @@ async def apply_loyalty(conn: AsyncConnection, events: list[Envelope[Sale]], rul
         member_id = event.payload.member_id
         assert member_id is not None
         member_lots = lots.get(member_id, [])
-        taken = take_back(member_lots, points_for(event.payload, rules, category_of), as_of)
+        taken = take_back(member_lots, points_for(event.payload, rules, category_of), event.payload.occurred_at)
         await take_points(conn, taken)
         spent = dict(taken)
         lots[member_id] = [replace(lot, remaining=lot.remaining - spent.get(lot.lot_id, 0)) for lot in member_lots]

@@ -41,6 +41,15 @@ def test_spending_takes_the_soonest_to_expire_first_and_never_goes_negative() ->
     assert take_back(lots(), 500, T0) == [(2, 50), (1, 100)]  # a return takes back what is left, no more
 
 
+def test_a_return_takes_back_only_points_held_at_its_own_time() -> None:
+    """Found by the whole-system kill drill: a return applied in one batch with the member's later sale
+    took points from that later sale's lot; applied in a batch of its own, it took none."""
+    held = Lot(1, 10, T0 + timedelta(days=300), earned_at=T0 - timedelta(days=5))
+    later = Lot(2, 200, T0 + timedelta(days=370), earned_at=T0 + timedelta(days=3))
+    assert take_back([held, later], 150, T0) == [(1, 10)]
+    assert take_back([held, later], 150, T0 + timedelta(days=3)) == [(1, 10), (2, 140)]
+
+
 def test_expiry_is_decided_in_event_time() -> None:
     assert expired(lots(), T0) == [(3, 20)]
     assert expired(lots(), T0 + timedelta(days=10)) == [(2, 50), (3, 20)]
