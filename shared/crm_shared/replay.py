@@ -44,6 +44,14 @@ class ReplayOutcome:
     def lines_per_second(self) -> float:
         return self.lines / self.seconds if self.seconds else 0.0
 
+    def plus(self, other: ReplayOutcome) -> ReplayOutcome:
+        """Two parts of one replay, counted as one."""
+        return ReplayOutcome(via=self.via, sales=self.sales + other.sales, lines=self.lines + other.lines,
+                             accepted=self.accepted + other.accepted, duplicates=self.duplicates + other.duplicates,
+                             refused=self.refused + other.refused,
+                             refusal_examples=(self.refusal_examples + other.refusal_examples)[:10],
+                             retries=self.retries + other.retries, seconds=self.seconds + other.seconds)
+
     def as_table(self) -> list[tuple[str, str]]:
         rows = [("sent via", self.via), ("sales and returns sent", f"{self.sales:,}"), ("lines sent", f"{self.lines:,}")]
         if self.via == "http":

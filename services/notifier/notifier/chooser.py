@@ -3,15 +3,18 @@
 One river `LogisticRegression` per offer (arm), each predicting "this member redeems this offer" from
 `features(...)`; epsilon-greedy over their predictions. `learn_one` after each known outcome
 (redeemed or expired). Pure: no I/O, no clock; the random source is passed in so runs repeat.
-Not yet wired into the live trigger path (the cross-sell trigger takes the strongest rule today);
-`bench/offer_chooser.py` measures it beside random choice.
+Live, a cross-sell campaign with `chooser: learned` uses it among its strongest matching rules (arms
+are the offered SKUs, made as they first appear); `bench/offer_chooser.py` measures it beside random
+choice on Complete Journey.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import random
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from river import linear_model, optim, preprocessing
 
@@ -29,19 +32,46 @@ class OfferChooser:
         self.arms = list(arms)
         self.epsilon = epsilon
         self.rng = rng or random.Random(0)
-        self.models = {arm: preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), intercept_lr=learning_rate) for arm in self.arms}
+        self.learning_rate = learning_rate
+        self.models: dict[str, Any] = {}
+        for arm in self.arms:
+            self._model(arm)
+
+    def _model(self, arm: str) -> Any:
+        """The arm's model, made on first sight (live, the offered SKUs are not known up front)."""
+        model = self.models.get(arm)
+        if model is None:
+            model = self.models[arm] = preprocessing.StandardScaler() | linear_model.LogisticRegression(
+                optimizer=optim.SGD(self.learning_rate), intercept_lr=self.learning_rate)
+            if arm not in self.arms:
+                self.arms.append(arm)
+        return model
 
     def scores(self, x: Mapping[str, float], eligible: Sequence[str] | None = None) -> dict[str, float]:
         arms = list(eligible) if eligible is not None else self.arms
-        return {arm: float(self.models[arm].predict_proba_one(dict(x)).get(True, 0.0)) for arm in arms}
+        return {arm: float(self._model(arm).predict_proba_one(dict(x)).get(True, 0.0)) for arm in arms}
 
-    def choose(self, x: Mapping[str, float], eligible: Sequence[str] | None = None) -> str:
+    def choose(self, x: Mapping[str, float], eligible: Sequence[str] | None = None, *,
+               rng: random.Random | None = None) -> str:
+        """`rng`: a per-decision random source (live: seeded from the triggering event, so the explore
+        draw is the same whenever the same sale is decided)."""
         arms = list(eligible) if eligible is not None else self.arms
-        if self.rng.random() < self.epsilon:
-            return self.rng.choice(arms)
+        draw = rng or self.rng
+        if draw.random() < self.epsilon:
+            return draw.choice(arms)
         scores = self.scores(x, arms)
         return max(arms, key=lambda arm: (scores[arm], arm))
 
     def learn_one(self, x: Mapping[str, float], arm: str, redeemed: bool) -> None:
-        self.models[arm].learn_one(dict(x), redeemed)
+        self._model(arm).learn_one(dict(x), redeemed)
+
+    def dumps(self) -> bytes:
+        return pickle.dumps({"arms": self.arms, "models": self.models, "epsilon": self.epsilon,
+                             "learning_rate": self.learning_rate})
+
+    @classmethod
+    def loads(cls, state: bytes) -> OfferChooser:
+        held = pickle.loads(state)  # our own table's bytes, written by `dumps`
+        chooser = cls([], epsilon=held["epsilon"], learning_rate=held["learning_rate"])
+        chooser.arms, chooser.models = list(held["arms"]), dict(held["models"])
+        return chooser

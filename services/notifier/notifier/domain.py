@@ -69,6 +69,10 @@ class CampaignDefinition(BaseModel):
                                                        "up (required); new_arrival: only new products of these "
                                                        "categories (empty = any)")
     delay_days: int = Field(default=3, ge=0, le=90, description="after_sale: days of event time after the purchase")
+    chooser: Literal["strongest_rule", "learned"] = Field(
+        default="strongest_rule", description="cross_sell: offer the strongest matching rule's product, or let the "
+                                              "online model choose among the `candidates` strongest by who redeems what")
+    candidates: int = Field(default=3, ge=1, le=20, description="cross_sell with the learned chooser: rules considered")
 
     @field_validator("categories")
     @classmethod
@@ -167,6 +171,7 @@ class Proposal:
     rule: Rule | None = None
     rule_scope: str | None = None
     segment: str | None = None
+    features: dict[str, float] | None = None  # what the learned chooser saw, when it chose
 
     @property
     def offer_id(self) -> str:
@@ -197,6 +202,30 @@ def cross_sell(bought: Iterable[str], rules: Sequence[Rule], *, min_confidence: 
                                                                                    len(best.antecedents)):
             best = rule
     return best
+
+
+def cross_sell_candidates(bought: Iterable[str], rules: Sequence[Rule], *, min_confidence: float = 0.0,
+                          min_lift: float = 1.0, limit: int = 3) -> list[Rule]:
+    """The strongest matching rules with distinct consequents, strongest first (the chooser's options)."""
+    basket = set(bought)
+    matching = sorted((r for r in rules if r.consequent not in basket and r.antecedents <= basket
+                       and r.confidence >= min_confidence and r.lift >= min_lift),
+                      key=lambda r: (-r.confidence, -r.lift, -len(r.antecedents), r.consequent))
+    out: list[Rule] = []
+    for rule in matching:
+        if all(rule.consequent != taken.consequent for taken in out):
+            out.append(rule)
+        if len(out) == limit:
+            break
+    return out
+
+
+def chooser_features(member: MemberFacts, categories: Iterable[str]) -> dict[str, float]:
+    """What the learned chooser knows of a member: tier, segments, top categories (one-hot)."""
+    x = {"tier": float(TIER_RANK.get(member.tier or "member", 0))}
+    x.update({f"segment:{s}": 1.0 for s in member.segments})
+    x.update({f"category:{c}": 1.0 for c in categories})
+    return x
 
 
 def rules_for_store(rules_by_scope: Mapping[str, Sequence[Rule]], store_id: str | None) -> tuple[str, Sequence[Rule]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import random
 import time
 import uuid
 from collections import Counter as Tally
@@ -35,6 +36,7 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notifier import domain, store
+from notifier.chooser import OfferChooser
 from notifier.settings import NotifierSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,9 @@ DEFAULT_CAMPAIGNS: dict[str, dict[str, Any]] = {
 }
 # after_sale has no default campaign: a marketer names the categories worth a follow-up.
 SCHEDULED_TRIGGERS = ("after_sale", "new_arrival")
+
+
+CHOOSER_STATE = "offer-chooser"
 
 
 def default_campaign_id(trigger: str) -> str:
@@ -108,6 +113,8 @@ class NotifierHandlers:
         # Campaign definitions change seldom and are read by every batch: held here for a moment (a
         # change made through another replica's API shows within `campaign_cache_seconds`).
         self._campaigns: tuple[float, list[domain.Campaign]] = (0.0, [])
+        self.chooser = OfferChooser([], epsilon=settings.chooser_epsilon, learning_rate=settings.chooser_learning_rate)
+        self._chooser_learned = 0  # outcomes learned in the current batch (the model is saved with it)
 
     async def restore(self) -> None:
         async with self.engine.begin() as conn:
@@ -115,6 +122,10 @@ class NotifierHandlers:
                 for trigger in sorted(self.enabled & DEFAULT_CAMPAIGNS.keys()):
                     await store.seed_campaign(conn, default_campaign_id(trigger), DEFAULT_CAMPAIGNS[trigger])
             await self._refresh_rules(conn)
+            state = await store.load_model(conn, CHOOSER_STATE)
+            if state is not None:
+                self.chooser = OfferChooser.loads(state)
+                self.chooser.epsilon = self.settings.chooser_epsilon
 
     # --- sales: offers from the sale, follow-ups due by its time, then redemptions ---------------
 
@@ -148,20 +159,30 @@ class NotifierHandlers:
             await self._schedule_after_sale(conn, sales, campaigns["after_sale"])
         if "cross_sell" in self.enabled and campaigns.get("cross_sell") and sales:
             await self._refresh_rules(conn)
-            proposals += self._cross_sell(sales, campaigns["cross_sell"])
+            proposals += await self._cross_sell(conn, sales, campaigns["cross_sell"])
         issued = await self._issue(conn, proposals)
         # every sale may carry offer codes (a forwarded code redeems at an anonymous till too)
         redeeming = [e for e in ordered if e.payload.kind == "sale" and (
             e.payload.member_id is not None or any(line.offer_code for line in e.payload.lines))]
+        self._chooser_learned = 0
         if redeeming:
             await self._redeem(conn, redeeming)
+        await self._learn_expired(conn, clock)
+        if self._chooser_learned:  # the model moves with the outcomes, in the same transaction
+            await store.save_model(conn, CHOOSER_STATE, self.chooser.dumps())
         if returns:
             await store.undo_redemptions(conn, [(e.payload.member_id or "", e.payload.original_sale_id,
                                                  [line.sku for line in e.payload.lines])
                                                 for e in returns if e.payload.original_sale_id])
         return issued
 
-    def _cross_sell(self, sales: list[Envelope[Sale]], campaigns: list[domain.Campaign]) -> list[domain.Proposal]:
+    async def _cross_sell(self, conn: AsyncConnection, sales: list[Envelope[Sale]],
+                          campaigns: list[domain.Campaign]) -> list[domain.Proposal]:
+        """The strongest matching rule's product; or, for a campaign with the learned chooser, the one among
+        its strongest `candidates` the online model expects this member to redeem (epsilon explores)."""
+        learned = any(c.definition.chooser == "learned" for c in campaigns)
+        members = (await store.load_members(conn, sorted({e.payload.member_id or "" for e in sales}))
+                   if learned else {})
         proposals = []
         for event in sales:
             sale = event.payload
@@ -170,16 +191,41 @@ class NotifierHandlers:
             if not rules:
                 continue
             for campaign in campaigns:
-                rule = domain.cross_sell(bought, rules, min_confidence=campaign.definition.min_confidence,
-                                         min_lift=campaign.definition.min_lift)
+                definition = campaign.definition
+                features = None
+                if definition.chooser == "learned":
+                    options = domain.cross_sell_candidates(bought, rules, min_confidence=definition.min_confidence,
+                                                           min_lift=definition.min_lift, limit=definition.candidates)
+                    if not options:
+                        continue
+                    held = members.get(sale.member_id or "") or {}
+                    facts = domain.MemberFacts(sale.member_id or "", held.get("tier"), held.get("preferred_store"),
+                                               frozenset(held.get("segments") or ()))
+                    features = domain.chooser_features(facts, held.get("categories") or ())
+                    draw = random.Random(f"{campaign.campaign_id}/{event.event_id}")
+                    product = self.chooser.choose(features, [r.consequent for r in options], rng=draw)
+                    rule = next(r for r in options if r.consequent == product)
+                else:
+                    rule = domain.cross_sell(bought, rules, min_confidence=definition.min_confidence,
+                                             min_lift=definition.min_lift)
                 if rule is None:
                     continue
                 detail = (f"{' + '.join(sorted(rule.antecedents))} -> {rule.consequent} "
-                          f"(confidence {rule.confidence:.2f}, lift {rule.lift:.2f}, {scope} rules)")
+                          f"(confidence {rule.confidence:.2f}, lift {rule.lift:.2f}, {scope} rules"
+                          f"{', chosen by the learned model' if features is not None else ''})")
                 proposals.append(domain.Proposal(campaign.campaign_id, sale.member_id or "", "cross_sell",
                                                  (rule.consequent,), sale.store_id, sale.occurred_at, detail,
-                                                 str(event.event_id), rule=rule, rule_scope=scope))
+                                                 str(event.event_id), rule=rule, rule_scope=scope, features=features))
         return proposals
+
+    async def _learn_expired(self, conn: AsyncConnection, clock: datetime) -> None:
+        """Chosen offers whose window closed unredeemed teach the chooser a "no"."""
+        expired = await store.expired_unlearned(conn, clock)
+        for offer in expired:
+            if offer["products"]:
+                self.chooser.learn_one(offer["features"], offer["products"][0], False)
+        await store.mark_learned(conn, [o["offer_id"] for o in expired])
+        self._chooser_learned += len(expired)
 
     async def _run_out(self, conn: AsyncConnection, sales: list[Envelope[Sale]], campaigns: list[domain.Campaign], *,
                        locked: set[str]) -> list[domain.Proposal]:
@@ -298,6 +344,7 @@ class NotifierHandlers:
         codes = sorted({line.offer_code for event in sales for line in event.payload.lines if line.offer_code})
         by_code = {o["offer_id"]: o for o in await store.offers_by_code(conn, codes)}
         open_offers = await store.open_offers(conn, member_ids, earliest, sorted(skus))
+        known = {o["offer_id"]: o for o in open_offers} | by_code
         by_member: dict[str, list[dict[str, Any]]] = {}
         for offer in open_offers:
             by_member.setdefault(offer["member_id"], []).append(by_code.get(offer["offer_id"], offer))
@@ -324,6 +371,14 @@ class NotifierHandlers:
                                      "redeemed_revenue": revenue, "redeemed_by": sale.sale_id,
                                      "redeemed_by_code": False})
         await store.mark_redeemed(conn, redeemed)
+        learned = []
+        for row in redeemed:
+            offer = known.get(row["offer_id"])
+            if offer is not None and offer.get("features") is not None and offer["products"]:
+                self.chooser.learn_one(offer["features"], offer["products"][0], True)
+                learned.append(row["offer_id"])
+        await store.mark_learned(conn, learned)
+        self._chooser_learned += len(learned)
         for row in redeemed:
             REDEMPTIONS.labels("code" if row["redeemed_by_code"] else "purchase").inc()
 
@@ -519,7 +574,7 @@ class NotifierHandlers:
             rows.append({"offer_id": offer.offer_id, "campaign_id": offer.campaign_id, "member_id": offer.member_id,
                          "trigger": proposal.trigger, "channel": offer.channel, "products": list(offer.products),
                          "store_id": offer.store_id, "text": offer.text, "issued_at": offer.valid_from,
-                         "valid_to": offer.valid_to, "withheld": offer.withheld})
+                         "valid_to": offer.valid_to, "withheld": offer.withheld, "features": proposal.features})
             events[offer.offer_id] = offer_event(offer)
             if not offer.withheld:
                 sent_now[campaign.campaign_id] += 1

@@ -38,6 +38,8 @@ class NotifierSettings(BaseSettings):
     run_out_min_purchases: int = Field(default=3, ge=2, description="Purchase occasions before a product counts as regular")
     new_arrival_max_members: int = Field(default=5000, ge=1, description="Most members offered one new arrival")
     birthday_max_members: int = Field(default=50_000, ge=1, description="Most birthdays handled per calendar day")
+    chooser_epsilon: float = Field(default=0.05, ge=0, le=1, description="Learned chooser: share of random picks")
+    chooser_learning_rate: float = Field(default=0.05, gt=0, le=1)
     campaign_cache_seconds: float = Field(default=1.0, ge=0, description="How long a replica holds campaign definitions")
     pseudonym_key: str = Field(default="dev-pseudonym-key", min_length=8,
                                description="HMAC key for the pseudonyms of erased members' offers (set in production)")

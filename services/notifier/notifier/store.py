@@ -65,6 +65,8 @@ offers = Table(
     Column("redeemed_revenue", Numeric),
     Column("redeemed_by", String(64), doc="the sale id that redeemed it (a return of it undoes the redemption)"),
     Column("redeemed_by_code", Boolean, nullable=False, server_default="false"),
+    Column("features", JSONB, doc="what the learned chooser saw when it chose this offer (learns from the outcome)"),
+    Column("learned", Boolean, nullable=False, server_default="false", doc="its outcome was fed to the chooser"),
     Index("ix_offers_member_valid", "member_id", "valid_to"),
     Index("ix_offers_campaign", "campaign_id"),
 )
@@ -451,7 +453,8 @@ async def open_offers(conn: AsyncConnection, member_ids: Sequence[str], earliest
     if not member_ids:
         return []
     rows = await conn.execute(
-        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to)
+        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to,
+               offers.c.features)
         .where(any_of(offers.c.member_id, list(member_ids)))
         .where(offers.c.redeemed_at.is_(None), offers.c.valid_to >= earliest)
         .where(offers.c.products.overlap(cast(sorted(set(skus)), ARRAY(Text))) | (func.cardinality(offers.c.products) == 0)))
@@ -471,7 +474,8 @@ async def offers_by_code(conn: AsyncConnection, codes: Sequence[str]) -> list[di
     if not codes:
         return []
     rows = await conn.execute(
-        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to)
+        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to,
+               offers.c.features)
         .where(any_of(offers.c.offer_id, sorted(set(codes))), offers.c.redeemed_at.is_(None)))
     return [dict(row._mapping) for row in rows]
 
@@ -526,6 +530,20 @@ async def record_attempt(conn: AsyncConnection, offer_id: str, *, status: str, a
 async def webhook_figures(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(select(webhook_deliveries.c.status, func.count()).group_by(webhook_deliveries.c.status))
     return {row[0]: int(row[1]) for row in rows}
+
+
+async def expired_unlearned(conn: AsyncConnection, clock: datetime, limit: int = 2000) -> list[dict[str, Any]]:
+    """Chosen offers whose window closed unredeemed and whose outcome the chooser has not learned yet."""
+    rows = await conn.execute(select(offers.c.offer_id, offers.c.products, offers.c.features)
+                              .where(offers.c.features.is_not(None), offers.c.learned.is_(False),
+                                     offers.c.redeemed_at.is_(None), offers.c.valid_to < clock)
+                              .order_by(offers.c.valid_to).limit(limit).with_for_update(skip_locked=True))
+    return [dict(row._mapping) for row in rows]
+
+
+async def mark_learned(conn: AsyncConnection, offer_ids: Sequence[str]) -> None:
+    if offer_ids:
+        await conn.execute(update(offers).where(any_of(offers.c.offer_id, list(offer_ids))).values(learned=True))
 
 
 # --- the chooser's model ------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def upgrade() -> None:
     op.execute("ALTER TABLE offers ADD COLUMN redeemed_by VARCHAR(64)")
     op.execute("ALTER TABLE offers ADD COLUMN redeemed_by_code BOOLEAN NOT NULL DEFAULT false")
     op.execute("CREATE INDEX ix_offers_redeemed_by ON offers (redeemed_by) WHERE redeemed_by IS NOT NULL")
+    op.execute("ALTER TABLE offers ADD COLUMN features JSONB")
+    op.execute("ALTER TABLE offers ADD COLUMN learned BOOLEAN NOT NULL DEFAULT false")
+    op.execute("CREATE INDEX ix_offers_to_learn ON offers (valid_to) WHERE features IS NOT NULL AND NOT learned")
     op.execute("""CREATE TABLE webhook_deliveries (
         offer_id VARCHAR(64) NOT NULL,
         body TEXT NOT NULL,
@@ -86,6 +89,9 @@ def downgrade() -> None:
     for table in ("model_state", "webhook_deliveries", "clocks", "scheduled", "products", "contacts"):
         op.execute(f"DROP TABLE IF EXISTS {table}")
     op.execute("DROP INDEX IF EXISTS ix_offers_redeemed_by")
+    op.execute("DROP INDEX IF EXISTS ix_offers_to_learn")
+    op.execute("ALTER TABLE offers DROP COLUMN IF EXISTS learned")
+    op.execute("ALTER TABLE offers DROP COLUMN IF EXISTS features")
     op.execute("ALTER TABLE offers DROP COLUMN IF EXISTS redeemed_by_code")
     op.execute("ALTER TABLE offers DROP COLUMN IF EXISTS redeemed_by")
     op.execute("ALTER TABLE low_stock DROP COLUMN IF EXISTS cleared_at")

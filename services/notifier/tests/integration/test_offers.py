@@ -504,3 +504,24 @@ def test_welcome_still_goes_out_when_a_segment_change_arrived_before_the_first_p
     stack.ring(stack.sale(newcomer, ["tea"], DAY + timedelta(hours=3)))  # member-profile publishes the first profile
     welcome = stack.offers(newcomer, expected=1, campaign="auto-welcome", timeout=30)
     assert [w["payload"]["reason"]["trigger"] for w in welcome] == ["welcome"]
+
+
+def test_a_learned_cross_sell_campaign_chooses_among_the_strongest_rules_and_learns_from_the_outcome(
+        stack: Stack) -> None:
+    url = stack.notifier.url
+    body = {"name": "Learned cross-sell", "trigger": "cross_sell", "channel": "sms", "chooser": "learned",
+            "candidates": 2, "control_share": 0.0, "template": "{discount}% off {product}", "min_lift": 1.0}
+    assert httpx.put(f"{url}/v1/campaigns/learned-x", json=body, headers=MARKETING).status_code == 201
+    httpx.post(f"{url}/v1/campaigns/learned-x/start", headers=MARKETING)
+    member = treated("lc", "learned-x")
+    stack.enrol(member, "sms")
+    at = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    stack.ring(stack.sale(member, ["diapers", "bread"], at))  # two rules match: beer (0.6) and butter (0.5)
+    [offer] = stack.offers(member, expected=1, campaign="learned-x")
+    chosen = offer["payload"]["products"][0]
+    assert chosen in {"beer", "butter"} and "chosen by the learned model" in offer["payload"]["reason"]["detail"]
+    stack.ring(stack.sale(member, [chosen], at + timedelta(days=1)))  # redeemed: the model learns a "yes"
+    answer = httpx.get(f"{url}/v1/members/{member}/offers", headers=MARKETING, timeout=10).json()
+    mine = next(o for o in answer["offers"] if o["campaign_id"] == "learned-x")
+    assert mine["redeemed_at"] is not None and mine["learned"] is True and mine["features"]["tier"] >= 0
+    httpx.post(f"{url}/v1/campaigns/learned-x/stop", headers=MARKETING)
