@@ -5,7 +5,7 @@ A member is enrolled with distinctive personal data, looked up, changed, given a
 buys once (so the segmenter and the notifier hold rows for them), then is erased. Afterwards no
 table of any of the three schemas and no Redis key of the run holds any of the personal values,
 the segmenter and the notifier hold no row keyed by the member id except their erasure marker,
-and none of the three logs ever contained a personal value.
+no record on any topic of the run carries one, and none of the three logs ever contained one.
 
 What erasure means where (README "Security"): member-profile keeps the pseudonymous purchase
 history (member id → sales, points, profile aggregates) and blanks the person; the gateway's
@@ -29,6 +29,7 @@ from crm_shared.events import Sale
 from crm_shared.processes import ServiceProcess
 from crm_shared.replay import replay_kafka
 from crm_shared.testing import StackEndpoints, start_service
+from crm_shared.topics import BROKER_SENTINEL, all_topic_names
 from redis import Redis
 
 pytestmark = pytest.mark.integration
@@ -83,7 +84,7 @@ def services(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory
             process.stop()
 
 
-def wait_for(what: str, check: Callable[[], object], expected: object, timeout: float = 60.0) -> None:
+def wait_for(what: str, check: Callable[[], object], expected: object, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while (found := check()) != expected:
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {found!r}, expected {expected!r}"
@@ -140,6 +141,34 @@ def personal_values_in_redis(services: Services) -> list[str]:
     return hits
 
 
+def personal_values_on_topics(services: Services) -> tuple[int, list[str]]:
+    """Every record of every topic of the run (and DLQ), read to the end: (records read, hits)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> tuple[int, list[str]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=services.endpoints.kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            topics = [n for n in all_topic_names(services.prefix) if n != BROKER_SENTINEL.qualified(services.prefix)]
+            partitions = [TopicPartition(name, p) for name in topics for p in consumer.partitions_for_topic(name) or ()]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            read, hits, quiet = 0, [], 0
+            while quiet < 3:  # three empty fetches in a row: the end of every partition
+                batch = await consumer.getmany(timeout_ms=300, max_records=5000)
+                quiet = 0 if batch else quiet + 1
+                for records in batch.values():
+                    for record in records:
+                        read += 1
+                        text = (record.value or b"").decode(errors="replace").lower()
+                        hits += [f"{record.topic}: {v}" for v in PERSONAL_VALUES if v.lower() in text]
+            return read, hits
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
 def test_personal_data_is_never_logged_and_erasure_reaches_every_store(services: Services) -> None:
     mp = httpx.Client(base_url=services.member_profile.url, timeout=30)
     enrolled = mp.post("/v1/members", json={"member_id": MEMBER, "home_store": "s1", **PERSON,
@@ -180,6 +209,8 @@ def test_personal_data_is_never_logged_and_erasure_reaches_every_store(services:
     assert person["personal"] is None and person["erased_at"] and not person["consents"], person
     assert personal_values_in_database(services) == []
     assert personal_values_in_redis(services) == []
+    records, on_topics = personal_values_on_topics(services)
+    assert records >= 4 and on_topics == []  # the sale, the profile, the erasure, segments... and no person
     # the pseudonymous purchase history stays in member-profile, for the aggregates
     assert mp.get(f"/v1/members/{MEMBER}/history", headers=OPS).json()["purchases"]
     mp.close()

@@ -21,10 +21,15 @@ from crm_shared.topics import ALL_TOPICS, Topic
 log = logging.getLogger(__name__)
 
 
+MAX_COMPACTION_LAG_MS = 24 * 3600 * 1000
+
+
 def new_topics(topics: Iterable[Topic], prefix: str, partitions: int, replication: int) -> list[NewTopic]:
     wanted: list[NewTopic] = []
     for topic in topics:
-        config = {"cleanup.policy": "compact"} if topic.compacted else {}
+        # A compacted topic keeps a key's old values until the cleaner runs; the lag bound makes an
+        # erased member's earlier records (consent topic: home store, MM-DD birthday) go within a day.
+        config = {"cleanup.policy": "compact", "max.compaction.lag.ms": str(MAX_COMPACTION_LAG_MS)} if topic.compacted else {}
         wanted.append(NewTopic(topic.qualified(prefix), partitions, replication, topic_configs=config))
         if topic.has_dlq:
             wanted.append(NewTopic(topic.dlq(prefix), partitions, replication))
