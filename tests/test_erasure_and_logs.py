@@ -76,8 +76,7 @@ def services(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFactory
 
         member_profile = start("member_profile")
         segmenter = start("segmenter")
-        notifier = start("notifier", NOTIFIER_MEMBER_PROFILE_URL=member_profile.url,
-                         NOTIFIER_MEMBER_PROFILE_KEY="dev-marketing")
+        notifier = start("notifier")
         yield Services(member_profile, segmenter, notifier, schemas, prefix, crm_stack)
     finally:
         for process in started:

@@ -116,6 +116,16 @@ POLICY: dict[str, dict[tuple[str, str], Allowed]] = {
         ("GET", "/v1/campaigns/{campaign_id}/report"): allowed(MKT, OPS),
         ("GET", "/v1/members/{member_id}/offers"): allowed(MKT, OPS),
     },
+    "ops_console": {
+        ("GET", "/"): allowed(OPS),
+        ("GET", "/v1/overview"): allowed(OPS),
+    },
+}
+
+# Routes that check a key their own way, each covered by a test of its own below.
+OWN_CHECK: dict[str, set[tuple[str, str]]] = {
+    "ops_console": {("POST", "/v1/session"),  # sign-in: the key is in the body
+                    ("DELETE", "/v1/session")},  # sign-out: forgets the cookie, needs nothing
 }
 
 # Service-specific settings for an in-process app: consumers and background work off (the key
@@ -126,10 +136,11 @@ SETTINGS_OVERRIDES: dict[str, dict[str, Any]] = {
     "segmenter": {"consumer_enabled": False},
     "replenishment": {"consumer_enabled": False},
     "notifier": {"consumer_enabled": False},
+    "ops_console": {},
 }
 SETTINGS_CLASSES = {"pos_gateway": "GatewaySettings", "member_profile": "MemberProfileSettings",
                     "segmenter": "SegmenterSettings", "replenishment": "ReplenishmentSettings",
-                    "notifier": "NotifierSettings"}
+                    "notifier": "NotifierSettings", "ops_console": "OpsConsoleSettings"}
 
 
 def routes_of(app: Any) -> set[tuple[str, str]]:
@@ -173,8 +184,10 @@ class RunningApps:
     def __getitem__(self, module: str) -> TestClient:
         if module not in self.clients:
             settings_class = getattr(importlib.import_module(f"{module}.settings"), SETTINGS_CLASSES[module])
-            settings = settings_class(schema_name=f"{module}_{uuid.uuid4().hex[:8]}", **SETTINGS_OVERRIDES[module])
-            migrate(self.common, settings)
+            schema = {"schema_name": f"{module}_{uuid.uuid4().hex[:8]}"} if "schema_name" in settings_class.model_fields else {}
+            settings = settings_class(**schema, **SETTINGS_OVERRIDES[module])
+            if schema:
+                migrate(self.common, settings)
             service = importlib.import_module(f"{module}.bootstrap").build(self.common, settings)
             app = importlib.import_module(f"{module}.api").create_app(service)
             client = TestClient(app, raise_server_exceptions=False)
@@ -200,7 +213,9 @@ def apps(crm_stack: StackEndpoints) -> Iterator[RunningApps]:
 def test_the_matrix_names_every_route(apps: RunningApps, module: str) -> None:
     routes = routes_of(apps[module].app)
     assert PUBLIC & routes >= {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
-    assert routes - PUBLIC - set(POLICY[module]) == set(), "routes with no expected policy: add them to POLICY"
+    own = OWN_CHECK.get(module, set())
+    assert own <= routes, "OWN_CHECK names routes the app does not have"
+    assert routes - PUBLIC - own - set(POLICY[module]) == set(), "routes with no expected policy: add them to POLICY"
     assert set(POLICY[module]) - routes == set(), "POLICY names routes the app does not have"
 
 
@@ -245,3 +260,23 @@ def test_a_pos_key_cannot_act_for_another_store(apps: RunningApps) -> None:
     assert apps["segmenter"].get("/v1/rules", params={"store": "s1"}, headers=other).status_code == 403
     assert apps["segmenter"].get("/v1/rules", headers=other).status_code == 403  # not the chain's either
     assert apps["member_profile"].get("/v1/call-list", params={"store": "s1"}, headers=other).status_code == 403
+
+
+def test_every_service_has_a_policy() -> None:
+    from crm_shared.services import installed_services
+
+    assert {spec.module for spec in installed_services()} <= set(POLICY), "a service without a route matrix here"
+
+
+def test_the_ops_console_signs_in_ops_keys_only(apps: RunningApps) -> None:
+    client = apps["ops_console"]
+    assert client.post("/v1/session", json={"key": "not-a-key"}).status_code == 401
+    for role, key in DEV_KEYS.items():
+        answer = client.post("/v1/session", json={"key": key})
+        assert answer.status_code == (204 if role == "ops" else 403), (role, answer.status_code)
+    signed_in = client.post("/v1/session", json={"key": "dev-ops"})
+    assert "httponly" in signed_in.headers["set-cookie"].lower()
+    assert client.get("/v1/overview").status_code not in (401, 403)  # the cookie carries the key
+    assert client.delete("/v1/session").status_code == 204  # sign-out needs no key
+    client.cookies.clear()
+    assert client.get("/v1/overview").status_code == 401
