@@ -16,8 +16,8 @@ One run, on a fresh embedded stack (tansu broker, PostgreSQL 16, Redis):
 3. timed: `replay_kafka` of the whole file onto `pos.sales.v1`, until every consumer group of every
    service has lag 0 (sampled every second, no look-ahead); per service, the time its last group
    reached lag 0 and the records its groups took in (their `crm_consumer_events_*` counters; the
-   gateway's live-stats group counts the sales); peak RSS per process tree, sampled every 0.5 s, beside
-   the RSS it had before the replay;
+   gateway's live-stats group counts the sales); peak memory (PSS, shared pages counted once) per
+   process tree, sampled every 0.5 s, beside what it held before the replay;
 4. sale -> offer latency: each offer on `marketing.offers.v1` that a sale triggered (`reason.
    source_event_id`), its record timestamp (the notifier's relay publishing it) minus the sale's
    record timestamp on `pos.sales.v1` (the replay publishing it). Under a bulk replay this is mostly
@@ -112,35 +112,63 @@ async def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
 # Sampling while the replay runs
 
 
-def tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> int:
+    """PSS of a process and its children: shared pages (PostgreSQL's shared buffers, the code of
+    forked workers) counted once across them, not once per process as RSS would."""
     try:
         root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        processes = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:
+            continue
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, its live children and the children it has reaped."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+            if process.pid == pid:
+                total += times.children_user + times.children_system
+        except psutil.Error:
+            continue
+    return total
 
 
 @dataclass
 class Sampler:
-    """RSS per process tree every 0.5 s and consumer lag per group every second, in threads."""
+    """Memory (PSS) per process tree every 0.5 s and consumer lag per group every second, in threads."""
 
     pids: dict[str, int]
     lag_reader: Any
-    rss_peak: Counter[str] = field(default_factory=Counter)
-    rss_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    memory_peak: Counter[str] = field(default_factory=Counter)
+    memory_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     lag_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def rss_now(self) -> dict[str, int]:
-        return {name: tree_rss(pid) for name, pid in self.pids.items()}
+    def memory_now(self) -> dict[str, int]:
+        return {name: tree_memory(pid) for name, pid in self.pids.items()}
 
-    def _rss_loop(self) -> None:
+    def _memory_loop(self) -> None:
         while not self._stop.is_set():
-            now = self.rss_now()
-            for name, rss in now.items():
-                self.rss_peak[name] = max(self.rss_peak[name], rss)
-            self.rss_series.append((time.monotonic() - self.started, now))
+            now = self.memory_now()
+            for name, held in now.items():
+                self.memory_peak[name] = max(self.memory_peak[name], held)
+            self.memory_series.append((time.monotonic() - self.started, now))
             self._stop.wait(SAMPLE_RSS_SECONDS)
 
     def _lag_loop(self) -> None:
@@ -151,7 +179,7 @@ class Sampler:
 
     def start(self) -> Sampler:
         self.started = time.monotonic()
-        self._threads = [threading.Thread(target=self._rss_loop, daemon=True),
+        self._threads = [threading.Thread(target=self._memory_loop, daemon=True),
                          threading.Thread(target=self._lag_loop, daemon=True)]
         for thread in self._threads:
             thread.start()
@@ -292,13 +320,15 @@ def main(argv: list[str] | None = None) -> int:
 
         counters_before = system.counters()
         sampler = Sampler(pids, lags)
-        rss_before = sampler.rss_now()
+        memory_before = sampler.memory_now()
+        cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
         print("[3/5] timed: replay the whole file via kafka, until every group's lag is 0", flush=True)
         sampler.start()
         outcome = system.replay_kafka(sales, progress=True)
         published_at = time.monotonic() - sampler.started
         sampler.wait_until_all_zero(published_at, timeout=args.timeout, settle=2.0)
         sampler.stop()
+        cpu_used = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         groups = {spec.name: [system.prefix + g for g, _ in spec.consumer_groups] for spec in specs}
         all_groups = [g for gs in groups.values() for g in gs]
         wall = sampler.caught_up_at(all_groups, published_at)
@@ -313,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                 records = int(sum(sum(counters.get(g, {}).values()) - sum(counters_before.get(g, {}).values())
                                   for g in service_groups))
             per_service[name] = {"caught_up_s": done, "records": records, "records_per_s": records / done,
-                                 "rss_before_mb": rss_before[name] / 1e6, "rss_peak_mb": sampler.rss_peak[name] / 1e6}
+                                 "cpu_seconds": cpu_used[name],
+                                 "pss_before_mb": memory_before[name] / 1e6, "pss_peak_mb": sampler.memory_peak[name] / 1e6}
         results["replay"] = {"publish_seconds": outcome.seconds, "published": outcome.accepted,
                              "wall_seconds_to_lag_zero": wall, "per_service": per_service,
-                             "infrastructure_rss_mb": {n: {"before": rss_before[n] / 1e6, "peak": sampler.rss_peak[n] / 1e6}
+                             "infrastructure_pss_mb": {n: {"before": memory_before[n] / 1e6, "peak": sampler.memory_peak[n] / 1e6,
+                                                           "cpu_seconds": cpu_used[n]}
                                                        for n in ("broker (tansu)", "postgresql", "redis")},
                              "consumer_counters": counters, "lag_samples": len(sampler.lag_series),
                              "load_average_after": os.getloadavg()}
@@ -355,13 +387,15 @@ def render(results: dict[str, Any]) -> list[str]:
                  f"raw produce {ceiling['produce_events_per_s']:,.0f} events/s ({ceiling['produce_mb_per_s']:.1f} MB/s)", ""))
     for name, figures in replay["per_service"].items():
         rows.append((f"{name}: records / time to its lag 0",
-                     f"{figures['records']:,} in {figures['caught_up_s']:.1f} s = {figures['records_per_s']:,.0f}/s",
+                     f"{figures['records']:,} in {figures['caught_up_s']:.1f} s = {figures['records_per_s']:,.0f}/s"
+                     f" ({figures['cpu_seconds']:.0f} CPU s)",
                      f"raw consume {ceiling['consume_events_per_s']:,.0f} events/s", ""))
     for name, figures in replay["per_service"].items():
-        rows.append((f"{name}: RSS before -> peak", f"{figures['rss_before_mb']:.0f} -> {figures['rss_peak_mb']:.0f} MB",
+        rows.append((f"{name}: PSS before -> peak", f"{figures['pss_before_mb']:.0f} -> {figures['pss_peak_mb']:.0f} MB",
                      "", "no growth per event beyond state"))
-    for name, figures in replay["infrastructure_rss_mb"].items():
-        rows.append((f"{name}: RSS before -> peak", f"{figures['before']:.0f} -> {figures['peak']:.0f} MB", "", ""))
+    for name, figures in replay["infrastructure_pss_mb"].items():
+        rows.append((f"{name}: PSS before -> peak", f"{figures['before']:.0f} -> {figures['peak']:.0f} MB "
+                     f"({figures['cpu_seconds']:.0f} CPU s)", "", ""))
     if "p50_ms" in offers:
         rows.append(("sale -> offer latency p50 / p99", f"{offers['p50_ms']:,.0f} / {offers['p99_ms']:,.0f} ms "
                      f"({offers['from_sales']:,} offers from sales)", "bench/offer_latency.py (steady 1,000/s)",
