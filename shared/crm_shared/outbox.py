@@ -50,6 +50,14 @@ class BrokerRestarted(Exception):
     """The broker lost its topics since the last check: what was just sent may be gone."""
 
 
+def database_connection_lost(exc: BaseException) -> bool:
+    """The error says the database connection itself is gone (PostgreSQL restarted or unreachable)."""
+    import asyncpg
+
+    return isinstance(exc, (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+                            asyncpg.CannotConnectNowError, ConnectionError))
+
+
 class OutboxRelay:
     """Publishes an outbox table in id order, one relay at a time per table (advisory lock).
 
@@ -149,6 +157,10 @@ class OutboxRelay:
                 log.warning("outbox relay cannot publish yet; will retry",
                             extra={"error": repr(exc), "retry_in_s": backoff})
                 await self._close_producer()
+                if database_connection_lost(exc):
+                    # The relay talks to asyncpg under SQLAlchemy, so the pool never learns that its
+                    # connections died with the server: drop them all, the next pass opens fresh ones.
+                    await self.engine.dispose()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 try:  # a broker restarted empty has lost its topics
