@@ -53,9 +53,12 @@ bench: install
 	$(BIN)/python bench/forecast_accuracy.py
 	$(BIN)/python bench/replenishment_policy.py
 	$(BIN)/python bench/replenishment_throughput.py
+	$(BIN)/python bench/e2e.py
 
+# Every fault drill in full: the services' own, and tests/e2e/test_system_drills.py's whole-system
+# drills (slow ones included: every consumer service killed, a 30 s broker freeze, PostgreSQL killed).
 drills: install
-	$(BIN)/pytest -q -m "integration or e2e" -k "drill or killed or broker_down"
+	$(BIN)/pytest -q -m "integration or e2e" -k "drill or killed or broker_down or poison"
 
 lint: install
 	$(BIN)/ruff check shared services bench tests
