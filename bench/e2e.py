@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 records = int(sum(sum(counters.get(g, {}).values()) - sum(counters_before.get(g, {}).values())
                                   for g in service_groups))
-            per_service[name] = {"caught_up_s": done, "records": records, "records_per_s": records / done,
+            per_service[name] = {"consumes": bool(service_groups), "caught_up_s": done, "records": records,
+                                 "records_per_s": records / done,
                                  "cpu_seconds": cpu_used[name],
                                  "pss_before_mb": memory_before[name] / 1e6, "pss_peak_mb": sampler.memory_peak[name] / 1e6}
         results["replay"] = {"publish_seconds": outcome.seconds, "published": outcome.accepted,
@@ -386,6 +387,8 @@ def render(results: dict[str, Any]) -> list[str]:
     rows.append(("replay publish (encode + send + acks)", f"{events / replay['publish_seconds']:,.0f} events/s",
                  f"raw produce {ceiling['produce_events_per_s']:,.0f} events/s ({ceiling['produce_mb_per_s']:.1f} MB/s)", ""))
     for name, figures in replay["per_service"].items():
+        if not figures.get("consumes", True):
+            continue
         rows.append((f"{name}: records / time to its lag 0",
                      f"{figures['records']:,} in {figures['caught_up_s']:.1f} s = {figures['records_per_s']:,.0f}/s"
                      f" ({figures['cpu_seconds']:.0f} CPU s)",
