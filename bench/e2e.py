@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            "cpu_seconds": cpu_used[n]}
                                                        for n in ("broker (tansu)", "postgresql", "redis")},
                              "consumer_counters": counters, "lag_samples": len(sampler.lag_series),
+                             "group_caught_up_s": {g: sampler.caught_up_at([g], published_at) for g in all_groups},
                              "load_average_after": os.getloadavg()}
         print(f"  every group at lag 0 after {wall:.1f} s (file published in {outcome.seconds:.1f} s)", flush=True)
 
