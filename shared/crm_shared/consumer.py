@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -153,7 +155,10 @@ class IdempotentConsumer(Generic[E]):
         except Exception as exc:
             await self._database_reachable()  # raises when the fault is the database, not the data
             if len(decoded) == 1:
-                await self._dead(producer, decoded[0].record, f"handler refused it: {type(exc).__name__}: {exc}"[:2000])
+                ours = [f for f in traceback.extract_tb(exc.__traceback__) if "site-packages" not in f.filename]
+                at = f" (at {Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name})" if ours else ""
+                await self._dead(producer, decoded[0].record,
+                                 f"handler refused it: {type(exc).__name__}: {exc}{at}"[:2000])
                 return []
             middle = len(decoded) // 2
             return (await self._apply_or_isolate(decoded[:middle], producer)

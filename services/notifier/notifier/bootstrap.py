@@ -62,7 +62,10 @@ def build(common: CommonSettings | None = None, settings: NotifierSettings | Non
         for name in ("pseudonym_key", "webhook_secret"):
             if getattr(settings, name).startswith("dev-"):
                 raise ValueError(f"NOTIFIER_{name.upper()} must be set to a real secret in production")
-    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size)
+    # no pre-ping (a round trip per transaction on the offer path): a connection lost to a PostgreSQL
+    # restart fails its batch, the pool drops it, and the consumer reads the batch again
+    engine = make_engine(common.database_url, schema=settings.schema_name, pool_size=settings.db_pool_size,
+                         pre_ping=False)
     prefix = common.topic_prefix
     relay = relay_for(common, engine, outbox, service=SERVICE_NAME, lock_id=0x4E4F5446,
                       idle_poll=settings.relay_idle_poll_seconds)

@@ -160,14 +160,15 @@ class NotifierHandlers:
         if "cross_sell" in self.enabled and campaigns.get("cross_sell") and sales:
             await self._refresh_rules(conn)
             proposals += await self._cross_sell(conn, sales, campaigns["cross_sell"])
-        issued = await self._issue(conn, proposals)
+        issued = await self._issue(conn, proposals, locked=True)
         # every sale may carry offer codes (a forwarded code redeems at an anonymous till too)
         redeeming = [e for e in ordered if e.payload.kind == "sale" and (
             e.payload.member_id is not None or any(line.offer_code for line in e.payload.lines))]
         self._chooser_learned = 0
         if redeeming:
             await self._redeem(conn, redeeming)
-        await self._learn_expired(conn, clock)
+        if any(c.definition.chooser == "learned" for c in self._campaigns[1]):
+            await self._learn_expired(conn, clock)
         if self._chooser_learned:  # the model moves with the outcomes, in the same transaction
             await store.save_model(conn, CHOOSER_STATE, self.chooser.dumps())
         if returns:
@@ -222,7 +223,7 @@ class NotifierHandlers:
         """Chosen offers whose window closed unredeemed teach the chooser a "no"."""
         expired = await store.expired_unlearned(conn, clock)
         for offer in expired:
-            if offer["products"]:
+            if offer["products"] and offer["features"]:
                 self.chooser.learn_one(offer["features"], offer["products"][0], False)
         await store.mark_learned(conn, [o["offer_id"] for o in expired])
         self._chooser_learned += len(expired)
@@ -525,15 +526,22 @@ class NotifierHandlers:
     def forget_campaigns(self) -> None:
         self._campaigns = (0.0, [])
 
-    async def _issue(self, conn: AsyncConnection, proposals: list[domain.Proposal]) -> int:
+    async def _issue(self, conn: AsyncConnection, proposals: list[domain.Proposal], *, locked: bool = False) -> int:
+        """Every proposal through the guards; offers, suppression counts and outbox rows in the caller's
+        transaction. `locked`: the caller holds the proposals' members' locks already."""
         if not proposals:
             return 0
         proposals.sort(key=lambda p: (p.at, p.member_id, p.campaign_id))
         member_ids = sorted({p.member_id for p in proposals})
         earliest = proposals[0].at
-        await store.lock_members(conn, member_ids)  # before reading their sends: the caps hold across consumers
+        if not locked:
+            await store.lock_members(conn, member_ids)  # before reading their sends: the caps hold across consumers
         campaign_ids = sorted({p.campaign_id for p in proposals})
-        campaigns = {r["campaign_id"]: campaign_of(r) for r in await store.load_campaigns(conn, campaign_ids)}
+        held = {c.campaign_id: c for c in self._campaigns[1]}
+        if all(c in held and held[c].definition.budget is None for c in campaign_ids):
+            campaigns = {c: held[c] for c in campaign_ids}  # no budget to count: the held definitions do
+        else:  # a budget is counted against the sends committed so far, by any replica
+            campaigns = {r["campaign_id"]: campaign_of(r) for r in await store.load_campaigns(conn, campaign_ids)}
         members = await store.load_members(conn, member_ids)
         erased = await store.erased_among(conn, member_ids)
         history: dict[str, list[domain.PastOffer]] = {}

@@ -65,7 +65,7 @@ offers = Table(
     Column("redeemed_revenue", Numeric),
     Column("redeemed_by", String(64), doc="the sale id that redeemed it (a return of it undoes the redemption)"),
     Column("redeemed_by_code", Boolean, nullable=False, server_default="false"),
-    Column("features", JSONB, doc="what the learned chooser saw when it chose this offer (learns from the outcome)"),
+    Column("features", JSONB(none_as_null=True), doc="what the learned chooser saw when it chose this offer"),
     Column("learned", Boolean, nullable=False, server_default="false", doc="its outcome was fed to the chooser"),
     Index("ix_offers_member_valid", "member_id", "valid_to"),
     Index("ix_offers_campaign", "campaign_id"),
