@@ -15,7 +15,7 @@ class RateLimit:
     per_second: float
     burst: int
 
-    def describe(self) -> dict[str, float | int]:
+    def describe(self) -> dict[str, float | int | str]:
         return {"requests_per_second": self.per_second, "burst": self.burst, "per": "api key, per gateway process"}
 
 
