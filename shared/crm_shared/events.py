@@ -54,8 +54,9 @@ class SaleLine(BaseModel):
     quantity: int = Field(strict=True, gt=0, le=MAX_QUANTITY, description="Units sold (or returned); always positive")
     unit_price: Money = Field(description="Price of one unit, a decimal string with at most 4 decimals; may be 0")
     discount: Money = Field(default=Decimal("0"), description="Discount on the whole line, a decimal string")
-    offer_code: Identifier | None = Field(default=None, description="An offer id the customer presented for this line "
-                                                                     "(marketing.offers.v1), when the till scanned one")
+    offer_code: Identifier | None = Field(default=None, exclude_if=lambda code: code is None,  # absent, not null
+                                          description="An offer id the customer presented for this line "
+                                                      "(marketing.offers.v1), when the till scanned one")
 
     @field_validator("unit_price")
     @classmethod
