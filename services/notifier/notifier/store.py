@@ -287,26 +287,25 @@ async def upsert_profiles(conn: AsyncConnection, rows: Sequence[dict[str, Any]])
 
 async def set_segments(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Each member's current segments (rows: member_id, segments, segments_as_of), unless older than held."""
-    rows = _not_erased(_latest(rows, "segments_as_of"), await erased_among(conn, [r["member_id"] for r in rows]))
-    if rows:
-        statement = insert(members)
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[members.c.member_id],
-            set_={"segments": statement.excluded.segments, "segments_as_of": statement.excluded.segments_as_of},
-            where=members.c.segments_as_of.is_(None) | (members.c.segments_as_of <= statement.excluded.segments_as_of)),
-            [{**r, "first_seen_at": r["segments_as_of"]} for r in rows])
+    await _set_if_newer(conn, rows, "segments", "segments_as_of")
 
 
 async def set_tiers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Each member's tier (rows: member_id, tier, tier_as_of), unless older than held."""
-    rows = _not_erased(_latest(rows, "tier_as_of"), await erased_among(conn, [r["member_id"] for r in rows]))
+    await _set_if_newer(conn, rows, "tier", "tier_as_of")
+
+
+async def _set_if_newer(conn: AsyncConnection, rows: Sequence[dict[str, Any]], column: str, stamp: str) -> None:
+    """One member fact with its own event-time stamp: a late older event never overwrites a newer one,
+    and an erased member's row is not made again."""
+    rows = _not_erased(_latest(rows, stamp), await erased_among(conn, [r["member_id"] for r in rows]))
     if rows:
         statement = insert(members)
         await conn.execute(statement.on_conflict_do_update(
             index_elements=[members.c.member_id],
-            set_={"tier": statement.excluded.tier, "tier_as_of": statement.excluded.tier_as_of},
-            where=members.c.tier_as_of.is_(None) | (members.c.tier_as_of <= statement.excluded.tier_as_of)),
-            [{**r, "first_seen_at": r["tier_as_of"]} for r in rows])
+            set_={column: statement.excluded[column], stamp: statement.excluded[stamp]},
+            where=members.c[stamp].is_(None) | (members.c[stamp] <= statement.excluded[stamp])),
+            [{**r, "first_seen_at": r[stamp]} for r in rows])
 
 
 # --- contactability (member.consents.v1) ---------------------------------------------------------
