@@ -78,19 +78,24 @@ class Stack:
         self.settle()
 
     def settle(self, timeout: float = 60) -> None:
-        """Until every notifier consumer group has read everything there is."""
+        """Until every notifier consumer group has read everything there is (all groups asked at once)."""
         deadline = time.monotonic() + timeout
         topics = {"sales": POS_SALES, "segments": MEMBER_SEGMENTS, "tiers": MEMBER_TIER_CHANGED, "erasures": MEMBER_ERASED,
                   "rules": ANALYTICS_ASSOCIATIONS, "low-stock": INVENTORY_LOW_STOCK, "consents": MEMBER_CONSENTS,
                   "catalog": CATALOG_PRODUCTS, "receipts": INVENTORY_RECEIPTS, "profiles": MEMBER_PROFILES}
         pending = dict(topics)
+
+        async def behind(parts: list[str]) -> list[str]:
+            lags = await asyncio.gather(*(consumer_lag(self.endpoints.kafka_bootstrap, f"{self.prefix}notifier.{part}",
+                                                       [pending[part].qualified(self.prefix)]) for part in parts))
+            return [part for part, lag in zip(parts, lags, strict=True)
+                    if lag.get(pending[part].qualified(self.prefix)) != 0]
+
         while pending and time.monotonic() < deadline:
-            for part, topic in list(pending.items()):
-                lag = asyncio.run(consumer_lag(self.endpoints.kafka_bootstrap, f"{self.prefix}notifier.{part}",
-                                               [topic.qualified(self.prefix)]))
-                if lag.get(topic.qualified(self.prefix)) == 0:
-                    del pending[part]
-            time.sleep(0.2)
+            still = set(asyncio.run(behind(sorted(pending))))
+            pending = {part: topic for part, topic in pending.items() if part in still}
+            if pending:
+                time.sleep(0.2)
         assert not pending, f"notifier consumers behind after {timeout}s: {sorted(pending)}\n{self.notifier.tail()}"
 
     def sale(self, member: str, skus: list[str], at: datetime, *, store: str = "s1", price: str = "2.00") -> Sale:
