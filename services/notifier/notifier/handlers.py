@@ -444,7 +444,10 @@ class NotifierHandlers:
         return await self._issue(conn, proposals)
 
     async def apply_contacts(self, conn: AsyncConnection, events: list[Envelope[MemberContactability]]) -> None:
-        """Consent per channel, home store and birthday from member-profile (`member.consents.v1`)."""
+        """Consent per channel, home store and birthday from member-profile (`member.consents.v1`). Under
+        the members' locks: an erasure applied by the erasures consumer at the same moment either sees
+        this row and deletes it, or is seen by it and this row is not written."""
+        await store.lock_members(conn, sorted({e.payload.member_id for e in events}))
         await store.upsert_contacts(conn, [
             {"member_id": e.payload.member_id, "enrolled": e.payload.enrolled and not e.payload.erased,
              "consents": {k: bool(v) for k, v in e.payload.consents.items()} if not e.payload.erased else {},
