@@ -399,7 +399,7 @@ class NotifierHandlers:
                             str(e.event_id), segment="dormant")
             for e in ordered if domain.is_dormant_transition(e.payload.dimension, e.payload.old, e.payload.new)
             for c in campaigns]
-        return await self._issue(conn, proposals)
+        return await self._issue(conn, proposals, locked=True)  # locked above
 
     async def apply_tiers(self, conn: AsyncConnection, events: list[Envelope[TierChanged]]) -> int:
         ordered = sorted(events, key=lambda e: e.payload.effective_at)
@@ -414,7 +414,7 @@ class NotifierHandlers:
                             e.payload.effective_at, f"tier {e.payload.old_tier} -> {e.payload.new_tier}",
                             str(e.event_id), segment=e.payload.new_tier)
             for e in ordered if domain.is_upgrade(e.payload.old_tier, e.payload.new_tier) for c in campaigns]
-        return await self._issue(conn, proposals)
+        return await self._issue(conn, proposals, locked=True)  # locked above
 
     async def apply_profiles(self, conn: AsyncConnection, events: list[Envelope[MemberProfileUpdated]]) -> int:
         latest: dict[str, Envelope[MemberProfileUpdated]] = {}
@@ -441,7 +441,7 @@ class NotifierHandlers:
             domain.Proposal(c.campaign_id, e.payload.member_id, "welcome", tuple(c.definition.products),
                             e.payload.preferred_store, e.payload.as_of, "first profile of a new member",
                             str(e.event_id)) for e in newcomers for c in campaigns]
-        return await self._issue(conn, proposals)
+        return await self._issue(conn, proposals, locked=True)  # locked above
 
     async def apply_contacts(self, conn: AsyncConnection, events: list[Envelope[MemberContactability]]) -> None:
         """Consent per channel, home store and birthday from member-profile (`member.consents.v1`). Under

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 from crm_shared.marketing_events import OfferDeliveryFailed, delivery_failed_event
 from crm_shared.outbox import add_events
 from prometheus_client import Counter
@@ -143,6 +144,4 @@ class WebhookSender:
 
 
 def _member_of(body: str) -> str:
-    import orjson
-
     return str(orjson.loads(body)["payload"]["member_id"])
