@@ -22,8 +22,8 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crm_shared.kafka import dead_letter
@@ -183,9 +183,11 @@ class IdempotentConsumer(Generic[E]):
         outcome: Any = None
         async with self.engine.begin() as conn:
             ids = list(dict.fromkeys(d.event_id for d in decoded))
+            # One array parameter, one statement (an executemany's per-row cost was measurable at 2,000 ids).
             result = await conn.execute(
-                insert(self.applied).on_conflict_do_nothing().returning(self.applied.c.event_id),
-                [{"event_id": event_id, "topic": self.topic} for event_id in ids],
+                text(f"INSERT INTO {self.applied.name} (event_id, topic) SELECT unnest(CAST(:ids AS uuid[])), :topic "
+                     "ON CONFLICT DO NOTHING RETURNING event_id"),
+                {"ids": ids, "topic": self.topic},
             )
             new_ids = {row.event_id for row in result}
             fresh: list[E] = []

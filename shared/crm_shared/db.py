@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -47,6 +48,30 @@ def any_of(column: Any, values: Iterable[str]) -> Any:
     """`column = ANY(:values)` with the list as one array parameter: an `IN (...)` of a large list
     runs out of PostgreSQL's 32,767 parameters."""
     return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # money as its exact decimal string; PostgreSQL reads it back as numeric
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def recordset(name: str, columns: Mapping[str, str]) -> str:
+    """`jsonb_to_recordset(...) AS name(column type, ...)`: many rows as ONE parameter `:name`, for a
+    set-based statement (`INSERT ... SELECT`, `UPDATE ... FROM`) in place of an executemany. Measured
+    on replenishment's stock (2,000 rows of 24 columns): the executemany's per-row parameter
+    processing in SQLAlchemy and per-row execution in PostgreSQL cost many times this one statement.
+    Pass the rows with `recordset_rows`."""
+    return f"jsonb_to_recordset(CAST(CAST(:{name} AS text) AS jsonb)) AS {name}(" + ", ".join(
+        f"{column} {sql_type}" for column, sql_type in columns.items()) + ")"
+
+
+def recordset_rows(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
+    """The value of a `recordset` parameter: the rows' `columns` as a JSON array of objects (dates and
+    times as ISO 8601, Decimals as strings, floats exactly: orjson writes the shortest round trip)."""
+    names = list(columns)
+    return orjson.dumps([{c: row[c] for c in names} for row in rows], default=_json_default,
+                        option=orjson.OPT_NON_STR_KEYS).decode()  # column names may be str subclasses
 
 
 def sync_url(database_url: str) -> str:

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of
+from crm_shared.db import any_of, recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     ARRAY,
@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -238,6 +239,17 @@ def new_stock_row(store_id: str, sku: str) -> dict[str, Any]:
 
 
 STOCK_COLUMNS = [c.name for c in stock.columns if c.name != "updated_at"]
+_STOCK_KEY = ("store_id", "sku")
+# Each stock column's PostgreSQL type, for the set-based statements below.
+_STOCK_TYPES = {c.name: c.type.compile(dialect=postgresql.dialect()) for c in stock.columns if c.name in STOCK_COLUMNS}
+_STOCK_VALUES = ", ".join(f"rows.{c}" for c in STOCK_COLUMNS)
+_NEW_STOCK_SQL = (
+    f"INSERT INTO stock ({', '.join(STOCK_COLUMNS)}) SELECT {_STOCK_VALUES} FROM {recordset('rows', _STOCK_TYPES)} "
+    "ORDER BY rows.store_id, rows.sku ON CONFLICT DO NOTHING")
+_SAVE_STOCK_SQL = (
+    "UPDATE stock SET " + ", ".join(f"{c} = rows.{c}" for c in STOCK_COLUMNS if c not in _STOCK_KEY)
+    + f", updated_at = now() FROM {recordset('rows', _STOCK_TYPES)} "
+    "WHERE stock.store_id = rows.store_id AND stock.sku = rows.sku")
 
 
 async def lock_stock(conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -246,7 +258,8 @@ async def lock_stock(conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict
     keys = sorted(set(keys))
     if not keys:
         return {}
-    await conn.execute(insert(stock).on_conflict_do_nothing(), [new_stock_row(s, k) for s, k in keys])
+    await conn.execute(text(_NEW_STOCK_SQL), {"rows": recordset_rows((new_stock_row(s, k) for s, k in keys),
+                                                                     STOCK_COLUMNS)})
     result = await conn.execute(text(
         "SELECT s.* FROM stock s JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS k(store_id, sku) "
         "ON s.store_id = k.store_id AND s.sku = k.sku ORDER BY s.store_id, s.sku FOR UPDATE OF s"),
@@ -255,25 +268,23 @@ async def lock_stock(conn: AsyncConnection, keys: list[tuple[str, str]]) -> dict
 
 
 async def save_stock(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> None:
-    rows = sorted(({c: row[c] for c in STOCK_COLUMNS} for row in rows), key=lambda r: (r["store_id"], r["sku"]))
-    if not rows:
-        return
-    statement = insert(stock)
-    await conn.execute(statement.on_conflict_do_update(
-        index_elements=["store_id", "sku"],
-        set_={**{c: statement.excluded[c] for c in STOCK_COLUMNS if c not in ("store_id", "sku")},
-              "updated_at": func.now()}), rows)
+    """Write back rows `lock_stock` returned (so they exist and are locked): one statement."""
+    rows = list(rows)
+    if rows:
+        await conn.execute(text(_SAVE_STOCK_SQL), {"rows": recordset_rows(rows, STOCK_COLUMNS)})
+
+
+_DAILY_TYPES = {"store_id": "varchar", "sku": "varchar", "day": "date", "sold": "bigint", "returned": "bigint"}
+_ADD_DAILY_SQL = (
+    "INSERT INTO daily_sales (store_id, sku, day, sold, returned) "
+    f"SELECT rows.store_id, rows.sku, rows.day, rows.sold, rows.returned FROM {recordset('rows', _DAILY_TYPES)} "
+    "ORDER BY rows.store_id, rows.sku, rows.day ON CONFLICT (store_id, sku, day) DO UPDATE SET "
+    "sold = daily_sales.sold + excluded.sold, returned = daily_sales.returned + excluded.returned")
 
 
 async def add_daily_sales(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    rows = sorted(rows, key=lambda r: (r["store_id"], r["sku"], r["day"]))
-    statement = insert(daily_sales)
-    await conn.execute(statement.on_conflict_do_update(
-        index_elements=["store_id", "sku", "day"],
-        set_={"sold": daily_sales.c.sold + statement.excluded.sold,
-              "returned": daily_sales.c.returned + statement.excluded.returned}), rows)
+    if rows:
+        await conn.execute(text(_ADD_DAILY_SQL), {"rows": recordset_rows(rows, _DAILY_TYPES)})
 
 
 async def terms_for(conn: AsyncConnection, skus: Iterable[str]) -> dict[str, tuple[Terms, Any]]:

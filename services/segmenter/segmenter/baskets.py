@@ -23,13 +23,17 @@ of up to 32 items, on 2 shared cores, CPython 3.11):
   threshold being relative to the window) sets off candidate generation of unbounded size on the
   ingest path, and every support threshold below the tracked one would need a full mining anyway.
 - Chosen: per basket, only what is bounded by the basket's own size is updated in place: the
-  basket itself (for eviction and the vertical index) and the count of each item and of each pair
-  of items. Feeding the 9,835 baskets one by one takes 0.05 s (add(): median 2.7 us, p99 26 us).
-  Longer itemsets are mined when rules are asked for, by Eclat on a vertical index (one Python
-  int per item, bit i = i-th basket in the window), the pair counts pruning the second level: 0.07
-  to 0.09 s for the 5,668 rules, against mlxtend's apriori 5.1-5.8 s and efficient-apriori 0.7-1.3 s on
+  basket itself (for eviction and the vertical index) and the count of each item. Feeding the 9,835
+  baskets one by one takes 0.02 s (add(): median 1.5 us, p99 3 us). Pair counts were kept too until
+  the whole-year replay (`bench/e2e.py`) showed them to cost O(items²) per basket: Online Retail's
+  baskets hold 22 items on average and up to ~500, counted once per store and once for the chain,
+  and the pair counting was a quarter of the segmenter's CPU and most of its memory. Longer itemsets
+  are mined when rules are asked for, by Eclat on a vertical index (one Python int per item, bit i =
+  i-th basket in the window): 0.07 to 0.09 s for the 5,668 rules (the same with or without the pair
+  counts pruning the second level), against mlxtend's apriori 5.1-5.8 s and efficient-apriori 0.7-1.3 s on
   the same data. The mined itemsets are cached until the next basket changes the window and serve
   any higher support threshold as they are (another query: ~20 ms, building the rules).
+  `bought_with` scans the window's baskets when it is asked.
 
 Exactness does not depend on the data: the counts are integers, the index is rebuilt from exactly
 the baskets in the window, and Eclat enumerates every itemset meeting the support threshold.
@@ -114,7 +118,11 @@ def min_basket_count(min_support: float, baskets: int) -> int:
 
 
 class BasketRules:
-    """The baskets of one event-time window, with their item and pair counts, and the rules they imply.
+    """The baskets of one event-time window, with their item counts, and the rules they imply.
+
+    Pair counts are not kept: they cost O(items²) per basket on every arrival and expiry (and most of
+    the service's memory), while mining gets them from the vertical bitsets and `bought_with` from a
+    scan of the window's baskets, only when asked.
 
     `window`: when set, a basket older than the latest event time seen minus `window` is evicted as
     newer baskets arrive, and a basket that arrives already that old is refused.
@@ -132,7 +140,6 @@ class BasketRules:
         self.latest_at: datetime | None = None
         self._baskets: dict[str, _Basket] = {}
         self._item_baskets: dict[str, int] = {}
-        self._together: dict[str, dict[str, int]] = {}
         self._by_time: list[tuple[datetime, int, str]] = []
         self._arrivals = 0
         self._version = 0
@@ -201,31 +208,19 @@ class BasketRules:
         self._arrivals += 1
         self._baskets[basket_id] = _Basket(items, at, self._arrivals)
         heapq.heappush(self._by_time, (at, self._arrivals, basket_id))
+        counts = self._item_baskets
         for item in items:
-            self._item_baskets[item] = self._item_baskets.get(item, 0) + 1
-            with_item = self._together.setdefault(item, {})
-            for other in items:
-                if other != item:
-                    with_item[other] = with_item.get(other, 0) + 1
+            counts[item] = counts.get(item, 0) + 1
         self._version += 1
 
     def _uncount(self, items: frozenset[str]) -> None:
+        counts = self._item_baskets
         for item in items:
-            left = self._item_baskets[item] - 1
+            left = counts[item] - 1
             if left:
-                self._item_baskets[item] = left
+                counts[item] = left
             else:
-                del self._item_baskets[item]
-            with_item = self._together[item]
-            for other in items:
-                if other != item:
-                    together = with_item[other] - 1
-                    if together:
-                        with_item[other] = together
-                    else:
-                        del with_item[other]
-            if not with_item:
-                del self._together[item]
+                del counts[item]
         self._version += 1
 
     # -- what the window says ----------------------------------------------------------------
@@ -236,9 +231,15 @@ class BasketRules:
         if not own:
             return []
         n = len(self._baskets)
+        companions: dict[str, int] = {}
+        for basket in self._baskets.values():
+            if sku in basket.items:
+                for other in basket.items:
+                    companions[other] = companions.get(other, 0) + 1
+        companions.pop(sku, None)
         found = [
             BoughtTogether(other, together, together / n, together / own, together * n / (own * self._item_baskets[other]))
-            for other, together in self._together.get(sku, {}).items()
+            for other, together in companions.items()
         ]
         found.sort(key=lambda one: (-one.baskets, -one.lift, one.sku))
         return found if limit is None else found[:limit]
@@ -313,11 +314,8 @@ class BasketRules:
                     raise TooManyItemsets(self.max_itemsets, min_count, len(self._baskets))
                 if len(itemset) >= depth:
                     continue
-                paired = self._together.get(item, {}) if not prefix else None
                 extensions: list[tuple[str, int, int]] = []
                 for other, other_bits, _ in members[position + 1:]:
-                    if paired is not None and paired.get(other, 0) < min_count:
-                        continue  # the pair counts already say this pair is too rare
                     joint = item_bits & other_bits
                     joint_count = joint.bit_count()
                     if joint_count >= min_count:

@@ -113,6 +113,15 @@ def test_a_price_with_five_decimals_is_refused() -> None:
     assert refused_at(with_line(unit_price="1.00001")) == [("lines", 0, "unit_price")]
 
 
+def test_a_price_seen_before_is_judged_as_it_was_the_first_time() -> None:
+    """Accepted price strings are remembered (decoding speed); the refusals must not be."""
+    for _ in range(2):
+        assert Sale.model_validate(with_line(unit_price="2.55")).lines[0].unit_price == Decimal("2.55")
+        assert refused_at(with_line(unit_price="1.00001")) == [("lines", 0, "unit_price")]
+        assert refused_at(with_line(unit_price="-2.55")) == [("lines", 0, "unit_price")]  # the sign: after parsing
+        assert refused_at(with_line(unit_price="2.5e1")) == [("lines", 0, "unit_price")]
+
+
 def test_a_negative_price_is_refused() -> None:
     assert refused_at(with_line(unit_price="-1.50")) == [("lines", 0, "unit_price")]
 
