@@ -7,6 +7,7 @@ only optional fields may be added; a breaking change is a new topic (`pos.sales.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -134,6 +135,13 @@ class Sale(BaseModel):
     @cached_property
     def event_id(self) -> uuid.UUID:
         return sale_event_id(self.store_id, self.terminal_id, self.sale_id)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Sale:
+        """A copy whose derived values are derived again: pydantic copies `__dict__`, where
+        `cached_property` keeps `event_id`, so a copy with another sale id kept the old event id."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("event_id", None)
+        return copied
 
 
 def sale_event_id(store_id: str, terminal_id: str, sale_id: str) -> uuid.UUID:

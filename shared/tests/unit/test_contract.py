@@ -248,6 +248,16 @@ def test_the_same_sale_always_gets_the_same_event_id() -> None:
     assert sale_recorded(first, source="pos-gateway").event_id == sale_recorded(again, source="replay").event_id
 
 
+def test_a_copy_with_another_sale_id_gets_that_sale_id_s_event_id() -> None:
+    sale = Sale.model_validate(sale_body())
+    assert sale.event_id == sale_event_id("uk-01", sale.terminal_id, "536365")  # now cached on the instance
+
+    copied = sale.model_copy(update={"sale_id": "536365-n1"})
+
+    assert copied.event_id == sale_event_id("uk-01", sale.terminal_id, "536365-n1") != sale.event_id
+    assert sale_recorded(copied, source="replay").event_id == copied.event_id
+
+
 def test_a_different_terminal_or_store_gives_a_different_event_id() -> None:
     base = sale_event_id("uk-01", "till-3", "536365")
 
