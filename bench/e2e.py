@@ -370,6 +370,11 @@ def campaign_decisions(notifier_url: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def memory_at(sampler: Sampler, at: float) -> dict[str, int]:
+    """The memory sample nearest `at` seconds into the sampler's run."""
+    return min(sampler.memory_series, key=lambda sample: abs(sample[0] - at))[1]
+
+
 def baskets_in_window(segmenter_url: str) -> int:
     """The segmenter's chain-wide basket window (`basket_window_days` of event time), from its metrics."""
     import httpx
@@ -545,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
             "database_bytes_before": database_start, "database_bytes_after": database_end,
             "pss_mb": {name: {"start": memory_start[name] / 1e6, "end": memory_end[name] / 1e6,
                               "peak": steady_sampler.memory_peak[name] / 1e6,
-                              "bytes_per_sale": (memory_end[name] - memory_start[name]) / sent}
+                              "bytes_per_sale": (memory_end[name] - memory_start[name]) / sent,
+                              "quarters": [memory_at(steady_sampler, took * q / 4)[name] / 1e6 for q in (1, 2, 3, 4)]}
                        for name in pids}}
         print(f"  {sent:,} sales in {took:.1f} s; every group back at lag 0", flush=True)
 
@@ -616,8 +622,10 @@ def render(results: dict[str, Any]) -> list[str]:
         anchor = f"database: {database_growth / steady['sales']:,.0f} bytes/sale"
         if name == "segmenter":
             anchor += f"; its basket window (in memory) {window[0]:,} -> {window[1]:,} baskets"
+        quarters = " / ".join(f"{mb:.0f}" for mb in figures["quarters"])
         rows.append((f"{name}: PSS over the steady traffic", f"{figures['start']:.0f} -> {figures['end']:.0f} MB "
-                     f"(peak {figures['peak']:.0f}) = {figures['bytes_per_sale']:,.0f} bytes/sale", anchor,
+                     f"(each quarter {quarters}; peak {figures['peak']:.0f}) = {figures['bytes_per_sale']:,.0f} bytes/sale",
+                     anchor,
                      "no growth per event beyond state"))
     rows.append(("offers by trigger", ", ".join(f"{k} {v:,}" for k, v in sorted(offers["by_trigger"].items())) or "none",
                  "", ""))

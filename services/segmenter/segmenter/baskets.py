@@ -117,6 +117,13 @@ def min_basket_count(min_support: float, baskets: int) -> int:
     return count
 
 
+def worth_mining_again(window: BasketRules, refused_at: int | None) -> bool:
+    """After a window's rules were refused (too many itemsets) when it had counted `refused_at`
+    baskets: not before a tenth of the window is new. Sooner, it would mine the same ~300,000
+    itemsets (seconds of CPU, ~100 MB) again at every look, only to refuse them again."""
+    return refused_at is None or window.arrivals - refused_at >= max(1, len(window) // 10)
+
+
 class BasketRules:
     """The baskets of one event-time window, with their item counts, and the rules they imply.
 
@@ -153,6 +160,11 @@ class BasketRules:
     def version(self) -> int:
         """Changes whenever the window's baskets do."""
         return self._version
+
+    @property
+    def arrivals(self) -> int:
+        """Baskets counted in so far, ever (evictions do not lower it)."""
+        return self._arrivals
 
     def __len__(self) -> int:
         return len(self._baskets)
@@ -246,11 +258,12 @@ class BasketRules:
 
     def rules(self, min_support: float, min_confidence: float, min_lift: float = 0.0,
               antecedent: frozenset[str] | None = None, limit: int | None = None,
-              max_items: int | None = None) -> list[AssociationRule]:
+              max_items: int | None = None, keep_itemsets: bool = True) -> list[AssociationRule]:
         """Every rule meeting all three thresholds (and whose antecedents hold all of `antecedent`), strongest first.
 
         `max_items` (at most `max_rule_items`) bounds a rule's items, antecedents and consequent
-        together: 3 gives the "bought A and B, offer C" rules at a bounded cost."""
+        together: 3 gives the "bought A and B, offer C" rules at a bounded cost. `keep_itemsets=False`
+        leaves the mined itemsets uncached (see `frequent_itemsets`)."""
         if not 0.0 < min_support <= 1.0:
             raise ValueError("min_support must be in (0, 1]")
         if not 0.0 <= min_confidence <= 1.0:
@@ -261,7 +274,7 @@ class BasketRules:
         if n == 0:
             return []
         min_count = min_basket_count(min_support, n)
-        itemsets = self.frequent_itemsets(min_count, max_items)
+        itemsets = self.frequent_itemsets(min_count, max_items, keep=keep_itemsets)
         longest = self.max_rule_items if max_items is None else max_items
         wanted = antecedent or frozenset()
         found: list[AssociationRule] = []
@@ -281,9 +294,14 @@ class BasketRules:
         found.sort(key=rule_order)
         return found if limit is None else found[:limit]
 
-    def frequent_itemsets(self, min_count: int, max_items: int | None = None) -> Mapping[frozenset[str], int]:
+    def frequent_itemsets(self, min_count: int, max_items: int | None = None,
+                          keep: bool = True) -> Mapping[frozenset[str], int]:
         """Every itemset of up to `max_items` (default `max_rule_items`) items in at least `min_count`
-        baskets (and maybe rarer or longer ones: the cache)."""
+        baskets (and maybe rarer or longer ones: the cache).
+
+        `keep=False`: the itemsets are not cached for the next question. A window of repeated long
+        baskets (a store's standing wholesale order) can have up to `max_itemsets` of them, ~100 MB,
+        and one cache per store kept them all (the segmenter grew to 938 MB in `bench/e2e.py`)."""
         depth = self.max_rule_items if max_items is None else max(2, min(max_items, self.max_rule_items))
         mined = self._mined
         if mined is not None and mined[0] == self._version and mined[1] <= min_count and mined[3] >= depth:
@@ -296,7 +314,8 @@ class BasketRules:
         except TooManyItemsets:
             self._refused = (self._version, min_count, depth)
             raise
-        self._mined = (self._version, min_count, itemsets, depth)
+        if keep:
+            self._mined = (self._version, min_count, itemsets, depth)
         return itemsets
 
     def _eclat(self, min_count: int, depth: int) -> dict[frozenset[str], int]:

@@ -35,7 +35,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from segmenter import domain, store
-from segmenter.baskets import AssociationRule, BasketRules, TooManyItemsets
+from segmenter.baskets import AssociationRule, BasketRules, TooManyItemsets, worth_mining_again
 from segmenter.churn import ChurnEstimate, ChurnModel, PurchaseSummary
 from segmenter.clusters import OnlineClusters
 from segmenter.settings import SegmenterSettings
@@ -114,6 +114,7 @@ class SegmentHandlers:
         self.store_rules: dict[str, BasketRules] = {}
         self.rules_lock = asyncio.Lock()
         self._checked_versions: dict[str, int] = {}
+        self._refused_at: dict[str, int] = {}  # scope -> its basket arrivals when its rules were refused
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -414,14 +415,20 @@ class SegmentHandlers:
                     continue
                 if self._checked_versions.get(scope) == rules.version:
                     continue  # no basket came or went since the last look
+                if not worth_mining_again(rules, self._refused_at.get(scope)):
+                    continue
                 self._checked_versions[scope] = rules.version
                 try:
+                    # Only the chain's itemsets stay cached (the API asks mostly for its rules): a cache per
+                    # store is memory that grows with the number of stores, not with what is asked.
                     top = await asyncio.to_thread(rules.rules, self.settings.rules_min_support,
                                                   self.settings.rules_min_confidence, 0.0, None, self.settings.rules_top,
-                                                  self.settings.rules_publish_max_items)
+                                                  self.settings.rules_publish_max_items, scope == "chain")
                 except TooManyItemsets as exc:
+                    self._refused_at[scope] = rules.arrivals
                     log.info("rules of a scope skipped", extra={"scope": scope, "reason": str(exc)})
                     continue
+                self._refused_at.pop(scope, None)
                 size, latest = len(rules), rules.latest_at
             fingerprint = hashlib.sha256(orjson.dumps([[sorted(r.antecedents), r.consequent] for r in top])).hexdigest()
             if fingerprints.get(scope) == fingerprint or latest is None:

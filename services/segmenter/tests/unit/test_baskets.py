@@ -289,3 +289,27 @@ def test_max_items_bounds_the_rules_and_a_deeper_cache_does_not_leak_longer_ones
     assert short and max(len(r.antecedents) for r in short) == 2
     assert {(r.antecedents, r.consequent) for r in short} == {(r.antecedents, r.consequent) for r in full
                                                                if len(r.antecedents) <= 2}
+
+
+def test_rules_mined_without_keeping_the_itemsets_are_the_same_and_leave_nothing_cached(
+        groceries: list[frozenset[str]]) -> None:
+    month = shop(list(groceries))
+    uncached = month.rules(0.002, 0.4, max_items=3, keep_itemsets=False)
+    assert month._mined is None  # nothing held for the next question
+    assert uncached == month.rules(0.002, 0.4, max_items=3) != []
+    assert month._mined is not None
+
+
+def test_a_refused_window_is_mined_again_only_once_a_tenth_of_it_is_new() -> None:
+    from segmenter.baskets import worth_mining_again
+
+    window = BasketRules()
+    for i in range(100):
+        window.add(f"b{i}", ["a", "b"], T0 + timedelta(minutes=i))
+    assert worth_mining_again(window, None)
+    refused_at = window.arrivals
+    for i in range(100, 110):
+        window.add(f"b{i}", ["a", "b"], T0 + timedelta(minutes=i))
+    assert not worth_mining_again(window, refused_at)  # 10 new of 110
+    window.add("b110", ["a", "b"], T0 + timedelta(minutes=110))
+    assert worth_mining_again(window, refused_at)  # 11 new of 111
