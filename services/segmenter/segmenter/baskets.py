@@ -277,22 +277,28 @@ class BasketRules:
         itemsets = self.frequent_itemsets(min_count, max_items, keep=keep_itemsets)
         longest = self.max_rule_items if max_items is None else max_items
         wanted = antecedent or frozenset()
-        found: list[AssociationRule] = []
-        for itemset, together in itemsets.items():
-            if not 2 <= len(itemset) <= longest or together < min_count or not wanted <= itemset:
-                continue
-            for consequent in itemset:
-                if consequent in wanted:
+
+        def qualifying() -> Iterable[AssociationRule]:
+            for itemset, together in itemsets.items():
+                if not 2 <= len(itemset) <= longest or together < min_count or not wanted <= itemset:
                     continue
-                antecedents = itemset - {consequent}
-                confidence = together / itemsets[antecedents]
-                if confidence < min_confidence:
-                    continue
-                lift = together * n / (itemsets[antecedents] * self._item_baskets[consequent])
-                if lift >= min_lift:
-                    found.append(AssociationRule(antecedents, consequent, together / n, confidence, lift, together))
-        found.sort(key=rule_order)
-        return found if limit is None else found[:limit]
+                for consequent in itemset:
+                    if consequent in wanted:
+                        continue
+                    antecedents = itemset - {consequent}
+                    confidence = together / itemsets[antecedents]
+                    if confidence < min_confidence:
+                        continue
+                    lift = together * n / (itemsets[antecedents] * self._item_baskets[consequent])
+                    if lift >= min_lift:
+                        yield AssociationRule(antecedents, consequent, together / n, confidence, lift, together)
+
+        if limit is None:
+            return sorted(qualifying(), key=rule_order)
+        # The top `limit` without holding every qualifying rule: a window of repeated long baskets has
+        # hundreds of thousands of them (a 214-basket store: ~500 MB as a list). `rule_order` never
+        # ties, so this is exactly `sorted(...)[:limit]`.
+        return heapq.nsmallest(limit, qualifying(), key=rule_order)
 
     def frequent_itemsets(self, min_count: int, max_items: int | None = None,
                           keep: bool = True) -> Mapping[frozenset[str], int]:
