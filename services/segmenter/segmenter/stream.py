@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_shared.consumer import IdempotentConsumer, consumer_for
+from crm_shared.consumer import IdempotentConsumer, consumer_for, sale_from_the_future
 from crm_shared.events import Envelope, MemberErased, MemberProfileUpdated, SaleRecorded
 from crm_shared.settings import CommonSettings
 from crm_shared.topics import MEMBER_ERASED, MEMBER_PROFILES, POS_SALES
@@ -20,8 +20,11 @@ def profiles_consumer(common: CommonSettings, engine: Any, handlers: Any, *, bat
 
 
 def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:
+    """A sale dated more than a day after its record was written is dead-lettered: its event time
+    would move every basket window to that day and evict every basket in it."""
     return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="sales", topic=POS_SALES,
-                        model=SaleRecorded, handle=handlers.apply_sales, after_commit=handlers.after_sales, batch=batch)
+                        model=SaleRecorded, handle=handlers.apply_sales, after_commit=handlers.after_sales,
+                        screen=sale_from_the_future, batch=batch)
 
 
 def erasures_consumer(common: CommonSettings, engine: Any, handlers: Any) -> IdempotentConsumer[Any]:
