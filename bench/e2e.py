@@ -357,17 +357,12 @@ async def deliver_open_orders(replenishment_url: str, received_at: datetime) -> 
 
 def campaign_decisions(notifier_url: str) -> dict[str, dict[str, Any]]:
     """Per campaign: offers sent, withheld (control group) and suppressed by reason, so far."""
-    import httpx
+    from crm_shared.cli import campaign_reports
 
-    headers = {"x-api-key": "dev-marketing"}
-    campaigns = httpx.get(f"{notifier_url}/v1/campaigns", headers=headers, timeout=30).json()["campaigns"]
-    out: dict[str, dict[str, Any]] = {}
-    for campaign in campaigns:
-        report = httpx.get(f"{notifier_url}/v1/campaigns/{campaign['campaign_id']}/report", headers=headers,
-                           timeout=30).json()
-        out[campaign["campaign_id"]] = {"sent": int(report["sent"]), "withheld": int(report["withheld"]),
-                                        "suppressed": {k: int(v) for k, v in report["suppressed"].items()}}
-    return out
+    campaigns, reports = campaign_reports(notifier_url, timeout=30)
+    return {campaign["campaign_id"]: {"sent": int(report["sent"]), "withheld": int(report["withheld"]),
+                                      "suppressed": {k: int(v) for k, v in report["suppressed"].items()}}
+            for campaign, report in zip(campaigns, reports, strict=True)}
 
 
 def memory_at(sampler: Sampler, at: float) -> dict[str, int]:

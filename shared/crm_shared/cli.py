@@ -344,12 +344,19 @@ def _print_orders(replenishment: str) -> None:
              f"{len(order.get('lines', []))} lines  {order.get('status')}")
 
 
-def _print_offers(notifier: str) -> None:
+def campaign_reports(notifier: str, timeout: float = 10.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The notifier's campaigns and, in the same order, each one's report (sent, withheld, suppressed
+    by reason, uplift), asked with the dev marketing key."""
     headers = {"x-api-key": "dev-marketing"}
+    campaigns = httpx.get(f"{notifier}/v1/campaigns", headers=headers, timeout=timeout).json()["campaigns"]
+    reports = [httpx.get(f"{notifier}/v1/campaigns/{c['campaign_id']}/report", headers=headers, timeout=timeout).json()
+               for c in campaigns]
+    return campaigns, reports
+
+
+def _print_offers(notifier: str) -> None:
     try:
-        campaigns = httpx.get(f"{notifier}/v1/campaigns", headers=headers, timeout=10).json()["campaigns"]
-        reports = [httpx.get(f"{notifier}/v1/campaigns/{c['campaign_id']}/report", headers=headers, timeout=10).json()
-                   for c in campaigns]
+        campaigns, reports = campaign_reports(notifier)
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         echo(f"\nOffers: the notifier did not answer ({exc!r})")
         return

@@ -66,6 +66,14 @@ def recordset(name: str, columns: Mapping[str, str]) -> str:
         f"{column} {sql_type}" for column, sql_type in columns.items()) + ")"
 
 
+def column_types(table: Any, columns: Iterable[str]) -> dict[str, str]:
+    """`columns` of a SQLAlchemy `table` with their PostgreSQL types, for `recordset`."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    return {str(name): table.c[name].type.compile(dialect=dialect) for name in columns}
+
+
 def recordset_rows(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
     """The value of a `recordset` parameter: the rows' `columns` as a JSON array of objects (dates and
     times as ISO 8601, Decimals as strings, floats exactly: orjson writes the shortest round trip)."""

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, recordset, recordset_rows
+from crm_shared.db import any_of, column_types, recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     ARRAY,
@@ -32,7 +32,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -240,8 +239,7 @@ def new_stock_row(store_id: str, sku: str) -> dict[str, Any]:
 
 STOCK_COLUMNS = [c.name for c in stock.columns if c.name != "updated_at"]
 _STOCK_KEY = ("store_id", "sku")
-# Each stock column's PostgreSQL type, for the set-based statements below.
-_STOCK_TYPES = {c.name: c.type.compile(dialect=postgresql.dialect()) for c in stock.columns if c.name in STOCK_COLUMNS}
+_STOCK_TYPES = column_types(stock, STOCK_COLUMNS)
 _STOCK_VALUES = ", ".join(f"rows.{c}" for c in STOCK_COLUMNS)
 _NEW_STOCK_SQL = (
     f"INSERT INTO stock ({', '.join(STOCK_COLUMNS)}) SELECT {_STOCK_VALUES} FROM {recordset('rows', _STOCK_TYPES)} "
@@ -274,7 +272,7 @@ async def save_stock(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> N
         await conn.execute(text(_SAVE_STOCK_SQL), {"rows": recordset_rows(rows, STOCK_COLUMNS)})
 
 
-_DAILY_TYPES = {"store_id": "varchar", "sku": "varchar", "day": "date", "sold": "bigint", "returned": "bigint"}
+_DAILY_TYPES = column_types(daily_sales, ("store_id", "sku", "day", "sold", "returned"))
 _ADD_DAILY_SQL = (
     "INSERT INTO daily_sales (store_id, sku, day, sold, returned) "
     f"SELECT rows.store_id, rows.sku, rows.day, rows.sold, rows.returned FROM {recordset('rows', _DAILY_TYPES)} "
