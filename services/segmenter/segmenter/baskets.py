@@ -47,7 +47,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -64,6 +64,9 @@ class TooManyItemsets(ValueError):
         super().__init__(f"more than {limit:,} frequent itemsets at {min_count} of {baskets:,} baskets: "
                          "raise min_support")
         self.limit, self.min_count, self.baskets = limit, min_count, baskets
+
+    def __reduce__(self) -> tuple[type[TooManyItemsets], tuple[int, int, int]]:
+        return type(self), (self.limit, self.min_count, self.baskets)  # it crosses from the mining process
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,28 @@ class BasketRules:
 
     def baskets_with(self, sku: str) -> int:
         return self._item_baskets.get(sku, 0)
+
+    def item_lists(self) -> list[tuple[str, ...]]:
+        """Each basket's items, in window order: what `mine_rules` takes to mine this window elsewhere."""
+        return [tuple(basket.items) for basket in self._baskets.values()]
+
+    def known_refusal(self, min_support: float, max_items: int | None = None) -> TooManyItemsets | None:
+        """The refusal this window's current baskets already earned at these thresholds (or stricter
+        ones), so that it is not mined again only to be refused again."""
+        refused = self._refused
+        n = len(self._baskets)
+        if refused is None or refused[0] != self._version or n == 0:
+            return None
+        if refused[1] >= min_basket_count(min_support, n) and refused[2] <= self._depth(max_items):
+            return TooManyItemsets(self.max_itemsets, refused[1], n)
+        return None
+
+    def remember_refusal(self, version: int, refused: TooManyItemsets, max_items: int | None = None) -> None:
+        """`refused` came from mining this window at `version` elsewhere (`mine_rules`)."""
+        self._refused = (version, refused.min_count, self._depth(max_items))
+
+    def _depth(self, max_items: int | None) -> int:
+        return self.max_rule_items if max_items is None else max(2, min(max_items, self.max_rule_items))
 
     def add(self, basket_id: str, items: Iterable[str], at: datetime) -> bool:
         """Count a basket (its distinct items; an empty one still counts, as in Apriori).
@@ -308,7 +333,7 @@ class BasketRules:
         `keep=False`: the itemsets are not cached for the next question. A window of repeated long
         baskets (a store's standing wholesale order) can have up to `max_itemsets` of them, ~100 MB,
         and one cache per store kept them all (the segmenter grew to 938 MB in `bench/e2e.py`)."""
-        depth = self.max_rule_items if max_items is None else max(2, min(max_items, self.max_rule_items))
+        depth = self._depth(max_items)
         mined = self._mined
         if mined is not None and mined[0] == self._version and mined[1] <= min_count and mined[3] >= depth:
             return mined[2]
@@ -385,3 +410,21 @@ class BasketRules:
             restored._count(basket_id, frozenset(items), datetime.fromisoformat(at))
         restored.latest_at = None if data["latest_at"] is None else datetime.fromisoformat(data["latest_at"])
         return restored
+
+
+_UNDATED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def mine_rules(baskets: Iterable[Iterable[str]], min_support: float, min_confidence: float, min_lift: float = 0.0,
+               antecedent: frozenset[str] | None = None, limit: int | None = None, max_items: int | None = None, *,
+               max_rule_items: int = ARULES_MAX_RULE_ITEMS, max_itemsets: int = MAX_ITEMSETS) -> list[AssociationRule]:
+    """`BasketRules.rules` over these baskets (a window's `item_lists()`), keeping nothing afterwards.
+
+    The segmenter runs it in a process of its own (`segmenter.mining`): mining a window of repeated
+    wholesale baskets allocates up to `max_itemsets` itemsets for a second or so, and in the service's
+    process, among the baskets and decoded sales arriving meanwhile, each such look left the heap
+    larger than before (`bench/e2e.py`: +4-5 KB per sale of steady traffic, in steps at each look)."""
+    window = BasketRules(max_rule_items=max_rule_items, max_itemsets=max_itemsets)
+    for position, items in enumerate(baskets):
+        window.add(str(position), items, _UNDATED)
+    return window.rules(min_support, min_confidence, min_lift, antecedent, limit, max_items, keep_itemsets=False)

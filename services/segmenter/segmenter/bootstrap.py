@@ -64,6 +64,7 @@ class SegmenterService:
         for consumer in self.consumers:
             await consumer.stop()
         await self.relay.stop()
+        self.handlers.miner.close()
         await self.engine.dispose()
 
     def readiness_checks(self) -> dict[str, Any]:

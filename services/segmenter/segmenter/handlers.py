@@ -38,6 +38,7 @@ from segmenter import domain, store
 from segmenter.baskets import AssociationRule, BasketRules, TooManyItemsets, worth_mining_again
 from segmenter.churn import ChurnEstimate, ChurnModel, PurchaseSummary
 from segmenter.clusters import OnlineClusters
+from segmenter.mining import RuleMiner
 from segmenter.settings import SegmenterSettings
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ def summary_of_row(row: dict[str, Any], clock: datetime) -> PurchaseSummary | No
 
 class SegmentHandlers:
     def __init__(self, engine: AsyncEngine, settings: SegmenterSettings, *, topic_prefix: str,
-                 wake_relay: Any = None) -> None:
+                 wake_relay: Any = None, miner: RuleMiner | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.miner = miner or RuleMiner(in_process=not settings.rules_mining_process)
         self.segments_topic = MEMBER_SEGMENTS.qualified(topic_prefix)
         self.rules_topic = ANALYTICS_ASSOCIATIONS.qualified(topic_prefix)
         self.wake_relay = wake_relay or (lambda: None)
@@ -391,9 +393,17 @@ class SegmentHandlers:
             rules = self.rules_for(scope)
             if rules is None:
                 return [], 0
-            found = await asyncio.to_thread(rules.rules, min_support, min_confidence, min_lift, antecedent, limit,
-                                            max_items)
-            return found, len(rules)
+            refused = rules.known_refusal(min_support, max_items)
+            if refused is not None:
+                raise refused
+            baskets, version = rules.item_lists(), rules.version
+        try:
+            found = await self.miner.rules(baskets, min_support, min_confidence, min_lift, antecedent, limit, max_items,
+                                           max_rule_items=rules.max_rule_items, max_itemsets=rules.max_itemsets)
+        except TooManyItemsets as exc:
+            rules.remember_refusal(version, exc, max_items)
+            raise
+        return found, len(baskets)
 
     async def bought_with(self, sku: str, scope: str | None, limit: int) -> tuple[list[Any], int]:
         async with self.rules_lock:
@@ -418,18 +428,19 @@ class SegmentHandlers:
                 if not worth_mining_again(rules, self._refused_at.get(scope)):
                     continue
                 self._checked_versions[scope] = rules.version
-                try:
-                    # Only the chain's itemsets stay cached (the API asks mostly for its rules): a cache per
-                    # store is memory that grows with the number of stores, not with what is asked.
-                    top = await asyncio.to_thread(rules.rules, self.settings.rules_min_support,
-                                                  self.settings.rules_min_confidence, 0.0, None, self.settings.rules_top,
-                                                  self.settings.rules_publish_max_items, scope == "chain")
-                except TooManyItemsets as exc:
-                    self._refused_at[scope] = rules.arrivals
-                    log.info("rules of a scope skipped", extra={"scope": scope, "reason": str(exc)})
-                    continue
-                self._refused_at.pop(scope, None)
-                size, latest = len(rules), rules.latest_at
+                baskets, arrivals, latest, version = rules.item_lists(), rules.arrivals, rules.latest_at, rules.version
+            try:  # in the mining process (segmenter.mining), outside the lock: sales go on being counted
+                top = await self.miner.rules(baskets, self.settings.rules_min_support,
+                                             self.settings.rules_min_confidence, 0.0, None, self.settings.rules_top,
+                                             self.settings.rules_publish_max_items, max_rule_items=rules.max_rule_items,
+                                             max_itemsets=rules.max_itemsets)
+            except TooManyItemsets as exc:
+                self._refused_at[scope] = arrivals
+                rules.remember_refusal(version, exc, self.settings.rules_publish_max_items)
+                log.info("rules of a scope skipped", extra={"scope": scope, "reason": str(exc)})
+                continue
+            self._refused_at.pop(scope, None)
+            size = len(baskets)
             fingerprint = hashlib.sha256(orjson.dumps([[sorted(r.antecedents), r.consequent] for r in top])).hexdigest()
             if fingerprints.get(scope) == fingerprint or latest is None:
                 continue

@@ -34,4 +34,5 @@ class SegmenterSettings(BaseSettings):
     rules_publish_max_items: int = Field(default=3, ge=2, le=10, description="Items per published rule (3: A and B -> C)")
     rules_top: int = Field(default=20, ge=1, le=1000)
     rules_publish_seconds: float = Field(default=10.0, gt=0)
+    rules_mining_process: bool = Field(default=True, description="Mine rules in a worker process (segmenter.mining)")
     migrations_dir: str = Field(default_factory=lambda: migrations_dir_beside(__file__))

@@ -313,3 +313,31 @@ def test_a_refused_window_is_mined_again_only_once_a_tenth_of_it_is_new() -> Non
     assert not worth_mining_again(window, refused_at)  # 10 new of 110
     window.add("b110", ["a", "b"], T0 + timedelta(minutes=110))
     assert worth_mining_again(window, refused_at)  # 11 new of 111
+
+
+def test_rules_mined_from_a_windows_item_lists_equal_the_windows_own(groceries: list[frozenset[str]]) -> None:
+    from segmenter.baskets import mine_rules
+
+    month = shop(list(groceries))
+    expected = month.rules(0.002, 0.4, limit=50, max_items=3)
+    assert mine_rules(month.item_lists(), 0.002, 0.4, 0.0, None, 50, 3) == expected != []
+    assert mine_rules(month.item_lists(), 0.002, 0.4) == month.rules(0.002, 0.4)
+
+
+def test_a_refusal_mined_elsewhere_is_remembered_until_the_window_changes() -> None:
+    from segmenter.baskets import TooManyItemsets, mine_rules
+
+    rules = BasketRules(max_itemsets=10_000)
+    order = [f"sku{i}" for i in range(40)]
+    rules.add("a", order, T0)
+    rules.add("b", order, T0)
+    assert rules.known_refusal(0.5, 3) is None
+    with pytest.raises(TooManyItemsets) as refused:
+        mine_rules(rules.item_lists(), 0.5, 0.5, max_items=3, max_itemsets=rules.max_itemsets)
+    rules.remember_refusal(rules.version, refused.value, max_items=3)
+    known = rules.known_refusal(0.5, 3)
+    assert known is not None and known.min_count == refused.value.min_count == 1
+    assert rules.known_refusal(0.5, 4) is not None  # deeper is refused too
+    assert rules.known_refusal(0.5, 2) is None  # shallower may fit: it is mined
+    rules.add("c", ["other"], T0)
+    assert rules.known_refusal(0.5, 3) is None  # a new basket: a new window

@@ -1,0 +1,71 @@
+"""The mining process: the same rules as mining in the service's own process, refusals carried
+across, and a worker that died replaced (a real spawned process; no broker or database)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from datetime import UTC, datetime
+
+import pytest
+from segmenter.baskets import BasketRules, TooManyItemsets
+from segmenter.mining import RuleMiner
+
+T0 = datetime(2011, 12, 1, tzinfo=UTC)
+
+
+def window() -> BasketRules:
+    rules = BasketRules()
+    for i in range(300):
+        basket = ["bread", "milk"] if i % 2 else ["bread", "butter", f"extra{i % 7}"]
+        if i % 3 == 0:
+            basket.append("jam")
+        rules.add(f"b{i}", basket, T0)
+    return rules
+
+
+def test_rules_mined_in_the_worker_equal_the_windows_own_and_refusals_cross_back() -> None:
+    rules = window()
+
+    async def scenario() -> tuple[list[object], list[object], TooManyItemsets, int | None]:
+        miner = RuleMiner()
+        try:
+            mined = await miner.rules(rules.item_lists(), 0.05, 0.3, 0.0, None, 10, 3)
+            all_rules = await miner.rules(rules.item_lists(), 0.05, 0.3)
+            wholesale = BasketRules(max_itemsets=1_000)
+            for i in range(3):
+                wholesale.add(f"w{i}", [f"sku{j}" for j in range(30)], T0)
+            with pytest.raises(TooManyItemsets) as refused:
+                await miner.rules(wholesale.item_lists(), 0.5, 0.5, max_itemsets=wholesale.max_itemsets)
+            worker = miner.worker_pid
+            return mined, all_rules, refused.value, worker
+        finally:
+            miner.close()
+
+    mined, all_rules, refused, worker = asyncio.run(scenario())
+    assert mined == rules.rules(0.05, 0.3, limit=10, max_items=3) != []
+    assert all_rules == rules.rules(0.05, 0.3)
+    assert (refused.limit, refused.min_count, refused.baskets) == (1_000, 2, 3)
+    assert worker is not None and worker != os.getpid()
+
+
+def test_a_worker_that_died_is_replaced_and_the_look_is_answered() -> None:
+    rules = window()
+
+    async def scenario() -> tuple[list[object], int | None, int | None]:
+        miner = RuleMiner()
+        try:
+            await miner.rules(rules.item_lists(), 0.05, 0.3)
+            first = miner.worker_pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            again = await miner.rules(rules.item_lists(), 0.05, 0.3, 0.0, None, 5)
+            return again, first, miner.worker_pid
+        finally:
+            miner.close()
+
+    again, first, second = asyncio.run(scenario())
+    assert again == rules.rules(0.05, 0.3, limit=5) != []
+    assert second is not None and second != first
