@@ -338,6 +338,13 @@ def edge_routes(config: str) -> dict[int, str]:
     return routes
 
 
+def served_services() -> dict[str, int]:
+    """Compose name -> port of every service with an HTTP port (crm_shared/services.py): the five and the ops console."""
+    from crm_shared.services import SERVICES
+
+    return {spec.name: spec.port for spec in SERVICES}
+
+
 def check_edge(compose: dict, config: str) -> list[str]:
     svcs = services_of(compose)
     edge = svcs.get("edge")
@@ -346,7 +353,7 @@ def check_edge(compose: dict, config: str) -> list[str]:
     problems = []
     routes = edge_routes(config)
     published = {port for port, _ in published_ports(edge)}
-    for name, port in consumer_services().items():
+    for name, port in served_services().items():
         if name not in svcs:
             continue
         if routes.get(port) != f"{name}:{port}":
@@ -359,7 +366,7 @@ def check_edge(compose: dict, config: str) -> list[str]:
     if "resolver 127.0.0.11" not in config:
         problems.append("edge: no Docker DNS resolver, so new replicas are never seen")
     if not re.search(r"^\s*access_log\s+off;", config, re.M):
-        problems.append("edge: access log on (URLs carry member ids and lookup phone numbers/e-mails)")
+        problems.append("edge: access log on (URLs carry member ids)")
     volume_sources = [str(v).split(":")[0] for v in edge.get("volumes") or []]
     if "./deploy/edge/nginx.conf" not in volume_sources:
         problems.append("edge: does not mount ./deploy/edge/nginx.conf")

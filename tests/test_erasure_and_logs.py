@@ -179,7 +179,7 @@ def test_personal_data_is_never_logged_and_erasure_reaches_every_store(services:
     bad = mp.patch(f"/v1/members/{MEMBER}", json={"email": BAD_EMAIL}, headers=POS)
     assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "email"
     for params in ({"phone": PERSON["phone"]}, {"email": PERSON["email"]}, {"card_number": PERSON["card_number"]}):
-        found = mp.get("/v1/members/lookup", params=params, headers=POS)
+        found = mp.post("/v1/members/lookup", json=params, headers=POS)
         assert found.status_code == 200 and found.json()["member_id"] == MEMBER, found.text
     assert mp.patch(f"/v1/members/{MEMBER}", json={"email": NEW_EMAIL}, headers=POS).status_code == 200
     for channel, granted in (("sms", True), ("email", False)):

@@ -65,7 +65,7 @@ POLICY: dict[str, dict[tuple[str, str], Allowed]] = {
     },
     "member_profile": {
         ("POST", "/v1/members"): allowed(OPS, POS),
-        ("GET", "/v1/members/lookup"): allowed(OPS, POS, card_number="600400100100"),
+        ("POST", "/v1/members/lookup"): allowed(OPS, POS),
         ("GET", "/v1/members/{member_id}"): allowed(OPS, MKT, POS),
         ("PATCH", "/v1/members/{member_id}"): allowed(OPS, POS),
         ("PUT", "/v1/members/{member_id}/consents/{channel}"): allowed(OPS, POS),

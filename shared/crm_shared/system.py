@@ -176,7 +176,8 @@ class Snapshot:
         return {name: len(rows) for name, rows in self.tables.items()}
 
 
-def _asyncpg_dsn(database_url: str) -> str:
+def asyncpg_dsn(database_url: str) -> str:
+    """The SQLAlchemy URL (`postgresql+asyncpg://`) as plain asyncpg takes it."""
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
@@ -184,7 +185,7 @@ async def read_snapshot(database_url: str, schemas: dict[str, str], prefix: str 
                         tables: dict[str, dict[str, frozenset[str]]] = STATE_TABLES) -> Snapshot:
     import asyncpg
 
-    connection = await asyncpg.connect(_asyncpg_dsn(database_url))
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         out: dict[str, list[tuple[Any, ...]]] = {}
         columns: dict[str, list[str]] = {}

@@ -1,6 +1,5 @@
 """HTTP edge of member-profile: parse, call one handler, shape the response."""
 
-import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -21,6 +20,17 @@ class Redemption(BaseModel):
 
     points: int = Field(strict=True, gt=0, le=10_000_000)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9._:\-]+$")]
+
+
+class MemberLookup(BaseModel):
+    """Who to find: exactly one of the three. In the body, not the URL: a phone number or an e-mail
+    address in a query string ends up in proxies' and browsers' logs and histories."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phone: str | None = Field(default=None, min_length=1, max_length=40)
+    email: str | None = Field(default=None, min_length=1, max_length=254)
+    card_number: str | None = Field(default=None, pattern=r"^\d{6,19}$", description="6 to 19 digits")
 
 
 class ConsentChange(BaseModel):
@@ -52,20 +62,17 @@ def create_app(service: Any) -> FastAPI:
     async def enrol(enrolment: Enrolment, principal: Annotated[Principal, Depends(front_desk)]) -> Any:
         return await members.enrol(enrolment, principal)
 
-    @app.get("/v1/members/lookup", tags=["members"], summary="Find a member by phone, e-mail or card number")
-    async def lookup(principal: Annotated[Principal, Depends(front_desk)], phone: str | None = None,
-                     email: str | None = None, card_number: str | None = None) -> Any:
-        given = [v for v in (phone, email, card_number) if v]
+    @app.post("/v1/members/lookup", tags=["members"], summary="Find a member by phone, e-mail or card number")
+    async def lookup(wanted: MemberLookup, principal: Annotated[Principal, Depends(front_desk)]) -> Any:
+        given = [v for v in (wanted.phone, wanted.email, wanted.card_number) if v is not None]
         if len(given) != 1:
-            raise ApiError(422, "validation_failed", "query", "give exactly one of phone, email, card_number")
-        if card_number is not None and not re.fullmatch(r"\d{6,19}", card_number):
-            raise ApiError(422, "validation_failed", "card_number", "must be 6 to 19 digits")
+            raise ApiError(422, "validation_failed", "body", "give exactly one of phone, email, card_number")
         try:
-            phone = normalise_phone(phone) if phone else None
-            email = normalise_email(email) if email else None
+            phone = normalise_phone(wanted.phone) if wanted.phone is not None else None
+            email = normalise_email(wanted.email) if wanted.email is not None else None
         except ValueError as exc:
-            raise ApiError(422, "validation_failed", "phone" if phone else "email", str(exc)) from exc
-        return await members.lookup(phone=phone, email=email, card_number=card_number, principal=principal)
+            raise ApiError(422, "validation_failed", "phone" if wanted.phone is not None else "email", str(exc)) from exc
+        return await members.lookup(phone=phone, email=email, card_number=wanted.card_number, principal=principal)
 
     @app.get("/v1/members/{member_id}", tags=["members"], summary="A member: personal data and consent")
     async def get_member(member_id: Annotated[Identifier, Path()],

@@ -381,6 +381,8 @@ class SegmentHandlers:
                 rules.expire_before(latest - self.window)
                 if not len(rules):
                     del self.store_rules[store_id]
+                    self._refused_at.pop(store_id, None)
+                    self._checked_versions.pop(store_id, None)
         BASKETS.set(len(self.chain_rules))
 
     def rules_for(self, scope: str | None) -> BasketRules | None:

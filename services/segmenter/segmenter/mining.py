@@ -10,14 +10,19 @@ interpreter's lock against the consumers while it ran. The mining process holds 
 looks, so what a look allocates is all freed again, and the service's event loop keeps running.
 
 The worker is spawned (never forked from a process with threads and open sockets) on first use and
-replaced after `tasks_per_process` looks, or at once if it died.
+replaced after `tasks_per_process` looks, or at once if it died. It dies with the service: a
+segmenter killed outright (SIGKILL, out of memory) leaves no orphan worker behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +31,15 @@ from functools import partial
 from segmenter.baskets import ARULES_MAX_RULE_ITEMS, MAX_ITEMSETS, AssociationRule, mine_rules
 
 log = logging.getLogger(__name__)
+
+
+def die_with(parent_pid: int) -> None:
+    """The worker's initializer: the kernel kills it when the service's process dies (Linux's
+    parent-death signal); if the service died before this ran, it exits at once."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(0)
 
 
 class RuleMiner:
@@ -41,7 +55,8 @@ class RuleMiner:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             max_tasks_per_child=self.tasks_per_process)
+                                             max_tasks_per_child=self.tasks_per_process,
+                                             initializer=die_with, initargs=(os.getpid(),))
         return self._pool
 
     async def rules(self, baskets: Sequence[tuple[str, ...]], min_support: float, min_confidence: float,

@@ -77,11 +77,11 @@ def test_enrol_look_up_consent_and_bad_input(service: Any) -> None:
                                                    "card_number": None, "birth_date": "2999-01-01"}, headers=OPS)
     assert future.status_code == 422 and future.json()["detail"][0]["field"] == "birth_date"
 
-    found = httpx.get(f"{url}/v1/members/lookup", params={"phone": "+44 (0)20"}, headers=OPS)
+    found = httpx.post(f"{url}/v1/members/lookup", json={"phone": "+44 (0)20"}, headers=OPS)
     assert found.status_code == 422
-    by_card = httpx.get(f"{url}/v1/members/lookup", params={"card_number": "6004001001"}, headers={"x-api-key": "dev-pos-s1"})
+    by_card = httpx.post(f"{url}/v1/members/lookup", json={"card_number": "6004001001"}, headers={"x-api-key": "dev-pos-s1"})
     assert by_card.status_code == 200 and by_card.json()["member_id"] == "card-1001"
-    assert httpx.get(f"{url}/v1/members/lookup", params={"card_number": "6004001001"},
+    assert httpx.post(f"{url}/v1/members/lookup", json={"card_number": "6004001001"},
                      headers={"x-api-key": "dev-pos-s2"}).status_code == 404  # another store's member stays hidden
     withdrawn = httpx.put(f"{url}/v1/members/card-1001/consents/sms", json={"granted": False, "source": "web"}, headers=OPS)
     assert withdrawn.json()["sms"]["granted"] is False
@@ -149,7 +149,7 @@ def test_erasure_forgets_the_person_keeps_the_aggregates_and_tells_everyone(serv
     member = httpx.get(f"{url}/v1/members/forget-me", headers=OPS).json()
     assert member["personal"] is None and member["consents"] == {} and member["erased_at"]
     assert httpx.get(f"{url}/v1/members/forget-me/profile", headers=OPS).json()["monetary"] == "40.00"
-    assert httpx.get(f"{url}/v1/members/lookup", params={"phone": "+447700900123"}, headers=OPS).status_code == 404
+    assert httpx.post(f"{url}/v1/members/lookup", json={"phone": "+447700900123"}, headers=OPS).status_code == 404
     events = asyncio.run(read_topic(bootstrap, MEMBER_ERASED.qualified(prefix), expected=1, timeout=30))
     payload = orjson.loads(events[-1].value)["payload"]
     assert payload["member_id"] == "forget-me" and "Grace" not in events[-1].value.decode()
@@ -211,7 +211,7 @@ def test_odd_requests_get_a_4xx_naming_the_field_and_a_raced_redemption_answers_
                                                                    "at": "2024-01-01T00:00:00"}, headers=OPS)
     assert naive.status_code == 422 and naive.json()["detail"][0]["field"] == "at"
     assert httpx.get(f"{url}/v1/members", params={"offset": 10**20}, headers=OPS).status_code == 422
-    card = httpx.get(f"{url}/v1/members/lookup", params={"card_number": "12\u00003456"}, headers=OPS)
+    card = httpx.post(f"{url}/v1/members/lookup", json={"card_number": "12\u00003456"}, headers=OPS)
     assert card.status_code == 422 and card.json()["detail"][0]["field"] == "card_number"
     nul_email = httpx.post(f"{url}/v1/members", json={"member_id": "nul", "home_store": "s1",
                                                        "email": "b\u0000ob@example.com"}, headers=OPS)

@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import psutil
 import pytest
 from segmenter.baskets import BasketRules, TooManyItemsets
 from segmenter.mining import RuleMiner
@@ -69,3 +74,42 @@ def test_a_worker_that_died_is_replaced_and_the_look_is_answered() -> None:
     again, first, second = asyncio.run(scenario())
     assert again == rules.rules(0.05, 0.3, limit=5) != []
     assert second is not None and second != first
+
+
+ORPHAN_CHECK = """
+import asyncio, sys
+from datetime import UTC, datetime
+from segmenter.baskets import BasketRules
+from segmenter.mining import RuleMiner
+
+async def main() -> None:
+    rules = BasketRules()
+    for i in range(50):
+        rules.add(str(i), ["a", "b"], datetime(2011, 12, 1, tzinfo=UTC))
+    miner = RuleMiner()
+    await miner.rules(rules.item_lists(), 0.1, 0.1)
+    print(miner.worker_pid, flush=True)
+    await asyncio.sleep(120)
+
+if __name__ == "__main__":  # the spawned worker imports this file again
+    asyncio.run(main())
+"""
+
+
+def test_a_service_killed_outright_leaves_no_mining_worker_behind(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(ORPHAN_CHECK)
+    service = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None
+        line = service.stdout.readline()
+        assert line.strip().isdigit(), f"the service printed no worker pid: {line!r}"
+        worker = int(line)
+        assert psutil.pid_exists(worker)
+    finally:
+        service.kill()  # SIGKILL: no shutdown hook runs
+        service.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(worker) and psutil.Process(worker).status() != "zombie":
+        time.sleep(0.1)
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie", "the worker outlived the service"
