@@ -120,11 +120,17 @@ def min_basket_count(min_support: float, baskets: int) -> int:
     return count
 
 
-def worth_mining_again(window: BasketRules, refused_at: int | None) -> bool:
-    """After a window's rules were refused (too many itemsets) when it had counted `refused_at`
-    baskets: not before a tenth of the window is new. Sooner, it would mine the same ~300,000
-    itemsets (seconds of CPU, ~100 MB) again at every look, only to refuse them again."""
-    return refused_at is None or window.arrivals - refused_at >= max(1, len(window) // 10)
+def worth_mining_again(window: BasketRules, refused_at: int | None, refusals: int = 1) -> bool:
+    """After a window's rules were refused (too many itemsets) `refusals` times in a row, the last
+    time when it had counted `refused_at` baskets: not before a tenth of the window is new, then two
+    tenths after a second refusal in a row, four, eight, and at most the whole window. Sooner, it
+    would mine the same ~300,000 itemsets (a second or more of CPU, ~100 MB) again at every look, only
+    to refuse them again; a store whose window is one wholesale order repeated stays refused for as
+    long as its baskets do, and on a replay a tenth of a window is new every second."""
+    if refused_at is None:
+        return True
+    tenths = min(1 << min(max(1, refusals) - 1, 4), 10)
+    return window.arrivals - refused_at >= max(1, len(window) * tenths // 10)
 
 
 class BasketRules:

@@ -116,7 +116,8 @@ class SegmentHandlers:
         self.store_rules: dict[str, BasketRules] = {}
         self.rules_lock = asyncio.Lock()
         self._checked_versions: dict[str, int] = {}
-        self._refused_at: dict[str, int] = {}  # scope -> its basket arrivals when its rules were refused
+        # scope -> its basket arrivals when its rules were last refused, and refusals in a row
+        self._refused_at: dict[str, tuple[int, int]] = {}
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -427,7 +428,8 @@ class SegmentHandlers:
                     continue
                 if self._checked_versions.get(scope) == rules.version:
                     continue  # no basket came or went since the last look
-                if not worth_mining_again(rules, self._refused_at.get(scope)):
+                refused_at, refusals = self._refused_at.get(scope, (None, 0))
+                if not worth_mining_again(rules, refused_at, refusals):
                     continue
                 self._checked_versions[scope] = rules.version
                 baskets, arrivals, latest, version = rules.item_lists(), rules.arrivals, rules.latest_at, rules.version
@@ -437,7 +439,7 @@ class SegmentHandlers:
                                              self.settings.rules_publish_max_items, max_rule_items=rules.max_rule_items,
                                              max_itemsets=rules.max_itemsets)
             except TooManyItemsets as exc:
-                self._refused_at[scope] = arrivals
+                self._refused_at[scope] = (arrivals, refusals + 1)
                 rules.remember_refusal(version, exc, self.settings.rules_publish_max_items)
                 log.info("rules of a scope skipped", extra={"scope": scope, "reason": str(exc)})
                 continue

@@ -315,6 +315,26 @@ def test_a_refused_window_is_mined_again_only_once_a_tenth_of_it_is_new() -> Non
     assert worth_mining_again(window, refused_at)  # 11 new of 111
 
 
+def test_each_refusal_in_a_row_doubles_the_new_share_it_waits_for_up_to_the_whole_window() -> None:
+    from segmenter.baskets import worth_mining_again
+
+    window = BasketRules(window=timedelta(minutes=100))
+    for i in range(100):
+        window.add(f"b{i}", ["a", "b"], T0 + timedelta(minutes=i))
+    refused_at, minute = window.arrivals, 100
+    waits = {}
+    for refusals in (1, 2, 3, 4, 5, 9):
+        new = 0
+        while not worth_mining_again(window, refused_at, refusals):
+            new, minute = new + 1, minute + 1
+            window.add(f"b{minute}", ["a", "b"], T0 + timedelta(minutes=minute))
+        waits[refusals] = new
+        refused_at = window.arrivals
+    # the window holds ~100 baskets throughout (a basket a minute, 100 minutes): 10, 20, 40, 80, then all of it
+    assert [waits[r] for r in (1, 2, 3, 4)] == [10, 20, 40, 80]
+    assert waits[5] == waits[9] == len(window)
+
+
 def test_rules_mined_from_a_windows_item_lists_equal_the_windows_own(groceries: list[frozenset[str]]) -> None:
     from segmenter.baskets import mine_rules
 
