@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -72,6 +72,23 @@ def column_types(table: Any, columns: Iterable[str]) -> dict[str, str]:
 
     dialect = postgresql.dialect()
     return {str(name): table.c[name].type.compile(dialect=dialect) for name in columns}
+
+
+def insert_from_recordset(table: Any, columns: Sequence[str], *, tail: str = "ON CONFLICT DO NOTHING") -> str:
+    """`INSERT INTO table (columns) SELECT ... FROM jsonb_to_recordset(:rows) ... <tail>` (say, with
+    `RETURNING id`): any number of rows in ONE statement whose text never changes with their number.
+    Pass the rows with `recordset_rows(rows, columns)`; columns left out take their defaults.
+
+    Why not `conn.execute(insert(t).returning(...), rows)`: SQLAlchemy runs that as "insertmanyvalues",
+    a `VALUES (...), (...)` list written for each batch's row count, and every distinct count is one
+    more prepared statement that PostgreSQL keeps, planned, for the life of the connection (up to 100
+    per connection in SQLAlchemy's asyncpg cache). `bench/e2e.py` found replenishment's backends at
+    22-61 MB each, mostly such plans of `INSERT INTO needs ... RETURNING` (up to 8.7 MB apiece), and
+    PostgreSQL's memory growing ~10 KB per steady sale."""
+    types = column_types(table, columns)
+    quoted = {f'"{c}"': sql_type for c, sql_type in types.items()}
+    return (f'INSERT INTO {table.name} ({", ".join(quoted)}) SELECT {", ".join(f"rows.{c}" for c in quoted)} '
+            f"FROM {recordset('rows', quoted)} {tail}")
 
 
 def recordset_rows(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:

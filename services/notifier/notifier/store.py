@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of
+from crm_shared.db import any_of, insert_from_recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
@@ -28,7 +28,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
@@ -460,11 +459,17 @@ async def open_offers(conn: AsyncConnection, member_ids: Sequence[str], earliest
     return [dict(row._mapping) for row in rows]
 
 
+OFFER_COLUMNS = ("offer_id", "campaign_id", "member_id", "trigger", "channel", "products", "store_id", "text",
+                 "issued_at", "valid_to", "withheld", "features")
+_ADD_OFFERS_SQL = insert_from_recordset(offers, OFFER_COLUMNS, tail="ON CONFLICT DO NOTHING RETURNING offer_id")
+
+
 async def add_offers(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Insert offers; returns the ids that were new (a recomputed decision inserts nothing)."""
+    """Insert offers; returns the ids that were new (a recomputed decision inserts nothing). One
+    statement whatever the number of rows (`insert_from_recordset` says why that matters)."""
     if not rows:
         return set()
-    result = await conn.execute(insert(offers).on_conflict_do_nothing().returning(offers.c.offer_id), list(rows))
+    result = await conn.execute(text(_ADD_OFFERS_SQL), {"rows": recordset_rows(rows, OFFER_COLUMNS)})
     return {row.offer_id for row in result}
 
 
@@ -652,7 +657,12 @@ async def low_stock_at(conn: AsyncConnection, stores: Sequence[str]) -> dict[str
 async def load_rhythms(conn: AsyncConnection, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
     if not pairs:
         return {}
-    rows = await conn.execute(select(rhythms).where(tuple_(rhythms.c.member_id, rhythms.c.sku).in_(list(pairs))))
+    # Two array parameters, one statement text: a `(member_id, sku) IN (...)` list is another prepared
+    # statement (and plan, kept by PostgreSQL) for every number of pairs.
+    rows = await conn.execute(text(
+        "SELECT r.* FROM rhythms r JOIN unnest(CAST(:members AS text[]), CAST(:skus AS text[])) AS k(member_id, sku) "
+        "ON r.member_id = k.member_id AND r.sku = k.sku"),
+        {"members": [m for m, _ in pairs], "skus": [k for _, k in pairs]})
     return {(row.member_id, row.sku): dict(row._mapping) for row in rows}
 
 

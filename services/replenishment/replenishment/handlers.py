@@ -172,8 +172,7 @@ class SupplyHandlers:
                     "on_hand": row["on_hand"], "on_order": row["on_order"],
                     "forecast_daily": row["forecast_daily"], "detected_at": at})
         if need_rows:
-            created = {r.need_id for r in await conn.execute(
-                insert(store.needs).on_conflict_do_nothing().returning(store.needs.c.need_id), need_rows)}
+            created = await store.add_needs(conn, need_rows)
             for need in need_rows:
                 if need["need_id"] in created:  # a need already raised this cycle is not raised again
                     rows[(need["store_id"], need["sku"])]["on_order"] += need["quantity"]

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, column_types, recordset, recordset_rows
+from crm_shared.db import any_of, column_types, insert_from_recordset, recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     ARRAY,
@@ -283,6 +283,20 @@ _ADD_DAILY_SQL = (
 async def add_daily_sales(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if rows:
         await conn.execute(text(_ADD_DAILY_SQL), {"rows": recordset_rows(rows, _DAILY_TYPES)})
+
+
+NEED_COLUMNS = ("need_id", "store_id", "sku", "cycle", "supplier_id", "quantity", "pack_size", "unit_cost",
+                "lead_time_days", "reorder_point", "order_up_to", "on_hand", "on_order", "forecast_daily", "detected_at")
+_ADD_NEEDS_SQL = insert_from_recordset(needs, NEED_COLUMNS, tail="ON CONFLICT DO NOTHING RETURNING need_id")
+
+
+async def add_needs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[Any]:
+    """Insert needs; the ids that were new (a need already raised for its store, sku and cycle is not).
+    One statement whatever the number of rows (`insert_from_recordset` says why that matters)."""
+    if not rows:
+        return set()
+    result = await conn.execute(text(_ADD_NEEDS_SQL), {"rows": recordset_rows(rows, NEED_COLUMNS)})
+    return {row.need_id for row in result}
 
 
 async def terms_for(conn: AsyncConnection, skus: Iterable[str]) -> dict[str, tuple[Terms, Any]]:
