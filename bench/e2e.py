@@ -29,7 +29,9 @@ One run, on a fresh embedded stack (tansu broker, PostgreSQL 16, Redis):
      (reported too) this is queueing behind the backlog, and rules come only as it ends;
    - memory per event: PSS of every process when the steady traffic starts and once every group is
      back at lag 0, divided by the sales it took in; beside it the database's own growth (the state
-     tables), which is where per-event state belongs.
+     tables), which is where per-event state belongs. A service's figure is its process tree; the
+     segmenter's own process is shown alone as well, since its rule-mining worker's memory comes and
+     goes with each look (`segmenter/mining.py`).
 
 Prints a table (figure | value | anchor | target) and saves `bench/results/e2e.json`. Exits 0 (a
 report), 2 when the dataset is absent. The machine is shared: other processes' load is printed.
@@ -135,6 +137,47 @@ def tree_memory(pid: int) -> int:
     return total
 
 
+# The segmenter mines basket rules in a worker process (segmenter.mining) whose memory comes and goes
+# with each look: its tree is shown, and its own process alone beside it.
+OWN_PROCESS_ALSO = ("segmenter",)
+
+
+def own_process(name: str) -> str:
+    return f"{name}, its own process alone"
+
+
+def process_memory(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_full_info().pss)
+    except psutil.Error:
+        return 0
+
+
+def tree_private(pid: int) -> int:
+    """USS of a process and its children: the pages only each of them holds (PostgreSQL: the backends'
+    own memory, without the shared buffers they all map)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().uss
+        except psutil.Error:
+            continue
+    return total
+
+
+def tree_size(pid: int) -> int:
+    """How many processes (PostgreSQL: the postmaster, its helpers and one backend per connection)."""
+    try:
+        return 1 + len(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return 0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, its live children and the children it has reaped."""
     try:
@@ -167,7 +210,11 @@ class Sampler:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def memory_now(self) -> dict[str, int]:
-        return {name: tree_memory(pid) for name, pid in self.pids.items()}
+        now = {name: tree_memory(pid) for name, pid in self.pids.items()}
+        for name in OWN_PROCESS_ALSO:
+            if name in self.pids:
+                now[own_process(name)] = process_memory(self.pids[name])
+        return now
 
     def _memory_loop(self) -> None:
         while not self._stop.is_set():
@@ -311,9 +358,9 @@ async def offer_latencies(bootstrap: str, prefix: str, sales_expected: int) -> d
 
 async def database_bytes(database_url: str) -> int:
     import asyncpg
-    from crm_shared.system import _asyncpg_dsn
+    from crm_shared.system import asyncpg_dsn
 
-    conn = await asyncpg.connect(_asyncpg_dsn(database_url))
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         return int(await conn.fetchval("SELECT pg_database_size(current_database())"))
     finally:
@@ -501,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "records_per_s": records / done,
                                  "cpu_seconds": cpu_used[name],
                                  "pss_before_mb": memory_before[name] / 1e6, "pss_peak_mb": sampler.memory_peak[name] / 1e6}
+            if name in OWN_PROCESS_ALSO:
+                alone = own_process(name)
+                per_service[name]["own_process_pss_peak_mb"] = sampler.memory_peak[alone] / 1e6
         results["replay"] = {"publish_seconds": outcome.seconds, "published": outcome.accepted,
                              "wall_seconds_to_lag_zero": wall, "per_service": per_service,
                              "infrastructure_pss_mb": {n: {"before": memory_before[n] / 1e6, "peak": sampler.memory_peak[n] / 1e6,
@@ -529,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         window_before = baskets_in_window(system.url("segmenter"))
         steady_sampler = Sampler(pids, lags)
         memory_start = steady_sampler.memory_now()
+        postgres_start = tree_size(pids["postgresql"]), tree_private(pids["postgresql"])
         database_start = asyncio.run(database_bytes(stack.postgres.url))
         steady_sampler.start()
         sent, steady_lines, took = asyncio.run(produce_steady(stack.kafka.bootstrap, system.prefix, following_weeks(sales),
@@ -536,18 +587,21 @@ def main(argv: list[str] | None = None) -> int:
         steady_sampler.wait_until_all_zero(took, timeout=args.timeout, settle=2.0)
         steady_sampler.stop()
         memory_end = steady_sampler.memory_now()
+        postgres_end = tree_size(pids["postgresql"]), tree_private(pids["postgresql"])
         database_end = asyncio.run(database_bytes(stack.postgres.url))
         decisions = decisions_between(decisions_before, campaign_decisions(system.url("notifier")))
         window_after = baskets_in_window(system.url("segmenter"))
         results["steady"] = {
             "sales": sent, "seconds": took, "rate_per_s": sent / took,
             "lines": steady_lines, "decisions": decisions, "baskets_in_window": [window_before, window_after],
+            "postgresql_processes": [postgres_start[0], postgres_end[0]],
+            "postgresql_private_mb": [postgres_start[1] / 1e6, postgres_end[1] / 1e6],
             "database_bytes_before": database_start, "database_bytes_after": database_end,
             "pss_mb": {name: {"start": memory_start[name] / 1e6, "end": memory_end[name] / 1e6,
                               "peak": steady_sampler.memory_peak[name] / 1e6,
                               "bytes_per_sale": (memory_end[name] - memory_start[name]) / sent,
                               "quarters": [memory_at(steady_sampler, took * q / 4)[name] / 1e6 for q in (1, 2, 3, 4)]}
-                       for name in pids}}
+                       for name in memory_start}}
         print(f"  {sent:,} sales in {took:.1f} s; every group back at lag 0", flush=True)
 
         print("[6/6] sale -> offer latency", flush=True)
@@ -587,8 +641,10 @@ def render(results: dict[str, Any]) -> list[str]:
                      f" ({figures['cpu_seconds']:.0f} CPU s)",
                      f"raw consume {ceiling['consume_events_per_s']:,.0f} events/s", ""))
     for name, figures in replay["per_service"].items():
-        rows.append((f"{name}: PSS before -> peak", f"{figures['pss_before_mb']:.0f} -> {figures['pss_peak_mb']:.0f} MB",
-                     "", ""))
+        alone = (f" (its own process alone: peak {figures['own_process_pss_peak_mb']:.0f} MB)"
+                 if "own_process_pss_peak_mb" in figures else "")
+        rows.append((f"{name}: PSS before -> peak", f"{figures['pss_before_mb']:.0f} -> {figures['pss_peak_mb']:.0f} MB"
+                     + alone, "", ""))
     for name, figures in replay["infrastructure_pss_mb"].items():
         rows.append((f"{name}: PSS before -> peak", f"{figures['before']:.0f} -> {figures['peak']:.0f} MB "
                      f"({figures['cpu_seconds']:.0f} CPU s)", "", ""))
@@ -615,8 +671,14 @@ def render(results: dict[str, Any]) -> list[str]:
     window = steady["baskets_in_window"]
     for name, figures in steady["pss_mb"].items():
         anchor = f"database: {database_growth / steady['sales']:,.0f} bytes/sale"
-        if name == "segmenter":
+        if name.startswith("segmenter"):
             anchor += f"; its basket window (in memory) {window[0]:,} -> {window[1]:,} baskets"
+        if name == "postgresql" and "postgresql_processes" in steady:
+            anchor += (f"; {steady['postgresql_processes'][0]} -> {steady['postgresql_processes'][1]} processes"
+                       " (a backend per connection)")
+            if "postgresql_private_mb" in steady:
+                private = steady["postgresql_private_mb"]
+                anchor += f", their private memory (USS) {private[0]:.0f} -> {private[1]:.0f} MB"
         quarters = " / ".join(f"{mb:.0f}" for mb in figures["quarters"])
         rows.append((f"{name}: PSS over the steady traffic", f"{figures['start']:.0f} -> {figures['end']:.0f} MB "
                      f"(each quarter {quarters}; peak {figures['peak']:.0f}) = {figures['bytes_per_sale']:,.0f} bytes/sale",
