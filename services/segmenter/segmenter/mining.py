@@ -10,8 +10,9 @@ interpreter's lock against the consumers while it ran. The mining process holds 
 looks, so what a look allocates is all freed again, and the service's event loop keeps running.
 
 The worker is spawned (never forked from a process with threads and open sockets) on first use and
-replaced after `tasks_per_process` looks, or at once if it died. It dies with the service: a
-segmenter killed outright (SIGKILL, out of memory) leaves no orphan worker behind.
+replaced after `tasks_per_process` looks, or at once if it died. It dies with the service (a
+segmenter killed outright, SIGKILL or out of memory, leaves no orphan worker behind) and runs at a
+lower priority than the consumers.
 """
 
 from __future__ import annotations
@@ -33,13 +34,19 @@ from segmenter.baskets import ARULES_MAX_RULE_ITEMS, MAX_ITEMSETS, AssociationRu
 log = logging.getLogger(__name__)
 
 
-def die_with(parent_pid: int) -> None:
-    """The worker's initializer: the kernel kills it when the service's process dies (Linux's
-    parent-death signal); if the service died before this ran, it exits at once."""
+WORKER_NICENESS = 10  # mining is background work: the consumers (this service's and others') go first
+
+
+def prepare_worker(parent_pid: int) -> None:
+    """The worker's initializer. The kernel kills it when the service's process dies (Linux's
+    parent-death signal); if the service died before this ran, it exits at once. It runs at a lower
+    priority, so that on a busy machine a look takes longer rather than the sales waiting."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:
         os._exit(0)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
 
 
 class RuleMiner:
@@ -56,7 +63,7 @@ class RuleMiner:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                              max_tasks_per_child=self.tasks_per_process,
-                                             initializer=die_with, initargs=(os.getpid(),))
+                                             initializer=prepare_worker, initargs=(os.getpid(),))
         return self._pool
 
     async def rules(self, baskets: Sequence[tuple[str, ...]], min_support: float, min_confidence: float,

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from segmenter.baskets import BasketRules, TooManyItemsets
-from segmenter.mining import RuleMiner
+from segmenter.mining import WORKER_NICENESS, RuleMiner
 
 T0 = datetime(2011, 12, 1, tzinfo=UTC)
 
@@ -33,7 +33,7 @@ def window() -> BasketRules:
 def test_rules_mined_in_the_worker_equal_the_windows_own_and_refusals_cross_back() -> None:
     rules = window()
 
-    async def scenario() -> tuple[list[object], list[object], TooManyItemsets, int | None]:
+    async def scenario() -> tuple[list[object], list[object], TooManyItemsets, int | None, int | None]:
         miner = RuleMiner()
         try:
             mined = await miner.rules(rules.item_lists(), 0.05, 0.3, 0.0, None, 10, 3)
@@ -44,15 +44,16 @@ def test_rules_mined_in_the_worker_equal_the_windows_own_and_refusals_cross_back
             with pytest.raises(TooManyItemsets) as refused:
                 await miner.rules(wholesale.item_lists(), 0.5, 0.5, max_itemsets=wholesale.max_itemsets)
             worker = miner.worker_pid
-            return mined, all_rules, refused.value, worker
+            return mined, all_rules, refused.value, worker, psutil.Process(worker).nice() if worker else None
         finally:
             miner.close()
 
-    mined, all_rules, refused, worker = asyncio.run(scenario())
+    mined, all_rules, refused, worker, niceness = asyncio.run(scenario())
     assert mined == rules.rules(0.05, 0.3, limit=10, max_items=3) != []
     assert all_rules == rules.rules(0.05, 0.3)
     assert (refused.limit, refused.min_count, refused.baskets) == (1_000, 2, 3)
     assert worker is not None and worker != os.getpid()
+    assert niceness == os.nice(0) + WORKER_NICENESS  # behind the consumers for the CPU
 
 
 def test_a_worker_that_died_is_replaced_and_the_look_is_answered() -> None:
@@ -80,7 +81,7 @@ ORPHAN_CHECK = """
 import asyncio, sys
 from datetime import UTC, datetime
 from segmenter.baskets import BasketRules
-from segmenter.mining import RuleMiner
+from segmenter.mining import WORKER_NICENESS, RuleMiner
 
 async def main() -> None:
     rules = BasketRules()
