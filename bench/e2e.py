@@ -120,9 +120,10 @@ async def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
 # Sampling while the replay runs
 
 
-def tree_memory(pid: int) -> int:
+def tree_memory(pid: int, kind: str = "pss") -> int:
     """PSS of a process and its children: shared pages (PostgreSQL's shared buffers, the code of
-    forked workers) counted once across them, not once per process as RSS would."""
+    forked workers) counted once across them, not once per process as RSS would. `kind="uss"`: the
+    pages only each of them holds (PostgreSQL: the backends' own memory, without the shared buffers)."""
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
@@ -131,7 +132,7 @@ def tree_memory(pid: int) -> int:
     total = 0
     for process in processes:
         try:
-            total += process.memory_full_info().pss
+            total += getattr(process.memory_full_info(), kind)
         except psutil.Error:
             continue
     return total
@@ -151,23 +152,6 @@ def process_memory(pid: int) -> int:
         return int(psutil.Process(pid).memory_full_info().pss)
     except psutil.Error:
         return 0
-
-
-def tree_private(pid: int) -> int:
-    """USS of a process and its children: the pages only each of them holds (PostgreSQL: the backends'
-    own memory, without the shared buffers they all map)."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_full_info().uss
-        except psutil.Error:
-            continue
-    return total
 
 
 def tree_size(pid: int) -> int:
@@ -579,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         window_before = baskets_in_window(system.url("segmenter"))
         steady_sampler = Sampler(pids, lags)
         memory_start = steady_sampler.memory_now()
-        postgres_start = tree_size(pids["postgresql"]), tree_private(pids["postgresql"])
+        postgres_start = tree_size(pids["postgresql"]), tree_memory(pids["postgresql"], "uss")
         database_start = asyncio.run(database_bytes(stack.postgres.url))
         steady_sampler.start()
         sent, steady_lines, took = asyncio.run(produce_steady(stack.kafka.bootstrap, system.prefix, following_weeks(sales),
@@ -587,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         steady_sampler.wait_until_all_zero(took, timeout=args.timeout, settle=2.0)
         steady_sampler.stop()
         memory_end = steady_sampler.memory_now()
-        postgres_end = tree_size(pids["postgresql"]), tree_private(pids["postgresql"])
+        postgres_end = tree_size(pids["postgresql"]), tree_memory(pids["postgresql"], "uss")
         database_end = asyncio.run(database_bytes(stack.postgres.url))
         decisions = decisions_between(decisions_before, campaign_decisions(system.url("notifier")))
         window_after = baskets_in_window(system.url("segmenter"))
