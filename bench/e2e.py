@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if system is not None:
             system.stop()
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
 
     anchor = anchor_from_csv(args.dataset)
     exact = compare(anchor.figures, served_figures(members))

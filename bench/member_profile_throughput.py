@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             results["py_spy"] = py_spy_run(stack, work, args.dataset, args.py_spy, batch=args.batch,
                                            partitions=args.partitions, timeout=args.timeout)
     finally:
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
 
     if not args.skip_exactness:
         print("\n[4/4] exactness of this run vs the pandas anchor", flush=True)

@@ -218,7 +218,7 @@ def main() -> int:
         for process in (notifier, profile):
             if process is not None:
                 process.stop()
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
 
     offers = [(ms, e) for ms, e in offers if e["payload"]["products"][0].startswith("b")]  # the timed run's
     latencies = []

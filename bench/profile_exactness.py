@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             service.stop()
     finally:
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
 
     anchor = anchor_from_csv(args.dataset)
     outcome = compare(anchor.figures, served_figures(members))

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
         uvloop.run(run())
     finally:
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
 
     if not args.no_profile:
         print("[6/6] cProfile of the serde encode path (all events)", flush=True)

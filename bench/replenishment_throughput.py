@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         results["raw_consume"] = asyncio.run(raw_consume(bootstrap, topic, len(sales), lines, batch=args.batch or 2000,
                                                          decode=False))
     finally:
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
 
     svc, raw = results["service"], results["raw_consume"]
     rate = svc["lines_per_s_from_healthz"]

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         results["raw"] = [asyncio.run(raw_consume(bootstrap, topic, len(events), batch=args.batch or 2000, decode=d))
                           for d in (False, True)]
     finally:
-        stack.stop()
+        stack.discard()  # and its data (CRM_KEEP_STACK_STATE=1 keeps it)
     seg = results["segmenter"]
     # The consumer group's join takes ~5 s on the embedded broker (tansu answers JoinGroup after
     # session_timeout/2) whatever the consumer does next: the raw consumer pays it too (its

@@ -96,7 +96,7 @@ def crm_stack() -> Iterator[StackEndpoints]:
     try:
         yield StackEndpoints(stack.kafka.bootstrap, stack.postgres.url, stack.redis.url, stack)
     finally:
-        stack.stop()
+        stack.discard()  # its data too (CRM_KEEP_STACK_STATE=1 keeps it)
 
 
 @pytest.fixture

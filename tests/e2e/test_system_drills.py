@@ -152,8 +152,10 @@ def own_stack() -> Iterator[EmbeddedStack]:
     session stack (shared by every other test) must never see."""
     stack = EmbeddedStack.create(Path(tempfile.mkdtemp(prefix="crm-drill-stack-")) / "stack")
     stack.start()
-    yield stack
-    stack.stop()
+    try:
+        yield stack
+    finally:
+        stack.discard()
 
 
 def endpoints_of(stack: EmbeddedStack) -> StackEndpoints:
