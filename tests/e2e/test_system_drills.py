@@ -150,7 +150,7 @@ def references(crm_stack: StackEndpoints, tmp_path_factory: pytest.TempPathFacto
 def own_stack() -> Iterator[EmbeddedStack]:
     """A stack of the drills' own: its broker is frozen and its PostgreSQL restarted, which the
     session stack (shared by every other test) must never see."""
-    stack = EmbeddedStack.create(Path(tempfile.mkdtemp(prefix="crm-drill-stack-")) / "stack")
+    stack = EmbeddedStack.create(Path(tempfile.mkdtemp(prefix="crm-drill-stack-")))
     stack.start()
     try:
         yield stack
