@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -553,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["ceiling_fastapi_produce"] = run_load("fastapi-produce", port=port, mode="post", args=args,
                                                               work=work, seconds=ceiling_seconds)
     finally:
-        stack.stop()
         if args.state_dir is None:  # a run leaves 0.5-2 GB of PostgreSQL data behind; the logs stay
-            shutil.rmtree(state, ignore_errors=True)
+            stack.discard()
+        else:
+            stack.stop()
 
     report = summarise(results)
     print("\n".join(report), flush=True)

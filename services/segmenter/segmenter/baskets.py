@@ -191,17 +191,21 @@ class BasketRules:
     def known_refusal(self, min_support: float, max_items: int | None = None) -> TooManyItemsets | None:
         """The refusal this window's current baskets already earned at these thresholds (or stricter
         ones), so that it is not mined again only to be refused again."""
-        refused = self._refused
-        n = len(self._baskets)
-        if refused is None or refused[0] != self._version or n == 0:
+        if not self._baskets:
             return None
-        if refused[1] >= min_basket_count(min_support, n) and refused[2] <= self._depth(max_items):
-            return TooManyItemsets(self.max_itemsets, refused[1], n)
-        return None
+        return self._refusal(min_basket_count(min_support, len(self._baskets)), self._depth(max_items))
 
     def remember_refusal(self, version: int, refused: TooManyItemsets, max_items: int | None = None) -> None:
         """`refused` came from mining this window at `version` elsewhere (`mine_rules`)."""
         self._refused = (version, refused.min_count, self._depth(max_items))
+
+    def _refusal(self, min_count: int, depth: int) -> TooManyItemsets | None:
+        """Mining at `min_count` and `depth` is refused already: the current baskets were refused at a
+        count as low or higher and a depth as shallow or shallower (fewer itemsets than asked for now)."""
+        refused = self._refused
+        if refused is not None and refused[0] == self._version and refused[1] >= min_count and refused[2] <= depth:
+            return TooManyItemsets(self.max_itemsets, min_count, len(self._baskets))
+        return None
 
     def _depth(self, max_items: int | None) -> int:
         return self.max_rule_items if max_items is None else max(2, min(max_items, self.max_rule_items))
@@ -343,9 +347,9 @@ class BasketRules:
         mined = self._mined
         if mined is not None and mined[0] == self._version and mined[1] <= min_count and mined[3] >= depth:
             return mined[2]
-        refused = self._refused
-        if refused is not None and refused[0] == self._version and refused[1] >= min_count and refused[2] <= depth:
-            raise TooManyItemsets(self.max_itemsets, min_count, len(self._baskets))  # known without mining again
+        refused = self._refusal(min_count, depth)
+        if refused is not None:
+            raise refused  # known without mining again
         try:
             itemsets = self._eclat(max(1, min_count), depth)
         except TooManyItemsets:

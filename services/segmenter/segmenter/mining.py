@@ -57,7 +57,6 @@ class RuleMiner:
         self.in_process = in_process
         self.tasks_per_process = tasks_per_process
         self._pool: ProcessPoolExecutor | None = None
-        self.looks = 0
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -73,7 +72,6 @@ class RuleMiner:
         """The rules of these baskets (`BasketRules.item_lists()`); raises `TooManyItemsets` as `rules` does."""
         call = partial(mine_rules, baskets, min_support, min_confidence, min_lift, antecedent, limit, max_items,
                        max_rule_items=max_rule_items, max_itemsets=max_itemsets)
-        self.looks += 1
         if self.in_process:
             return await asyncio.to_thread(call)
         loop = asyncio.get_running_loop()

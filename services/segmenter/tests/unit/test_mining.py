@@ -78,10 +78,10 @@ def test_a_worker_that_died_is_replaced_and_the_look_is_answered() -> None:
 
 
 ORPHAN_CHECK = """
-import asyncio, sys
+import asyncio
 from datetime import UTC, datetime
 from segmenter.baskets import BasketRules
-from segmenter.mining import WORKER_NICENESS, RuleMiner
+from segmenter.mining import RuleMiner
 
 async def main() -> None:
     rules = BasketRules()
