@@ -10,11 +10,12 @@ way, and then compares the final state of every service with the reference (`crm
 
 Compared exactly (as multisets: a row applied twice is a difference): profiles, purchases, points
 earned and reversed (which sale, which member, how many, when) and their lots, the segmenter's
-per-member figures and product days, stock (on hand, sold, returned, received) and daily sales; the
-gateway's ledger where the drill goes through it; and every sales consumer's applied-event count. Left
-out (see `COMPARED` in the harness) is what two uninterrupted runs of the same sales in the same order
-already disagree on, because it depends on consumer batch boundaries or wall-clock timers: tiers,
-segment assignments, forecasts, needs and purchase orders, stored baskets. Offers race basket rules
+per-member figures and product days, stock (on hand, sold, returned, received, forecasts, levels,
+on order), needs, purchase orders and their lines, and daily sales; the gateway's ledger where the
+drill goes through it; and every sales consumer's applied-event count. Left out (see `COMPARED` in the
+harness) is what two uninterrupted runs of the same sales in the same order already disagree on,
+because it depends on consumer batch boundaries or wall-clock timers: tiers, segment assignments,
+stored baskets. Offers race basket rules
 published every 10 s of wall time, so for the notifier the drills check what must hold whatever the
 timing: every decided offer is on `marketing.offers.v1` under exactly one event id, and every sale was
 applied exactly once. Replenishment runs with `UNITS_PER_OFFER=0` (offers would feed its forecasts).

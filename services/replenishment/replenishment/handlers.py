@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from crm_shared.events import EVENT_NAMESPACE, Envelope, Product, Sale
+from crm_shared.events import Envelope, Product, Sale
 from crm_shared.marketing_events import OfferIssued
 from crm_shared.outbox import add_events
 from crm_shared.supply_events import (
     GoodsReceipt,
-    LowStock,
     OrderLine,
     PurchaseOrder,
     SupplierAck,
     goods_received,
-    low_stock_detected,
     purchase_order_raised,
     supplier_acknowledged,
 )
@@ -31,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from replenishment import SERVICE_NAME, store
 from replenishment.domain import (
     EXPECTS_NO_GOODS,
-    DemandModel,
     Policy,
     Promotion,
     Refused,
@@ -40,23 +36,15 @@ from replenishment.domain import (
     days_of_cover,
     is_low,
     max_order_units,
-    order_quantity,
     overdue,
     po_id_for,
     receive,
     receive_late,
-    record_demand,
     reorder_levels,
 )
+from replenishment.ledger import UNASSIGNED, StockKey, StockLedger
 
 log = logging.getLogger(__name__)
-
-UNASSIGNED = Terms("unassigned")  # a sku the catalog has no terms for: forecast and levels, but no orders
-
-
-def need_id_for(store_id: str, sku: str, cycle: date) -> uuid.UUID:
-    return uuid.uuid5(EVENT_NAMESPACE, f"need/{store_id}/{sku}/{cycle.isoformat()}")
-
 
 @dataclass
 class SalesOutcome:
@@ -108,108 +96,50 @@ class SupplyHandlers:
     # --- the sales stream: the hot path ---------------------------------------------------------
 
     async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> SalesOutcome:
-        """Stock, sell-through, forecasts, reorder points and needs for one batch of sales, in the
-        consumer's transaction; purchase orders for the ordering cycles that closed in it."""
-        outcome = SalesOutcome()
-        stock_delta: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # sold, returned
-        demand: dict[tuple[str, str], dict[date, int]] = defaultdict(dict)  # per day, in event-time order
-        daily: dict[tuple[str, str, date], list[int]] = defaultdict(lambda: [0, 0])
-        last_at: dict[tuple[str, str], datetime] = {}
+        """Stock, sell-through, forecasts, reorder points, low stock and needs, decided sale by sale in
+        topic order (`StockLedger`), in the consumer's transaction; then purchase orders for each
+        ordering cycle a sale closed, in the order they closed."""
         latest: dict[str, datetime] = {}
-        for event in sorted(events, key=lambda e: e.payload.occurred_at):
+        keys: dict[StockKey, None] = {}
+        for event in events:
             sale = event.payload
-            at, day = sale.occurred_at, sale.occurred_at.date()
-            returning = sale.kind == "return"
-            if sale.store_id not in latest or at > latest[sale.store_id]:
-                latest[sale.store_id] = at
-            for line in sale.lines:
-                key = (sale.store_id, line.sku)
-                stock_delta[key][returning] += line.quantity
-                daily[(sale.store_id, line.sku, day)][returning] += line.quantity
-                per_day = demand[key]
-                per_day[day] = per_day.get(day, 0) + (-line.quantity if returning else line.quantity)
-                last_at[key] = at
-                outcome.lines += 1
+            if sale.store_id not in latest or sale.occurred_at > latest[sale.store_id]:
+                latest[sale.store_id] = sale.occurred_at
+            keys.update(((sale.store_id, line.sku), None) for line in sale.lines)
         days = await store.advance_stores(conn, latest)
-        rows = await store.lock_stock(conn, list(stock_delta))
-        terms = await store.terms_for(conn, {sku for _, sku in stock_delta})
-        promotions = await store.promotions_for(conn, rows, min(day for _, day in days.values()))
-        need_rows: list[dict[str, Any]] = []
-        low_events: list[Envelope[Any]] = []
-        for key, row in rows.items():
-            store_id, sku = key
-            sold, returned = stock_delta[key]
-            row["on_hand"] += returned - sold
-            row["sold"] += sold
-            row["returned"] += returned
-            model = store.model_of(row)
-            for day, quantity in demand[key].items():
-                model, late = record_demand(model, day, quantity)
-                row["late_lines"] += late
-                outcome.late_lines += late
-            row.update(store.model_columns(model))
-            at = last_at[key]
-            row["last_event_at"] = max(filter(None, (row["last_event_at"], at)))
-            row["negative_since"] = (row["negative_since"] or at) if row["on_hand"] < 0 else None
-            today = days[store_id][1]
-            sku_terms, unit_cost = terms.get(sku, (UNASSIGNED, None))
-            self._levels(row, model, today, sku_terms, promotions.get(key, ()))
-            if is_low(row["on_hand"], row["forecast_daily"], self.policy):
-                if row["low_since"] is None:
-                    row["low_since"] = today
-                    low_events.append(self._low_stock_event(row, latest[store_id], at))
-            else:
-                row["low_since"] = None
-            if sku_terms is UNASSIGNED:
-                continue
-            quantity = order_quantity(row["on_hand"], row["on_order"], _levels_of(row), sku_terms)
-            if quantity > 0:
-                need_rows.append({
-                    "need_id": need_id_for(store_id, sku, today), "store_id": store_id, "sku": sku, "cycle": today,
-                    "supplier_id": sku_terms.supplier_id, "quantity": quantity, "pack_size": sku_terms.pack_size,
-                    "unit_cost": unit_cost, "lead_time_days": sku_terms.lead_time_days,
-                    "reorder_point": row["reorder_point"], "order_up_to": row["order_up_to"],
-                    "on_hand": row["on_hand"], "on_order": row["on_order"],
-                    "forecast_daily": row["forecast_daily"], "detected_at": at})
-        if need_rows:
-            created = await store.add_needs(conn, need_rows)
-            for need in need_rows:
-                if need["need_id"] in created:  # a need already raised this cycle is not raised again
-                    rows[(need["store_id"], need["sku"])]["on_order"] += need["quantity"]
-                    outcome.needs += 1
+        rows = await store.lock_stock(conn, list(keys))
+        since = min(before or after for before, after in days.values())
+        ledger = StockLedger(
+            self.policy, rows, await store.terms_for(conn, {sku for _, sku in keys}),
+            await store.promotions_for(conn, rows, since), await store.needs_raised(conn, list(keys), since),
+            {store_id: before for store_id, (before, _) in days.items()},
+            {key: store.model_of(row) for key, row in rows.items()})
+        for event in events:
+            ledger.apply(event.payload)
+        outcome = SalesOutcome(lines=ledger.lines, late_lines=ledger.late_lines, low_stock=len(ledger.low_stock))
+        created = await store.add_needs(conn, ledger.needs)
+        for need in ledger.needs:
+            if need["need_id"] in created:
+                outcome.needs += 1
+            else:  # raised meanwhile by another replica (the stock lock makes this unexpected): not ours to count
+                rows[(need["store_id"], need["sku"])]["on_order"] -= need["quantity"]
+        for key, model in ledger.models.items():
+            rows[key].update(store.model_columns(model))
         await store.save_stock(conn, rows.values())
         await store.add_daily_sales(conn, [{"store_id": s, "sku": k, "day": d, "sold": v[0], "returned": v[1]}
-                                           for (s, k, d), v in daily.items()])
-        closed = {s: after_day for s, (before_day, after_day) in days.items()
-                  if before_day is not None and after_day > before_day}
-        if closed:
+                                           for (s, k, d), v in ledger.daily.items()])
+        for closes in ledger.rounds():
             # In a savepoint: an order that cannot be built is logged and its needs stay parked for the
             # next cycle; it never fails the batch (whose sales the consumer would dead-letter).
             try:
                 async with conn.begin_nested():
-                    outcome.orders = await self.raise_orders(conn, closed, latest)
+                    outcome.orders += await self.raise_orders(conn, {c.store_id: c.day for c in closes},
+                                                              {c.store_id: c.at for c in closes})
             except Exception:
                 log.exception("purchase orders not raised; their needs wait for the next cycle",
-                              extra={"stores": sorted(closed)})
-        await add_events(conn, store.outbox, self.low_stock_topic, low_events)
-        outcome.low_stock = len(low_events)
+                              extra={"stores": sorted(c.store_id for c in closes)})
+        await add_events(conn, store.outbox, self.low_stock_topic, ledger.low_stock)
         return outcome
-
-    def _levels(self, row: dict[str, Any], model: DemandModel, today: date, terms: Terms,
-                promotions: tuple[Promotion, ...]) -> None:
-        levels = reorder_levels(model, today, terms, self.policy, promotions)
-        row.update(forecast_daily=levels.forecast_daily, sigma_daily=levels.sigma_daily,
-                   reorder_point=levels.reorder_point, order_up_to=levels.order_up_to)
-
-    def _low_stock_event(self, row: dict[str, Any], as_of: datetime, trigger: datetime) -> Envelope[Any]:
-        """Identity: store, sku, the episode's day and the time of the sale that started it (an episode
-        that ends and starts again the same day is a new event, not a repeat of the first)."""
-        cover = days_of_cover(row["on_hand"], row["forecast_daily"]) or 0.0
-        low = LowStock(store_id=row["store_id"], sku=row["sku"], on_hand=row["on_hand"], on_order=row["on_order"],
-                       forecast_daily=round(row["forecast_daily"], 4), days_of_cover=round(cover, 2), as_of=as_of)
-        return low_stock_detected(low, source=SERVICE_NAME,
-                                  identity=f"{row['store_id']}/{row['sku']}/{row['low_since'].isoformat()}/"
-                                           f"{trigger.isoformat()}")
 
     async def raise_orders(self, conn: AsyncConnection, closed: dict[str, date],
                            as_of: dict[str, datetime]) -> list[str]:
@@ -580,12 +510,6 @@ def _repeated_count(existing: Any, sku: str, counted: int, counted_at: datetime)
         raise Refused(409, "conflict", "count_id",
                       f"count {existing.count_id!r} of store {existing.store_id!r} was recorded with another body")
     return {**dict(existing._mapping), "already_recorded": True}
-
-
-def _levels_of(row: dict[str, Any]) -> Any:
-    from replenishment.domain import Levels
-
-    return Levels(row["forecast_daily"], row["sigma_daily"], row["reorder_point"], row["order_up_to"])
 
 
 def stock_document(row: dict[str, Any], day: date | None, terms: Terms, unit_cost: Any, policy: Policy,

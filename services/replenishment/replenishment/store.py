@@ -299,6 +299,18 @@ async def add_needs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[An
     return {row.need_id for row in result}
 
 
+async def needs_raised(conn: AsyncConnection, keys: list[tuple[str, str]], since: date) -> set[tuple[str, str, date]]:
+    """(store, sku, cycle) of the needs raised for `keys` in cycles from `since` on."""
+    if not keys:
+        return set()
+    result = await conn.execute(text(
+        "SELECT n.store_id, n.sku, n.cycle FROM needs n "
+        "JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS k(store_id, sku) "
+        "ON n.store_id = k.store_id AND n.sku = k.sku WHERE n.cycle >= :since"),
+        {"stores": [s for s, _ in keys], "skus": [k for _, k in keys], "since": since})
+    return {(row.store_id, row.sku, row.cycle) for row in result}
+
+
 async def terms_for(conn: AsyncConnection, skus: Iterable[str]) -> dict[str, tuple[Terms, Any]]:
     """Supplier terms (and unit cost) of the skus the catalog has them for."""
     rows = await conn.execute(select(products).where(any_of(products.c.sku, list(skus)),

@@ -75,8 +75,8 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         asyncio.run(publish_catalog(CATALOG, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
         caught_up(bootstrap, prefix, "catalog", CATALOG_PRODUCTS.name)
         sales = steady_sales(21)
-        # Three weeks at once (one batch: needs are checked at the store's latest day), then the next
-        # day, which closes the ordering cycle of the day before.
+        # Three weeks at once (one batch), then the next day. Needs are decided sale by sale, and each
+        # day's first sale closes the ordering cycle of the day before, inside a batch as between two.
         asyncio.run(replay_kafka(sales[:20], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
         caught_up(bootstrap, prefix, "sales", POS_SALES.name)
         asyncio.run(replay_kafka(sales[20:], bootstrap=bootstrap, topic_prefix=prefix, progress=False))
@@ -93,13 +93,21 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         chain = httpx.get(f"{url}/v1/stock", params={"below": "reorder_point"}, headers=OPS).json()
         assert [(row["store_id"], row["skus"]) for row in chain["stores"]] == [("s1", 1)]
 
-        # The needs of A, B and C became one order per supplier × store when their cycle closed.
-        orders = asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=2, timeout=30))
+        # The needs of A, B and C became one order per supplier × store × cycle when their cycle closed:
+        # every one of the 20 days closed before the last one, none of them on the last (still open) day.
+        listed = httpx.get(f"{url}/v1/orders", params={"limit": 100}, headers=OPS).json()["orders"]
+        orders = asyncio.run(read_topic(bootstrap, SUPPLIER_REORDERS.qualified(prefix), expected=len(listed),
+                                        timeout=30, settle=2.0))
         documents = [orjson.loads(r.value) for r in orders]
+        assert sorted(d["payload"]["po_id"] for d in documents) == sorted(o["po_id"] for o in listed)
         by_supplier = defaultdict(list)
         for document in documents:
             by_supplier[document["payload"]["supplier_id"]].append(document["payload"])
         assert set(by_supplier) == {"sup-a", "sup-b"}
+        cycles = {day for orders_of in by_supplier.values() for day in (o["cycle"] for o in orders_of)}
+        assert cycles == {(sales[0].occurred_at + timedelta(days=d)).date().isoformat() for d in range(20)}
+        for orders_of in by_supplier.values():
+            assert len({o["cycle"] for o in orders_of}) == len(orders_of), "two orders of one supplier in one cycle"
         need_ids = [need for d in documents for line in d["payload"]["lines"] for need in [line["need_id"], *line["also_fills"]]]
         assert len(need_ids) == len(set(need_ids)), "a need appears on two order lines"
         for payload in by_supplier["sup-a"]:
@@ -183,13 +191,14 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         receipts = asyncio.run(read_topic(bootstrap, INVENTORY_RECEIPTS.qualified(prefix), expected=3, timeout=20))
         assert len(receipts) == 3
 
-        # Overdue: sup-b's order (1-day lead time, never acknowledged) once event time is 3 days on.
-        asyncio.run(replay_kafka([sale("later", sales[-1].occurred_at + timedelta(days=3), {"D": 1}),
+        # Overdue: every open order once event time is 4 days on (lead times are 1-3 days), not the closed one.
+        asyncio.run(replay_kafka([sale("later", sales[-1].occurred_at + timedelta(days=4), {"D": 1}),
                                   sale("other-store", sales[-1].occurred_at, {"C": 1}, store="s2")],
                                  bootstrap=bootstrap, topic_prefix=prefix, progress=False))
         caught_up(bootstrap, prefix, "sales", POS_SALES.name)
         overdue = httpx.get(f"{url}/v1/orders/overdue", headers=OPS).json()["orders"]
-        assert {o["supplier_id"] for o in overdue} == {"sup-b"} and all(o["overdue"] for o in overdue)
+        assert {o["supplier_id"] for o in overdue} == {"sup-a", "sup-b"} and all(o["overdue"] for o in overdue)
+        assert {o["po_id"] for o in overdue} == {o["po_id"] for o in listed} - {po}
 
         # Stock count: on hand set to what was counted, the difference booked as shrinkage.
         counted = httpx.post(f"{url}/v1/stock/counts", headers=OPS, json={

@@ -1,0 +1,162 @@
+"""One batch of sales applied to stock one sale at a time, in the order the topic holds them. Pure: the
+handler loads the locked rows and terms, this walks the sales, the handler saves what it decided.
+
+Why one at a time: every decision (levels, low stock, a need and its quantity, the close of a store's
+ordering cycle) is taken at the sale that triggers it, on the stock as it stood after that sale. So the
+outcome depends on the sales and their order only, never on where a consumer batch happened to start
+or end: a service killed and restarted mid-replay decides exactly what an uninterrupted run decides.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from crm_shared.events import EVENT_NAMESPACE, Envelope, Sale
+from crm_shared.supply_events import LowStock, low_stock_detected
+
+from replenishment import SERVICE_NAME
+from replenishment.domain import (
+    DemandModel,
+    Levels,
+    Policy,
+    Promotion,
+    Terms,
+    days_of_cover,
+    is_low,
+    order_quantity,
+    record_demand,
+    reorder_levels,
+)
+
+UNASSIGNED = Terms("unassigned")  # a sku the catalog has no terms for: forecast and levels, but no orders
+StockKey = tuple[str, str]  # store, sku
+
+
+def need_id_for(store_id: str, sku: str, cycle: date) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"need/{store_id}/{sku}/{cycle.isoformat()}")
+
+
+def low_stock_event(row: dict[str, Any], as_of: datetime, trigger: datetime) -> Envelope[Any]:
+    """Identity: store, sku, the episode's day and the time of the sale that started it (an episode
+    that ends and starts again the same day is a new event, not a repeat of the first)."""
+    cover = days_of_cover(row["on_hand"], row["forecast_daily"]) or 0.0
+    low = LowStock(store_id=row["store_id"], sku=row["sku"], on_hand=row["on_hand"], on_order=row["on_order"],
+                   forecast_daily=round(row["forecast_daily"], 4), days_of_cover=round(cover, 2), as_of=as_of)
+    return low_stock_detected(low, source=SERVICE_NAME,
+                              identity=f"{row['store_id']}/{row['sku']}/{row['low_since'].isoformat()}/"
+                                       f"{trigger.isoformat()}")
+
+
+@dataclass(frozen=True)
+class CycleClosed:
+    """A store's sale of a later day closed its ordering cycles before `day`; `at` is that sale's time."""
+
+    store_id: str
+    day: date
+    at: datetime
+
+
+@dataclass
+class StockLedger:
+    """The walk over one batch. `rows` are the locked stock rows of every store × sku in the batch;
+    `store_days` each store's event-time day before the batch (None for a store never seen);
+    `models` their demand models; `raised` the (store, sku, cycle) needs already raised for the batch's
+    keys from the oldest of those days."""
+
+    policy: Policy
+    rows: dict[StockKey, dict[str, Any]]
+    terms: dict[str, tuple[Terms, Any]]
+    promotions: dict[StockKey, tuple[Promotion, ...]]
+    raised: set[tuple[str, str, date]]
+    store_days: dict[str, date | None]
+    models: dict[StockKey, DemandModel]
+    needs: list[dict[str, Any]] = field(default_factory=list)
+    low_stock: list[Envelope[Any]] = field(default_factory=list)
+    closed: list[CycleClosed] = field(default_factory=list)
+    daily: dict[tuple[str, str, date], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    lines: int = 0
+    late_lines: int = 0
+    _levels: dict[StockKey, tuple[tuple[Any, ...], Levels]] = field(default_factory=dict)
+
+    def apply(self, sale: Sale) -> None:
+        store_id, at, day = sale.store_id, sale.occurred_at, sale.occurred_at.date()
+        today = self.store_days.get(store_id)
+        if today is None or day > today:
+            if today is not None:
+                self.closed.append(CycleClosed(store_id, day, at))
+            self.store_days[store_id] = today = day
+        returning = sale.kind == "return"
+        units: dict[str, int] = {}
+        for line in sale.lines:
+            units[line.sku] = units.get(line.sku, 0) + line.quantity
+            self.daily[(store_id, line.sku, day)][returning] += line.quantity
+        self.lines += len(sale.lines)
+        for sku, quantity in units.items():
+            key = (store_id, sku)
+            row = self.rows[key]
+            if returning:
+                row["on_hand"] += quantity
+                row["returned"] += quantity
+            else:
+                row["on_hand"] -= quantity
+                row["sold"] += quantity
+            model, late = record_demand(self.models[key], day, -quantity if returning else quantity)
+            self.models[key] = model
+            row["late_lines"] += late
+            self.late_lines += late
+            row["last_event_at"] = at if row["last_event_at"] is None else max(row["last_event_at"], at)
+            row["negative_since"] = (row["negative_since"] or at) if row["on_hand"] < 0 else None
+            self._decide(key, row, model, today, at)
+
+    def _decide(self, key: StockKey, row: dict[str, Any], model: DemandModel, today: date, at: datetime) -> None:
+        store_id, sku = key
+        sku_terms, unit_cost = self.terms.get(sku, (UNASSIGNED, None))
+        levels = self._levels_at(key, model, today, sku_terms)
+        row.update(forecast_daily=levels.forecast_daily, sigma_daily=levels.sigma_daily,
+                   reorder_point=levels.reorder_point, order_up_to=levels.order_up_to)
+        if is_low(row["on_hand"], row["forecast_daily"], self.policy):
+            if row["low_since"] is None:
+                row["low_since"] = today
+                self.low_stock.append(low_stock_event(row, at, at))
+        else:
+            row["low_since"] = None
+        if sku_terms is UNASSIGNED or (store_id, sku, today) in self.raised:
+            return  # no supplier to order from, or this cycle's need is raised already
+        quantity = order_quantity(row["on_hand"], row["on_order"], levels, sku_terms)
+        if quantity <= 0:
+            return
+        self.raised.add((store_id, sku, today))
+        self.needs.append({
+            "need_id": need_id_for(store_id, sku, today), "store_id": store_id, "sku": sku, "cycle": today,
+            "supplier_id": sku_terms.supplier_id, "quantity": quantity, "pack_size": sku_terms.pack_size,
+            "unit_cost": unit_cost, "lead_time_days": sku_terms.lead_time_days,
+            "reorder_point": levels.reorder_point, "order_up_to": levels.order_up_to, "on_hand": row["on_hand"],
+            "on_order": row["on_order"], "forecast_daily": levels.forecast_daily, "detected_at": at})
+        row["on_order"] += quantity
+
+    def _levels_at(self, key: StockKey, model: DemandModel, today: date, terms: Terms) -> Levels:
+        """Levels change only when the day or the learned days do (the open day's units are not learned
+        until a later day comes): computed once per such change, not at every sale of a busy sku."""
+        open_day = model.open_day
+        stamp = (today, model.days_learned, open_day,
+                 model.open_quantity if open_day is not None and open_day < today else None)
+        known = self._levels.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        levels = reorder_levels(model, today, terms, self.policy, self.promotions.get(key, ()))
+        self._levels[key] = (stamp, levels)
+        return levels
+
+    def rounds(self) -> list[list[CycleClosed]]:
+        """The cycle closes, each store's in the order they happened: round n holds every store's n-th close
+        (stores are independent, so one round's closes can share one pass over the needs)."""
+        per_store: dict[str, list[CycleClosed]] = defaultdict(list)
+        for close in self.closed:
+            per_store[close.store_id].append(close)
+        depth = max((len(closes) for closes in per_store.values()), default=0)
+        return [[closes[n] for closes in per_store.values() if n < len(closes)] for n in range(depth)]
+
