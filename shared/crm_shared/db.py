@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -53,6 +54,8 @@ def any_of(column: Any, values: Iterable[str]) -> Any:
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)  # money as its exact decimal string; PostgreSQL reads it back as numeric
+    if isinstance(value, uuid.UUID):  # asyncpg's own UUID (a uuid read back), which orjson does not know
+        return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

@@ -335,11 +335,14 @@ class System:
         return asyncio.run(replay_kafka(sales, bootstrap=self.endpoints.kafka_bootstrap, topic_prefix=self.prefix,
                                         progress=progress))
 
-    def replay_http(self, sales: Sequence[Sale], progress: bool = False, retry_for: float = 120.0) -> Any:
+    def replay_http(self, sales: Sequence[Sale], progress: bool = False, retry_for: float = 120.0,
+                    lanes: int = 8) -> Any:
+        """Through the gateway's API. Lanes post concurrently, so with more than one the topic holds a
+        store's sales in another interleaving than `sales` (each member's still in order)."""
         from crm_shared.replay import replay_http
 
         return asyncio.run(replay_http(sales, gateway_url=self.url("pos-gateway"), api_key=None, speed=None,
-                                       progress=progress, retry_for=retry_for))
+                                       progress=progress, retry_for=retry_for, lanes=lanes))
 
     # -- waiting ------------------------------------------------------------------------------
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from itertools import repeat
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from crm_shared.events import MAX_QUANTITY
 
@@ -19,8 +19,7 @@ BETA = 0.05  # the running error statistics
 MAX_GAP_DAYS = 400  # zero-demand days folded in one go; older history has decayed to nothing anyway
 
 
-@dataclass(frozen=True)
-class DemandModel:
+class DemandModel(NamedTuple):
     """Additive exponential smoothing with a weekday season, learned one event-time day at a time.
 
     `open_day` accumulates the units of the newest day a sale was seen for; it is learned when a
@@ -65,12 +64,21 @@ def learn_day(model: DemandModel, day: date, quantity: float, *, alpha: float = 
     return learn_days(model, day, (quantity,), alpha=alpha, gamma=gamma)
 
 
+Learned = tuple[float, tuple[float, ...], int, float, float, float]  # a model's first six fields
+
+
 def learn_days(model: DemandModel, first: date, quantities: Iterable[float], *, alpha: float = ALPHA,
                gamma: float = GAMMA) -> DemandModel:
-    """Consecutive days from `first`, learned one after the other (the hot path: plain floats in the
-    loop, one model built at the end)."""
-    level, season, learned = model.level, list(model.season), model.days_learned
-    error_square, error_abs, actual_abs = model.error_square, model.error_abs, model.actual_abs
+    """Consecutive days from `first`, learned one after the other."""
+    return DemandModel(*_learned(model[:6], first, quantities, alpha, gamma), model.open_day, model.open_quantity)
+
+
+def _learned(state: tuple[Any, ...], first: date, quantities: Iterable[float], alpha: float = ALPHA,
+             gamma: float = GAMMA) -> Learned:
+    """The hot path of learning (every sale of a new day rolls a model): plain floats in the loop,
+    the learned fields returned as they are, a model built once by the caller."""
+    level, season_, learned, error_square, error_abs, actual_abs = state
+    season = list(season_)
     weekday = first.weekday()
     keep = gamma * (1 - alpha)
     for quantity in quantities:
@@ -86,31 +94,33 @@ def learn_days(model: DemandModel, first: date, quantities: Iterable[float], *, 
             error_abs += BETA * ((error if error >= 0 else -error) - error_abs)
             actual_abs += BETA * (quantity - actual_abs)
         weekday = 0 if weekday == 6 else weekday + 1
-    return replace(model, level=level, season=tuple(season), days_learned=learned, error_square=error_square,
-                   error_abs=error_abs, actual_abs=actual_abs)
+    return level, tuple(season), learned, error_square, error_abs, actual_abs
 
 
 def roll_to(model: DemandModel, day: date) -> DemandModel:
     """Learn every complete day before `day`: the open day, then zeros for the days without a sale."""
-    if model.open_day is None or day <= model.open_day:
+    open_day = model.open_day
+    if open_day is None or day <= open_day:
         return model
-    rolled = learn_days(model, model.open_day, (model.open_quantity,))
-    gap = (day - model.open_day).days - 1
+    state = _learned(model[:6], open_day, (model.open_quantity,))
+    gap = (day - open_day).days - 1
     if gap > 0:
-        start = model.open_day + timedelta(days=1) if gap <= MAX_GAP_DAYS else day - timedelta(days=MAX_GAP_DAYS)
-        rolled = learn_days(rolled, start, repeat(0.0, min(gap, MAX_GAP_DAYS)))
-    return replace(rolled, open_day=day, open_quantity=0.0)
+        start = open_day + timedelta(days=1) if gap <= MAX_GAP_DAYS else day - timedelta(days=MAX_GAP_DAYS)
+        state = _learned(state, start, repeat(0.0, min(gap, MAX_GAP_DAYS)))
+    return DemandModel(*state, day, 0.0)
 
 
 def record_demand(model: DemandModel, day: date, quantity: float) -> tuple[DemandModel, bool]:
     """Units sold (or, negative, handed back) on `day`. Returns the model and whether it was late."""
-    if model.open_day is None:
-        return replace(model, open_day=day, open_quantity=max(0.0, quantity)), False
-    if day < model.open_day:  # late: its day is learned already, its units still count, on the open day
-        return replace(model, open_quantity=max(0.0, model.open_quantity + quantity)), True
-    model = roll_to(model, day)
+    open_day = model.open_day
+    if open_day is None:
+        return DemandModel(*model[:6], day, max(0.0, quantity)), False
+    if day < open_day:  # late: its day is learned already, its units still count, on the open day
+        return DemandModel(*model[:6], open_day, max(0.0, model.open_quantity + quantity)), True
+    if day > open_day:
+        model = roll_to(model, day)
     # A return the same day nets against that day's demand (a cancelled order was never demand).
-    return replace(model, open_quantity=max(0.0, model.open_quantity + quantity)), False
+    return DemandModel(*model[:6], day, max(0.0, model.open_quantity + quantity)), False
 
 
 def outlook(model: DemandModel, today: date, days: int) -> float:
@@ -177,16 +187,29 @@ def reorder_levels(model: DemandModel, today: date, terms: Terms, policy: Policy
     Expected demand = the forecast plus the uplift of campaigns planned on those days."""
     lead = max(terms.lead_time_days, 0)
     rolled = roll_to(model, today)
-    over_lead = sum(expected_demand(rolled, today + timedelta(days=i), promotions, policy) for i in range(lead))
-    safety = policy.service_level_z * rolled.sigma * math.sqrt(lead)
+    daily = _expected_days(rolled, today, max(lead + policy.review_days, 1), promotions, policy)
+    over_lead = sum(daily[:lead])
+    sigma = rolled.sigma
+    safety = policy.service_level_z * sigma * math.sqrt(lead)
     reorder_point = math.ceil(over_lead + safety - 1e-9)
-    review = sum(expected_demand(rolled, today + timedelta(days=lead + i), promotions, policy)
-                 for i in range(policy.review_days))
+    review = sum(daily[lead:lead + policy.review_days])
     order_up_to = math.ceil(over_lead + safety + review - 1e-9)
     if terms.shelf_capacity is not None:
         order_up_to = min(order_up_to, terms.shelf_capacity)
     order_up_to = max(order_up_to, reorder_point + terms.pack_size)
-    return Levels(expected_demand(rolled, today, promotions, policy), rolled.sigma, reorder_point, order_up_to)
+    return Levels(daily[0], sigma, reorder_point, order_up_to)
+
+
+def _expected_days(model: DemandModel, first: date, days: int, promotions: tuple[Promotion, ...],
+                   policy: Policy) -> list[float]:
+    """`expected_demand` of `days` days from `first` (levels are computed at most sales: the plain
+    forecast without campaigns, the usual case, is read off the weekday season directly)."""
+    if promotions:
+        return [expected_demand(model, first + timedelta(days=i), promotions, policy) for i in range(days)]
+    if model.days_learned == 0:
+        return [0.0] * days
+    level, season, weekday = model.level, model.season, first.weekday()
+    return [base if (base := level + season[(weekday + i) % 7]) > 0.0 else 0.0 for i in range(days)]
 
 
 MAX_ORDER_QUANTITY = MAX_QUANTITY  # crm_shared.supply_events.OrderLine.quantity's maximum

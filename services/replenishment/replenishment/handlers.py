@@ -160,39 +160,42 @@ class SupplyHandlers:
                     continue  # one line carries at most the contract's maximum: this need waits
                 line_units[line] += need.quantity
                 groups[(need.store_id, need.supplier_id)].append(need)
-        raised: list[str] = []
-        events: list[Envelope[Any]] = []
+        orders: dict[str, tuple[dict[str, Any], list[Any]]] = {}
         for (store_id, supplier_id), group in groups.items():
             cycle = max(n.cycle for n in group)
-            po_id = po_id_for(supplier_id, store_id, cycle)
             raised_at = as_of[store_id]
-            expected_by = raised_at + timedelta(days=max(n.lead_time_days for n in group))
-            inserted = (await conn.execute(insert(store.purchase_orders).on_conflict_do_nothing().returning(
-                store.purchase_orders.c.po_id), [{
-                    "po_id": po_id, "supplier_id": supplier_id, "store_id": store_id, "cycle": cycle,
-                    "status": "raised", "raised_at": raised_at, "expected_by": expected_by}])).first()
-            if inserted is None:
-                continue  # that cycle's order exists: these needs wait for the next cycle
-            await conn.execute(update(needs).where(store.any_of_uuid(needs.c.need_id, [n.need_id for n in group]))
-                               .values(po_id=po_id))
+            order = {"po_id": po_id_for(supplier_id, store_id, cycle), "supplier_id": supplier_id,
+                     "store_id": store_id, "cycle": cycle, "status": "raised", "raised_at": raised_at,
+                     "expected_by": raised_at + timedelta(days=max(n.lead_time_days for n in group))}
+            orders[order["po_id"]] = (order, group)
+        # Three statements for all the orders of a close, whatever their number (a close of a big store
+        # raises an order per supplier): an order of that cycle that exists already is not raised again,
+        # and its needs wait for the next cycle.
+        inserted = await store.add_orders(conn, [order for order, _ in orders.values()])
+        raised = [po_id for po_id in orders if po_id in inserted]
+        lines: list[dict[str, Any]] = []
+        events: list[Envelope[Any]] = []
+        filled: list[dict[str, Any]] = []
+        for po_id in raised:
+            order, group = orders[po_id]
+            filled += [{"need_id": n.need_id, "po_id": po_id} for n in group]
             # One line per sku: a need of an earlier cycle that missed its order is folded into it.
             by_sku: dict[str, list[Any]] = defaultdict(list)
             for need in group:
                 by_sku[need.sku].append(need)
-            await conn.execute(insert(store.po_lines), [{
-                "po_id": po_id, "sku": sku, "need_id": same[0].need_id, "quantity": sum(n.quantity for n in same),
-                "unit_cost": same[-1].unit_cost} for sku, same in by_sku.items()])
-            order = PurchaseOrder(po_id=po_id, supplier_id=supplier_id, store_id=store_id, cycle=cycle,
-                                  raised_at=raised_at, expected_by=expected_by, lines=[OrderLine(
-                                      sku=sku, quantity=sum(n.quantity for n in same), pack_size=same[-1].pack_size,
-                                      unit_cost=same[-1].unit_cost, need_id=same[0].need_id,
-                                      also_fills=[n.need_id for n in same[1:]],
-                                      reorder_point=same[-1].reorder_point, order_up_to=same[-1].order_up_to,
-                                      on_hand=same[-1].on_hand, on_order=same[0].on_order,
-                                      forecast_daily=round(same[-1].forecast_daily, 4))
-                                      for sku, same in by_sku.items()])
-            events.append(purchase_order_raised(order, source=SERVICE_NAME))
-            raised.append(po_id)
+            lines += [{"po_id": po_id, "sku": sku, "need_id": same[0].need_id, "quantity": sum(n.quantity for n in same),
+                       "unit_cost": same[-1].unit_cost} for sku, same in by_sku.items()]
+            events.append(purchase_order_raised(PurchaseOrder(
+                po_id=po_id, supplier_id=order["supplier_id"], store_id=order["store_id"], cycle=order["cycle"],
+                raised_at=order["raised_at"], expected_by=order["expected_by"], lines=[OrderLine(
+                    sku=sku, quantity=sum(n.quantity for n in same), pack_size=same[-1].pack_size,
+                    unit_cost=same[-1].unit_cost, need_id=same[0].need_id, also_fills=[n.need_id for n in same[1:]],
+                    reorder_point=same[-1].reorder_point, order_up_to=same[-1].order_up_to,
+                    on_hand=same[-1].on_hand, on_order=same[0].on_order,
+                    forecast_daily=round(same[-1].forecast_daily, 4)) for sku, same in by_sku.items()]),
+                source=SERVICE_NAME))
+        await store.fill_needs(conn, filled)
+        await store.add_order_lines(conn, lines)
         await add_events(conn, store.outbox, self.reorders_topic, events)
         return raised
 

@@ -91,9 +91,11 @@ class StockLedger:
             self.store_days[store_id] = today = day
         returning = sale.kind == "return"
         units: dict[str, int] = {}
+        daily = self.daily
         for line in sale.lines:
-            units[line.sku] = units.get(line.sku, 0) + line.quantity
-            self.daily[(store_id, line.sku, day)][returning] += line.quantity
+            sku, quantity = line.sku, line.quantity
+            units[sku] = units.get(sku, 0) + quantity
+            daily[(store_id, sku, day)][returning] += quantity
         self.lines += len(sale.lines)
         for sku, quantity in units.items():
             key = (store_id, sku)
@@ -115,10 +117,8 @@ class StockLedger:
     def _decide(self, key: StockKey, row: dict[str, Any], model: DemandModel, today: date, at: datetime) -> None:
         store_id, sku = key
         sku_terms, unit_cost = self.terms.get(sku, (UNASSIGNED, None))
-        levels = self._levels_at(key, model, today, sku_terms)
-        row.update(forecast_daily=levels.forecast_daily, sigma_daily=levels.sigma_daily,
-                   reorder_point=levels.reorder_point, order_up_to=levels.order_up_to)
-        if is_low(row["on_hand"], row["forecast_daily"], self.policy):
+        levels = self._levels_at(key, row, model, today, sku_terms)
+        if is_low(row["on_hand"], levels.forecast_daily, self.policy):
             if row["low_since"] is None:
                 row["low_since"] = today
                 self.low_stock.append(low_stock_event(row, at, at))
@@ -138,9 +138,10 @@ class StockLedger:
             "on_order": row["on_order"], "forecast_daily": levels.forecast_daily, "detected_at": at})
         row["on_order"] += quantity
 
-    def _levels_at(self, key: StockKey, model: DemandModel, today: date, terms: Terms) -> Levels:
+    def _levels_at(self, key: StockKey, row: dict[str, Any], model: DemandModel, today: date, terms: Terms) -> Levels:
         """Levels change only when the day or the learned days do (the open day's units are not learned
-        until a later day comes): computed once per such change, not at every sale of a busy sku."""
+        until a later day comes): computed (and written to the row) once per such change, not at every
+        sale of a busy sku."""
         open_day = model.open_day
         stamp = (today, model.days_learned, open_day,
                  model.open_quantity if open_day is not None and open_day < today else None)
@@ -149,6 +150,8 @@ class StockLedger:
             return known[1]
         levels = reorder_levels(model, today, terms, self.policy, self.promotions.get(key, ()))
         self._levels[key] = (stamp, levels)
+        row["forecast_daily"], row["sigma_daily"] = levels.forecast_daily, levels.sigma_daily
+        row["reorder_point"], row["order_up_to"] = levels.reorder_point, levels.order_up_to
         return levels
 
     def rounds(self) -> list[list[CycleClosed]]:

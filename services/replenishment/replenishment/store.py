@@ -311,6 +311,33 @@ async def needs_raised(conn: AsyncConnection, keys: list[tuple[str, str]], since
     return {(row.store_id, row.sku, row.cycle) for row in result}
 
 
+ORDER_COLUMNS = ("po_id", "supplier_id", "store_id", "cycle", "status", "raised_at", "expected_by")
+_ADD_ORDERS_SQL = insert_from_recordset(purchase_orders, ORDER_COLUMNS, tail="ON CONFLICT DO NOTHING RETURNING po_id")
+LINE_COLUMNS = ("po_id", "sku", "need_id", "quantity", "unit_cost")
+_ADD_LINES_SQL = insert_from_recordset(po_lines, LINE_COLUMNS, tail="")
+_FILL_NEEDS_SQL = (f"UPDATE needs SET po_id = rows.po_id FROM "
+                   f"{recordset('rows', column_types(needs, ('need_id', 'po_id')))} WHERE needs.need_id = rows.need_id")
+
+
+async def add_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert purchase orders; the ids that were new (an order of its supplier, store and cycle is not)."""
+    if not rows:
+        return set()
+    result = await conn.execute(text(_ADD_ORDERS_SQL), {"rows": recordset_rows(rows, ORDER_COLUMNS)})
+    return {row.po_id for row in result}
+
+
+async def add_order_lines(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(text(_ADD_LINES_SQL), {"rows": recordset_rows(rows, LINE_COLUMNS)})
+
+
+async def fill_needs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Set each need's `po_id` (`rows`: need_id, po_id)."""
+    if rows:
+        await conn.execute(text(_FILL_NEEDS_SQL), {"rows": recordset_rows(rows, ("need_id", "po_id"))})
+
+
 async def terms_for(conn: AsyncConnection, skus: Iterable[str]) -> dict[str, tuple[Terms, Any]]:
     """Supplier terms (and unit cost) of the skus the catalog has them for."""
     rows = await conn.execute(select(products).where(any_of(products.c.sku, list(skus)),
