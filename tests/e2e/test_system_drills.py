@@ -245,16 +245,12 @@ def test_each_consumer_service_killed_mid_replay_loses_nothing_and_applies_nothi
 def test_broker_down_during_ingestion_every_acknowledged_sale_reaches_every_service(
         drill: Drill, references: References, own_stack: EmbeddedStack, tmp_path: Path) -> None:
     reference = references.get(drill)
-    # One group-commit transaction at a time: with two in flight (the default), a member's sales posted
-    # in one batch can get outbox ids out of order and be published out of order (seen under this very
-    # drill: 6 of 1,955 sales, 0 with one writer; reported to the gateway's owner). The drill is about
-    # acknowledged sales surviving the outage, so it runs the gateway in the order-preserving setting.
-    # The sales are posted in one lane for the same reason: concurrent lanes would put a store's sales
-    # on the topic in another interleaving than the reference's, and replenishment's decisions (needs,
-    # orders, levels) follow a store's order of sales; stock totals would still agree.
-    gateway_env = {**DRILL_ENV["pos_gateway"], "POS_GATEWAY_WRITER_CONCURRENCY": "1"}
-    system = prepared(endpoints_of(own_stack), tmp_path / "broker-down", reference.sales,
-                      extra_env={**DRILL_ENV, "pos_gateway": gateway_env})
+    # The gateway as deployed (two group commits in flight; it keeps a member's sales out of concurrent
+    # transactions, so they are published in the order it accepted them). The sales are posted in one
+    # lane: concurrent lanes would put a store's sales on the topic in another interleaving than the
+    # reference's, and replenishment's decisions (needs, orders, levels) follow a store's order of
+    # sales (stock totals would still agree).
+    system = prepared(endpoints_of(own_stack), tmp_path / "broker-down", reference.sales)
     broker = own_stack.kafka.process
     assert broker is not None
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -144,7 +145,11 @@ class SaleWriter:
     """Group commit: every pending sale joins the next transaction; each caller awaits its own outcome.
 
     Up to `concurrency` transactions are in flight, each on its own connection, so the next batch
-    forms and is sent while the previous one waits for its commit. A batch starts as soon as a
+    forms and is sent while the previous one waits for its commit. A sale whose partition key (its
+    member, else its store) has a sale in a transaction still in flight waits for that one to commit,
+    and so does every later sale of that key: two concurrent transactions never hold sales of one key,
+    so the outbox ids of a key's sales follow their acceptance order and the relay, which publishes
+    committed rows by id, puts them on the topic in that order. A batch starts as soon as a
     slot is free and takes every sale waiting by then (no dispatcher task in between: under load,
     each extra hop through the event loop adds its latency to every sale). The unit of work runs
     on the asyncpg connection under SQLAlchemy's: this is the hot path, and SQLAlchemy's
@@ -161,6 +166,7 @@ class SaleWriter:
         self._free_slots = concurrency
         self._starting = False  # a batch task is about to take the waiting sales: later ones join it
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._keys_in_flight: Counter[str] = Counter()  # partition keys with a sale in a transaction in flight
         self._idle_connections: list[AsyncConnection] = []  # held between batches: no pool round trip
         self._stopping = False
 
@@ -196,9 +202,30 @@ class SaleWriter:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
+    def _take(self) -> list[tuple[Sale, asyncio.Future[Outcome]]]:
+        """Up to `max_batch` waiting sales in arrival order, leaving behind a sale whose key is in flight,
+        and every sale of that key after it."""
+        if not self._keys_in_flight:
+            taken, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+        else:
+            taken, left, held = [], [], set()
+            for item in self._waiting:
+                key = item[0].partition_key
+                if len(taken) < self.max_batch and key not in held and key not in self._keys_in_flight:
+                    taken.append(item)
+                else:
+                    left.append(item)
+                    held.add(key)
+            self._waiting = left
+        self._keys_in_flight.update(sale.partition_key for sale, _ in taken)
+        return taken
+
     async def _write(self) -> None:
         self._starting = False
-        pending, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
+        pending = self._take()
+        if not pending:  # every waiting sale waits for a key in flight: that batch's end starts the next
+            self._free_slots += 1
+            return
         try:
             outcomes = await self._commit_on_held_connection([sale for sale, _ in pending])
         except Exception as exc:  # the whole batch failed: nobody is acknowledged
@@ -208,6 +235,8 @@ class SaleWriter:
                     future.set_exception(LedgerUnavailable(str(exc)))
             return
         finally:
+            self._keys_in_flight.subtract(sale.partition_key for sale, _ in pending)
+            self._keys_in_flight = +self._keys_in_flight  # keys with nothing in flight any more leave
             self._free_slots += 1
             self._start_batch()  # whatever arrived meanwhile goes next
         for (_, future), outcome in zip(pending, outcomes, strict=True):

@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -46,6 +46,7 @@ DAY = timedelta(days=1)
 SWEEP_PAGE = 5_000  # members re-decided per page of a day sweep
 P_ACTIVE_STEP = 0.02  # the sweep stores P(active) again when it moved at least this much
 BasketRow = tuple[str, str, datetime, list[str]]  # basket id, store, event time, SKUs
+RULES_ANSWERS_KEPT = 32
 
 RECLASSIFIED = Counter("crm_segmenter_reclassified_total", "Profile updates classified")
 SEGMENT_CHANGES = Counter("crm_segmenter_segment_changes_total", "Segment changes published", ["dimension"])
@@ -118,6 +119,9 @@ class SegmentHandlers:
         self._checked_versions: dict[str, int] = {}
         # scope -> its basket arrivals when its rules were last refused, and refusals in a row
         self._refused_at: dict[str, tuple[int, int]] = {}
+        # `/v1/rules` answers by (scope, window version, the question): a window version changes with every
+        # basket, so an answer is never served for another window; the least recently asked go first.
+        self._answers: OrderedDict[tuple[Any, ...], tuple[list[AssociationRule], int]] = OrderedDict()
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -399,6 +403,11 @@ class SegmentHandlers:
             refused = rules.known_refusal(min_support, max_items)
             if refused is not None:
                 raise refused
+            asked = (scope or "chain", rules.version, min_support, min_confidence, min_lift, antecedent, limit, max_items)
+            answered = self._answers.get(asked)
+            if answered is not None:  # the same question of the same window: no basket came or went since
+                self._answers.move_to_end(asked)
+                return answered
             baskets, version = rules.item_lists(), rules.version
         try:
             found = await self.miner.rules(baskets, min_support, min_confidence, min_lift, antecedent, limit, max_items,
@@ -406,6 +415,9 @@ class SegmentHandlers:
         except TooManyItemsets as exc:
             rules.remember_refusal(version, exc, max_items)
             raise
+        self._answers[asked] = (found, len(baskets))
+        while len(self._answers) > RULES_ANSWERS_KEPT:
+            self._answers.popitem(last=False)
         return found, len(baskets)
 
     async def bought_with(self, sku: str, scope: str | None, limit: int) -> tuple[list[Any], int]:

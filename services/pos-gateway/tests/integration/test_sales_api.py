@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from crm_shared.testing import read_topic
+from crm_shared.testing import StackEndpoints, read_topic
 
-from .conftest import GatewayUnderTest, a_sale, now_plus
+from .conftest import GatewayUnderTest, a_sale, now_plus, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -249,3 +250,42 @@ def test_health_readiness_metrics_and_openapi(gateway: GatewayUnderTest) -> None
     body_schema = spec["paths"]["/v1/sales"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body_schema == {"$ref": "#/components/schemas/Sale"}
     assert "SaleLine" in spec["components"]["schemas"]
+
+
+def test_a_members_sales_reach_the_topic_in_the_order_they_were_accepted_with_concurrent_writers(
+        crm_stack: StackEndpoints, tmp_path: Path) -> None:
+    """Two group commits in flight with room for 3 sales each: an HTTP batch of a member's sales spans
+    several transactions. Before the writer kept a key's sales out of concurrent transactions, a later
+    transaction could commit first and its (higher) outbox ids be published before the earlier ones."""
+    under_test = start_gateway(crm_stack, tmp_path, POS_GATEWAY_WRITER_CONCURRENCY="2",
+                               POS_GATEWAY_WRITER_MAX_BATCH="3")
+    lanes, members_per_lane, posts, per_post = 4, 4, 10, 24
+    posted: dict[str, list[str]] = {}
+
+    async def lane(number: int) -> None:
+        members = [f"m{number}-{i}" for i in range(members_per_lane)]
+        async with httpx.AsyncClient(base_url=under_test.url, timeout=60) as client:
+            for post in range(posts):
+                sales = [a_sale(f"o{number}-{post}-{i}", member=members[i % members_per_lane])
+                         for i in range(per_post)]
+                response = await client.post("/v1/sales/batch", json={"sales": sales}, headers={"x-api-key": "dev-ops"})
+                assert response.status_code == 200 and {r["http_status"] for r in response.json()["results"]} == {202}
+                for sale in sales:
+                    posted.setdefault(sale["member_id"], []).append(sale["sale_id"])
+
+    async def all_lanes() -> None:
+        await asyncio.gather(*(lane(n) for n in range(lanes)))
+
+    try:
+        asyncio.run(all_lanes())
+        total = lanes * posts * per_post
+        records = asyncio.run(read_topic(under_test.bootstrap, under_test.sales_topic, expected=total, timeout=60))
+        published: dict[str, list[str]] = {}
+        for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+            payload = orjson.loads(record.value)["payload"]
+            published.setdefault(payload["member_id"], []).append(payload["sale_id"])
+        assert len(records) == total and set(published) == set(posted)
+        out_of_order = [member for member, sale_ids in posted.items() if published[member] != sale_ids]
+        assert not out_of_order, f"{len(out_of_order)} members' sales published out of order, e.g. {out_of_order[0]}"
+    finally:
+        under_test.process.stop()

@@ -114,3 +114,31 @@ def test_a_service_killed_outright_leaves_no_mining_worker_behind(tmp_path: Path
     while time.monotonic() < deadline and psutil.pid_exists(worker) and psutil.Process(worker).status() != "zombie":
         time.sleep(0.1)
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie", "the worker outlived the service"
+
+
+def test_the_rules_api_answers_a_repeated_question_of_the_same_window_without_mining_again() -> None:
+    from segmenter.handlers import SegmentHandlers
+    from segmenter.settings import SegmenterSettings
+
+    class CountingMiner(RuleMiner):
+        looks = 0
+
+        async def rules(self, *args: object, **kwargs: object) -> list[object]:  # type: ignore[override]
+            CountingMiner.looks += 1
+            return await super().rules(*args, **kwargs)  # type: ignore[arg-type]
+
+    handlers = SegmentHandlers(None, SegmenterSettings(), topic_prefix="",  # type: ignore[arg-type]  # no I/O here
+                               miner=CountingMiner(in_process=True))
+    handlers._add_baskets([(f"b{i}", "s1", T0, ["bread", "milk"] if i % 2 else ["bread", "jam"]) for i in range(40)])
+
+    async def ask(min_support: float = 0.1) -> tuple[list[object], int]:
+        return await handlers.rules(scope=None, min_support=min_support, min_confidence=0.3, min_lift=0.0,
+                                    antecedent=None, limit=10)
+
+    first = asyncio.run(ask())
+    assert first[0] and first[1] == 40 and CountingMiner.looks == 1
+    assert asyncio.run(ask()) == first and CountingMiner.looks == 1  # answered, not mined
+    asyncio.run(ask(0.2))
+    assert CountingMiner.looks == 2  # another question
+    handlers._add_baskets([("b-new", "s1", T0, ["milk", "jam"])])
+    assert asyncio.run(ask())[1] == 41 and CountingMiner.looks == 3  # another window
