@@ -146,20 +146,15 @@ class SupplyHandlers:
         """One purchase order per supplier × store for the needs of the cycles that closed. A need is
         on one order line, ever: its `po_id` is set once, and the order's id is derived from supplier,
         store and cycle (unique), so a redelivery, a restart or a second replica raises nothing twice."""
-        needs = store.needs
-        pending = (await conn.execute(
-            select(needs).where(store.any_of(needs.c.store_id, list(closed)), needs.c.po_id.is_(None))
-            .order_by(needs.c.store_id, needs.c.supplier_id, needs.c.sku, needs.c.cycle)
-            .with_for_update(skip_locked=True))).all()
+        pending = await store.needs_to_order(conn, closed)
         groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
         line_units: dict[tuple[str, str, str], int] = defaultdict(int)
         for need in pending:  # oldest cycle first within a sku
-            if need.cycle < closed[need.store_id]:
-                line = (need.store_id, need.supplier_id, need.sku)
-                if line_units[line] + need.quantity > max_order_units(need.pack_size):
-                    continue  # one line carries at most the contract's maximum: this need waits
-                line_units[line] += need.quantity
-                groups[(need.store_id, need.supplier_id)].append(need)
+            line = (need.store_id, need.supplier_id, need.sku)
+            if line_units[line] + need.quantity > max_order_units(need.pack_size):
+                continue  # one line carries at most the contract's maximum: this need waits
+            line_units[line] += need.quantity
+            groups[(need.store_id, need.supplier_id)].append(need)
         orders: dict[str, tuple[dict[str, Any], list[Any]]] = {}
         for (store_id, supplier_id), group in groups.items():
             cycle = max(n.cycle for n in group)

@@ -311,6 +311,21 @@ async def needs_raised(conn: AsyncConnection, keys: list[tuple[str, str]], since
     return {(row.store_id, row.sku, row.cycle) for row in result}
 
 
+async def needs_to_order(conn: AsyncConnection, closed: dict[str, date]) -> list[Any]:
+    """The needs not on an order yet of the cycles before each store's closing day, locked (a second
+    replica skips them), by store, supplier, sku and cycle. Only those cycles: a batch that closes a
+    store's days one after the other has the later days' needs written already."""
+    if not closed:
+        return []
+    stores = sorted(closed)
+    result = await conn.execute(text(
+        "SELECT n.* FROM needs n JOIN unnest(CAST(:stores AS text[]), CAST(:days AS date[])) AS k(store_id, day) "
+        "ON n.store_id = k.store_id AND n.cycle < k.day WHERE n.po_id IS NULL "
+        "ORDER BY n.store_id, n.supplier_id, n.sku, n.cycle FOR UPDATE OF n SKIP LOCKED"),
+        {"stores": stores, "days": [closed[s] for s in stores]})
+    return list(result.all())
+
+
 ORDER_COLUMNS = ("po_id", "supplier_id", "store_id", "cycle", "status", "raised_at", "expected_by")
 _ADD_ORDERS_SQL = insert_from_recordset(purchase_orders, ORDER_COLUMNS, tail="ON CONFLICT DO NOTHING RETURNING po_id")
 LINE_COLUMNS = ("po_id", "sku", "need_id", "quantity", "unit_cost")
