@@ -150,8 +150,7 @@ class Policy:
     units_per_offer: float = 0.2  # extra units one issued offer is expected to sell over its validity
 
 
-@dataclass(frozen=True)
-class Levels:
+class Levels(NamedTuple):  # built at most sales of a new day: a tuple, not a frozen dataclass, for speed
     forecast_daily: float
     sigma_daily: float
     reorder_point: int

@@ -97,21 +97,28 @@ class StockLedger:
             units[sku] = units.get(sku, 0) + quantity
             daily[(store_id, sku, day)][returning] += quantity
         self.lines += len(sale.lines)
+        rows, models = self.rows, self.models
         for sku, quantity in units.items():
             key = (store_id, sku)
-            row = self.rows[key]
+            row = rows[key]
             if returning:
                 row["on_hand"] += quantity
                 row["returned"] += quantity
             else:
                 row["on_hand"] -= quantity
                 row["sold"] += quantity
-            model, late = record_demand(self.models[key], day, -quantity if returning else quantity)
-            self.models[key] = model
-            row["late_lines"] += late
-            self.late_lines += late
-            row["last_event_at"] = at if row["last_event_at"] is None else max(row["last_event_at"], at)
-            row["negative_since"] = (row["negative_since"] or at) if row["on_hand"] < 0 else None
+            model, late = record_demand(models[key], day, -quantity if returning else quantity)
+            models[key] = model
+            if late:
+                row["late_lines"] += 1
+                self.late_lines += 1
+            last = row["last_event_at"]
+            if last is None or at > last:
+                row["last_event_at"] = at
+            if row["on_hand"] >= 0:
+                row["negative_since"] = None
+            elif row["negative_since"] is None:
+                row["negative_since"] = at
             self._decide(key, row, model, today, at)
 
     def _decide(self, key: StockKey, row: dict[str, Any], model: DemandModel, today: date, at: datetime) -> None:
