@@ -384,10 +384,12 @@ class SegmentHandlers:
         if latest is not None:  # a store that stopped selling leaves the window on the chain's clock
             for store_id, rules in list(self.store_rules.items()):
                 rules.expire_before(latest - self.window)
-                if not len(rules):
+                if not len(rules):  # what is kept by window version goes too: a new window counts from 0 again
                     del self.store_rules[store_id]
                     self._refused_at.pop(store_id, None)
                     self._checked_versions.pop(store_id, None)
+                    for asked in [asked for asked in self._answers if asked[0] == store_id]:
+                        del self._answers[asked]
         BASKETS.set(len(self.chain_rules))
 
     def rules_for(self, scope: str | None) -> BasketRules | None:

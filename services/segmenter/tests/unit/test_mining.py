@@ -142,3 +142,29 @@ def test_the_rules_api_answers_a_repeated_question_of_the_same_window_without_mi
     assert CountingMiner.looks == 2  # another question
     handlers._add_baskets([("b-new", "s1", T0, ["milk", "jam"])])
     assert asyncio.run(ask())[1] == 41 and CountingMiner.looks == 3  # another window
+
+
+def test_a_store_window_that_emptied_and_filled_again_is_not_answered_from_the_old_one() -> None:
+    """A store that stopped selling leaves the window; when it sells again its window counts versions
+    from 0 again, so an answer kept for the old window at the same version must not be served."""
+    from datetime import timedelta
+
+    from segmenter.handlers import SegmentHandlers
+    from segmenter.settings import SegmenterSettings
+
+    handlers = SegmentHandlers(None, SegmenterSettings(), topic_prefix="",  # type: ignore[arg-type]  # no I/O here
+                               miner=RuleMiner(in_process=True))
+
+    async def ask() -> tuple[list[object], int]:
+        return await handlers.rules(scope="s1", min_support=0.1, min_confidence=0.3, min_lift=0.0,
+                                    antecedent=None, limit=10)
+
+    handlers._add_baskets([(f"old{i}", "s1", T0, ["bread", "milk"]) for i in range(40)])
+    before = asyncio.run(ask())
+    assert {r.consequent for r in before[0]} == {"bread", "milk"}  # type: ignore[attr-defined]
+    later = T0 + handlers.window + timedelta(days=1)
+    handlers._add_baskets([("chain", "s2", later, ["tea"])])  # the chain's clock moves on: s1's window empties
+    assert handlers.rules_for("s1") is None
+    handlers._add_baskets([(f"new{i}", "s1", later, ["jam", "tea"]) for i in range(40)])
+    after = asyncio.run(ask())
+    assert {r.consequent for r in after[0]} == {"jam", "tea"}  # type: ignore[attr-defined]
