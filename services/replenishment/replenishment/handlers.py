@@ -42,7 +42,7 @@ from replenishment.domain import (
     receive_late,
     reorder_levels,
 )
-from replenishment.ledger import UNASSIGNED, StockKey, StockLedger
+from replenishment.ledger import UNASSIGNED, CycleClosed, StockKey, StockLedger
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +133,20 @@ class SupplyHandlers:
             # next cycle; it never fails the batch (whose sales the consumer would dead-letter).
             try:
                 async with conn.begin_nested():
-                    outcome.orders += await self.raise_orders(conn, {c.store_id: c.day for c in closes},
-                                                              {c.store_id: c.at for c in closes})
+                    outcome.orders += await self.raise_orders(conn, closes)
             except Exception:
                 log.exception("purchase orders not raised; their needs wait for the next cycle",
                               extra={"stores": sorted(c.store_id for c in closes)})
         await add_events(conn, store.outbox, self.low_stock_topic, ledger.low_stock)
         return outcome
 
-    async def raise_orders(self, conn: AsyncConnection, closed: dict[str, date],
-                           as_of: dict[str, datetime]) -> list[str]:
-        """One purchase order per supplier × store for the needs of the cycles that closed. A need is
-        on one order line, ever: its `po_id` is set once, and the order's id is derived from supplier,
-        store and cycle (unique), so a redelivery, a restart or a second replica raises nothing twice."""
-        pending = await store.needs_to_order(conn, closed)
+    async def raise_orders(self, conn: AsyncConnection, closes: list[CycleClosed]) -> list[str]:
+        """One purchase order per supplier × store for the needs of the cycles that closed (one close per
+        store), raised at the time of the sale that closed them. A need is on one order line, ever: its
+        `po_id` is set once, and the order's id is derived from supplier, store and cycle (unique), so a
+        redelivery, a restart or a second replica raises nothing twice."""
+        pending = await store.needs_to_order(conn, {c.store_id: c.day for c in closes})
+        as_of = {c.store_id: c.at for c in closes}
         groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
         line_units: dict[tuple[str, str, str], int] = defaultdict(int)
         for need in pending:  # oldest cycle first within a sku
@@ -178,16 +178,17 @@ class SupplyHandlers:
             by_sku: dict[str, list[Any]] = defaultdict(list)
             for need in group:
                 by_sku[need.sku].append(need)
-            lines += [{"po_id": po_id, "sku": sku, "need_id": same[0].need_id, "quantity": sum(n.quantity for n in same),
-                       "unit_cost": same[-1].unit_cost} for sku, same in by_sku.items()]
+            order_lines = [OrderLine(
+                sku=sku, quantity=sum(n.quantity for n in same), pack_size=same[-1].pack_size,
+                unit_cost=same[-1].unit_cost, need_id=same[0].need_id, also_fills=[n.need_id for n in same[1:]],
+                reorder_point=same[-1].reorder_point, order_up_to=same[-1].order_up_to, on_hand=same[-1].on_hand,
+                on_order=same[0].on_order, forecast_daily=round(same[-1].forecast_daily, 4))
+                for sku, same in by_sku.items()]
+            lines += [{"po_id": po_id, "sku": line.sku, "need_id": line.need_id, "quantity": line.quantity,
+                       "unit_cost": line.unit_cost} for line in order_lines]
             events.append(purchase_order_raised(PurchaseOrder(
                 po_id=po_id, supplier_id=order["supplier_id"], store_id=order["store_id"], cycle=order["cycle"],
-                raised_at=order["raised_at"], expected_by=order["expected_by"], lines=[OrderLine(
-                    sku=sku, quantity=sum(n.quantity for n in same), pack_size=same[-1].pack_size,
-                    unit_cost=same[-1].unit_cost, need_id=same[0].need_id, also_fills=[n.need_id for n in same[1:]],
-                    reorder_point=same[-1].reorder_point, order_up_to=same[-1].order_up_to,
-                    on_hand=same[-1].on_hand, on_order=same[0].on_order,
-                    forecast_daily=round(same[-1].forecast_daily, 4)) for sku, same in by_sku.items()]),
+                raised_at=order["raised_at"], expected_by=order["expected_by"], lines=order_lines),
                 source=SERVICE_NAME))
         await store.fill_needs(conn, filled)
         await store.add_order_lines(conn, lines)
