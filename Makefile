@@ -64,7 +64,7 @@ drills: install
 
 lint: install
 	$(BIN)/ruff check shared services bench tests
-	$(BIN)/mypy --strict services/replenishment/replenishment/domain.py shared/crm_shared/supply_events.py shared/crm_shared/supplier_terms.py services/pos-gateway/pos_gateway/domain.py shared/crm_shared/events.py shared/crm_shared/money.py services/notifier/notifier/domain.py services/notifier/notifier/chooser.py shared/crm_shared/marketing_events.py services/segmenter/segmenter/baskets.py services/segmenter/segmenter/mining.py services/replenishment/replenishment/ledger.py
+	$(BIN)/mypy --strict services/replenishment/replenishment/domain.py shared/crm_shared/supply_events.py shared/crm_shared/supplier_terms.py services/pos-gateway/pos_gateway/domain.py shared/crm_shared/events.py shared/crm_shared/money.py services/notifier/notifier/domain.py services/notifier/notifier/chooser.py shared/crm_shared/marketing_events.py services/segmenter/segmenter/baskets.py services/segmenter/segmenter/mining.py services/replenishment/replenishment/ledger.py services/member-profile/member_profile/walk.py
 
 clean:
 	rm -rf $(VENV) .crm

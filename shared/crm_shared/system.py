@@ -81,29 +81,25 @@ def _canonical(value: Any) -> Any:
 
 
 # What any correct run of the same sales, in the same order, must reproduce exactly: per table, the
-# columns compared (None = every column the snapshot reads). What is left out depends on more than
-# the events and their order, so two uninterrupted runs already disagree on it:
-# - consumer batch boundaries (how many records one fetch returned): member-profile evaluates tiers
-#   (their `since` and rolling spend) at the batch's watermark, and emits one profile update per
-#   member per batch, so the segmenter's input itself depends on where member-profile's batches end.
-#   (Replenishment decides sale by sale, so its stock, forecasts, needs and orders are compared.)
-# - which topic a service reads first: the segmenter learns clusters and RFM cut points online from
-#   profiles and sales arriving on two topics; the notifier's offers race basket rules published
-#   every 10 s of wall time, consent lookups and caps.
-# - the tier sweep: member-profile re-evaluates idle members' tiers when a batch crosses an event-time
-#   day, at that batch's watermark, so a tier row (a downgrade to `member`, its rolling spend) depends
-#   on where batches end;
+# columns compared (None = every column the snapshot reads). member-profile, the segmenter and
+# replenishment each walk a batch one event at a time in topic order, valued at the event-time clock
+# reached at that event, and review at every midnight that clock crosses, so where a consumer batch
+# starts or ends changes nothing they hold or publish. What is left out depends on more than the
+# events and their order, so two uninterrupted runs already disagree on it:
 # - wall-clock timers: the segmenter trims stored baskets out of its 90-day window every 10 s of wall
-#   time, so which baskets at the window's edge are still stored depends on when it last ran.
+#   time, so which baskets at the window's edge are still stored depends on when it last ran;
+# - the notifier's offers race basket rules published every 10 s of wall time, segment and tier
+#   events arriving on other topics, consent lookups and caps.
 # The gateway's ledger is compared by the drills that go through it (a Kafka replay bypasses it).
 COMPARED: dict[str, tuple[str, ...] | None] = {
     "member_profile.profiles": None,
     "member_profile.purchases": None,
     "member_profile.points_ledger": None,
     "member_profile.points_lots": None,
-    "member_profile.member_segments": ("member_id",),
-    "segmenter.members": ("member_id", "first_purchase_at", "last_purchase_at", "visits", "monetary",
-                          "basket_value", "basket_size", "interval_mean", "interval_spread"),
+    "member_profile.tiers": None,
+    "member_profile.member_segments": None,
+    "segmenter.members": None,
+    "segmenter.segment_changes": None,
     "segmenter.product_daily": None,
     "replenishment.stock": None,
     "replenishment.daily_sales": None,

@@ -119,3 +119,15 @@ def start_service(module: str, endpoints: StackEndpoints, log_dir: Path, *, pref
     env = {**endpoints.env(), "CRM_TOPIC_PREFIX": prefix, "CRM_ENV": "test",
            f"{module.upper()}_PORT": str(port), **(extra_env or {})}
     return ServiceProcess(module, env, port=port, log_path=log_dir / f"{module}-{port}.log").start()
+
+
+def wait_until_caught_up(bootstrap: str, group: str, topic: str, timeout: float = 120) -> None:
+    """Polls until consumer group `group` has committed every record of `topic`."""
+    from crm_shared.kafka import consumer_lag
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(consumer_lag(bootstrap, group, [topic])).get(topic) == 0:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{group} did not catch up with {topic} within {timeout:.0f} s")

@@ -32,6 +32,7 @@ from member_profile.cache import LoyaltyState, ProfileCache
 from member_profile.domain import Profile, RfmCutpoints, profile_view, rfm_scores
 from member_profile.loyalty import LoyaltyRules, NotEnoughPoints, balance, spend
 from member_profile.members import ConsentGiven, ContactDetails, Enrolment, check_birth_date, consent_time
+from member_profile.walk import MemberWalk, ProfileAt, leaving_until, needs_visit_history, spend_horizon
 
 
 def wall_clock() -> datetime:
@@ -53,55 +54,38 @@ class ProfileHandlers:
 
     async def apply_sales(self, conn: AsyncConnection,
                           events: list[Envelope[Sale]]) -> tuple[list[Profile], datetime | None, dict[str, LoyaltyState]]:
-        """Inside the consumer's transaction: profiles, points, tiers and the events announcing them
-        commit together with the record of which sales were applied."""
+        """Inside the consumer's transaction: the batch walked one sale at a time (`walk.MemberWalk`);
+        profiles, points, tiers and the events announcing them commit together with the record of
+        which sales were applied."""
+        if not events:
+            return [], await store.as_of(conn), {}
         before = await store.as_of(conn)
-        changed = await store.apply_sales(conn, events)
-        as_of = await store.as_of(conn)
-        if as_of is None:
-            return changed, as_of, {}
-        await store.apply_loyalty(conn, events, self.rules, as_of)
-        last_event: dict[str, str] = {}
-        for event in events:
-            if event.payload.member_id is not None:
-                last_event[event.payload.member_id] = str(event.event_id)
-        # Tiers on rolling spend up to the event time reached (not the member's own latest sale: a
-        # late-arriving earlier sale must not hide what came after it).
-        tier_events, _ = await store.evaluate_tiers(conn, list(last_event), as_of, self.rules,
-                                                    identity=lambda m: last_event[m])
-        if before is None or as_of.date() > before.date():
-            # A new day of event time: members who bought nothing may have slipped below their tier.
-            idle = [m for m in await store.tiered_members(conn) if m not in last_event]
-            day = as_of.date().isoformat()
-            swept, moved = await store.evaluate_tiers(conn, idle, as_of, self.rules, identity=lambda _: day)
-            tier_events += swept
-            changed += (await store.load_profiles(conn, moved)).values()  # their profile events and cache too
-        await add_events(conn, store.outbox, self.tiers_topic, tier_events)
+        buyers = {e.payload.member_id for e in events if e.payload.member_id is not None}
+        books = await store.load_books(conn, buyers, spend_horizon(before, events, self.rules),
+                                       leaving_until(events, before, self.rules))
+        await store.load_visit_days(conn, books, needs_visit_history(books, events))
+        skus = {line.sku for e in events if e.payload.member_id is not None for line in e.payload.lines}
+        catalog = await store.catalog_entries(conn, skus)
+        erased = await store.erased_members(conn, books)
+        walked = MemberWalk(before, books, self.rules, catalog, erased).apply(events)
+        as_of = walked.watermark
+        assert as_of is not None
+        await store.record_purchases(conn, events, as_of)
+        changed = [book.profile for book in books.values() if book.touched]
+        await store.save_profiles(conn, changed)
+        await store.save_points(conn, walked)
+        await add_events(conn, store.outbox, self.tiers_topic, await store.save_tiers(conn, walked.tier_moves))
         await add_events(conn, store.outbox, self.profiles_topic,
-                         await self._profile_events(conn, changed, as_of, last_event))
-        return changed, as_of, await loyalty_states(conn, [p.member_id for p in changed])
+                         [profile_event(p, erased=p.profile.member_id in erased) for p in walked.profiles])
+        moved = {move.member_id for move in walked.tier_moves}
+        cached = changed + [books[m].profile for m in sorted(moved) if not books[m].touched]
+        return cached, as_of, await loyalty_states(conn, [p.member_id for p in cached])
 
     async def after_commit(self, outcome: tuple[list[Profile], datetime | None, dict[str, LoyaltyState]]) -> None:
         """Refresh the read cache once the batch is durable (a crash before this only leaves it stale)."""
         changed, as_of, loyalty = outcome
         await self.cache.put(changed, as_of, loyalty)
         self.wake_relay()
-
-    async def _profile_events(self, conn: AsyncConnection, changed: list[Profile], as_of: datetime,
-                              last_event: dict[str, str]) -> list[Envelope[Any]]:
-        ids = [p.member_id for p in changed]
-        balances = await store.points_balances(conn, ids, as_of)
-        tiers = await store.current_tiers(conn, ids)
-        erased = await store.erased_members(conn, ids)
-        out = []
-        for profile in changed:
-            payload = profile_document(profile, as_of, tier=tiers.get(profile.member_id, "member"),
-                                       points=balances.get(profile.member_id, 0),
-                                       erased=profile.member_id in erased)
-            out.append(member_event(payload, event_type="MemberProfileUpdated", member_id=profile.member_id,
-                                    occurred_at=as_of, source=SERVICE_NAME,
-                                    identity=f"profile/{profile.member_id}/{last_event.get(profile.member_id, as_of)}"))
-        return out
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -168,6 +152,14 @@ def profile_document(profile: Profile, as_of: datetime, *, tier: str, points: in
         "tier": tier, "points_balance": points, "erased": erased,
     })
 
+
+
+def profile_event(at: ProfileAt, *, erased: bool) -> Envelope[Any]:
+    """One per sale (identity: the sale's event id) and one per tier a midnight review moved (the day)."""
+    member_id = at.profile.member_id
+    payload = profile_document(at.profile, at.as_of, tier=at.tier, points=at.points, erased=erased)
+    return member_event(payload, event_type="MemberProfileUpdated", member_id=member_id, occurred_at=at.as_of,
+                        source=SERVICE_NAME, identity=f"profile/{member_id}/{at.identity}")
 
 
 async def loyalty_states(conn: AsyncConnection, member_ids: list[str]) -> dict[str, LoyaltyState]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,8 +34,9 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID, array, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from member_profile import SERVICE_NAME
-from member_profile.domain import Profile, RfmCutpoints, Rhythm, apply_sale, rhythm_of
-from member_profile.loyalty import Lot, LoyaltyRules, expired, expires_at, points_for, take_back, tier_for, tier_window_start
+from member_profile.domain import Profile, RfmCutpoints, Rhythm
+from member_profile.loyalty import Lot
+from member_profile.walk import MemberBook, TierMove, Walked
 
 metadata = MetaData()
 applied_events = applied_events_table(metadata)
@@ -230,17 +230,14 @@ async def visit_days(conn: AsyncConnection, member_id: str) -> list[date]:
     return [row.visit_day for row in rows]
 
 
-async def apply_sales(conn: AsyncConnection, events: list[Envelope[Sale]]) -> list[Profile]:
-    """One unit of work for a batch of new sales: history rows, profiles, the event-time watermark."""
-    if not events:
-        return []
-    latest = max(event.payload.occurred_at for event in events)
+async def record_purchases(conn: AsyncConnection, events: list[Envelope[Sale]], watermark_at: datetime) -> None:
+    """A batch's history rows and the event-time watermark it reached."""
     await conn.execute(
-        insert(watermark).values(id=1, as_of=latest)
-        .on_conflict_do_update(index_elements=["id"], set_={"as_of": func.greatest(watermark.c.as_of, latest)}))
+        insert(watermark).values(id=1, as_of=watermark_at)
+        .on_conflict_do_update(index_elements=["id"], set_={"as_of": func.greatest(watermark.c.as_of, watermark_at)}))
     members = [e for e in events if e.payload.member_id is not None]
     if not members:
-        return []
+        return
     await conn.execute(insert(purchases).on_conflict_do_nothing(), [{
         "event_id": e.event_id, "member_id": e.payload.member_id, "store_id": e.payload.store_id,
         "sale_id": e.payload.sale_id, "kind": e.payload.kind, "occurred_at": e.payload.occurred_at,
@@ -249,23 +246,57 @@ async def apply_sales(conn: AsyncConnection, events: list[Envelope[Sale]]) -> li
         "lines": [{"sku": line.sku, "description": line.description, "quantity": line.quantity,
                    "unit_price": str(line.unit_price)} for line in e.payload.lines[:50]],
     } for e in members])
-    current = await load_profiles(conn, {e.payload.member_id for e in members if e.payload.member_id})
-    catalog = await catalog_entries(conn, {line.sku for e in members for line in e.payload.lines})
-    for event in members:
-        member_id = event.payload.member_id
-        assert member_id is not None
-        current[member_id] = apply_sale(current.get(member_id) or Profile(member_id), event.payload, catalog)
-    for member_id, profile in list(current.items()):
-        if profile.rhythm_needs_rebuild:  # a visit arrived out of order: rebuild from the history
-            current[member_id] = replace(profile, rhythm=rhythm_of(await visit_days(conn, member_id)),
-                                         rhythm_needs_rebuild=False)
-    rows = [profile_row(profile) for profile in current.values()]
+
+
+async def save_profiles(conn: AsyncConnection, changed: Iterable[Profile]) -> None:
+    rows = [profile_row(profile) for profile in changed]
+    if not rows:
+        return
     statement = insert(profiles)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=["member_id"],
         set_={**{c.name: statement.excluded[c.name] for c in profiles.columns if c.name != "member_id"},
               "updated_at": func.now()}), rows)
-    return list(current.values())
+
+
+async def load_books(conn: AsyncConnection, buyers: set[str], horizon: datetime,
+                     leaving_until: datetime) -> dict[str, MemberBook]:
+    """Before the batch's purchases are written: what the walk needs of the batch's buyers, and of
+    every tiered member with a stored purchase that may leave the rolling window during the batch."""
+    ids = sorted(buyers)
+    leaving: dict[str, list[tuple[datetime, Decimal]]] = {}
+    if leaving_until > horizon:
+        tiered = select(tiers.c.member_id).where(tiers.c.tier != "member")
+        rows = await conn.execute(
+            select(purchases.c.member_id, purchases.c.occurred_at, purchases.c.total)
+            .where(purchases.c.occurred_at > horizon, purchases.c.occurred_at <= leaving_until,
+                   any_of(purchases.c.member_id, ids) | purchases.c.member_id.in_(tiered)))
+        for row in rows:
+            leaving.setdefault(row.member_id, []).append((row.occurred_at, Decimal(row.total)))
+    involved = sorted(set(ids) | set(leaving))
+    if not involved:
+        return {}
+    spend = {row[0]: Decimal(row[1]) for row in await conn.execute(
+        select(purchases.c.member_id, func.sum(purchases.c.total))
+        .where(any_of(purchases.c.member_id, involved), purchases.c.occurred_at > horizon)
+        .group_by(purchases.c.member_id))}
+    found = await load_profiles(conn, involved)
+    lots = await load_lots(conn, involved, lock=True)
+    held = await current_tiers(conn, involved)
+    return {m: MemberBook(found.get(m) or Profile(m), tier=held.get(m, "member"), lots=lots.get(m, []),
+                          spend_base=spend.get(m, Decimal("0")), leaving=sorted(leaving.get(m, [])))
+            for m in involved}
+
+
+async def load_visit_days(conn: AsyncConnection, books: dict[str, MemberBook], members: set[str]) -> None:
+    """Stored visit days of the members whose rhythm the batch rebuilds."""
+    if not members:
+        return
+    for member in members:
+        books[member].prior_visit_days = []
+    for row in await conn.execute(select(purchases.c.member_id, purchases.c.visit_day)
+                                  .where(any_of(purchases.c.member_id, sorted(members)), purchases.c.kind == "sale")):
+        books[row.member_id].prior_visit_days.append(row.visit_day)  # type: ignore[union-attr]
 
 
 async def as_of(conn: AsyncConnection) -> datetime | None:
@@ -344,61 +375,23 @@ async def _ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(points_ledger).on_conflict_do_nothing(), rows)
 
 
-async def expire_points(conn: AsyncConnection, member_ids: Iterable[str], as_of: datetime) -> None:
-    """Lapse the lots whose time is up at `as_of` (event time), with a ledger row each."""
-    lots = await load_lots(conn, member_ids, lock=True)
-    rows = []
-    for member_id, member_lots in lots.items():
-        for lot_id, points in expired(member_lots, as_of):
-            await conn.execute(points_lots.update().where(points_lots.c.id == lot_id).values(remaining=0))
-            rows.append({"member_id": member_id, "kind": "expire", "points": -points, "cause": f"lot:{lot_id}",
-                         "occurred_at": as_of})
-    await _ledger(conn, rows)
-
-
-async def apply_loyalty(conn: AsyncConnection, events: list[Envelope[Sale]], rules: LoyaltyRules,
-                        as_of: datetime) -> None:
-    """Points for new sales, taken back for returns; each movement a ledger row with its cause.
-    Category multipliers apply to the skus the catalog knows."""
-    catalog = await catalog_entries(conn, {line.sku for e in events for line in e.payload.lines}) \
-        if rules.category_multipliers else {}
-
-    def category_of(sku: str) -> str | None:
-        entry = catalog.get(sku)
-        return entry[0] if entry else None
-
-    earned = []
-    for event in events:
-        sale = event.payload
-        if sale.member_id is None or sale.kind != "sale":
-            continue
-        points = points_for(sale, rules, category_of)
-        if points > 0:
-            earned.append({"member_id": sale.member_id, "points": points, "remaining": points,
-                           "earned_at": sale.occurred_at, "expires_at": expires_at(sale.occurred_at, rules),
-                           "cause": str(event.event_id)})
-    if earned:
-        await conn.execute(insert(points_lots).on_conflict_do_nothing(), earned)
-        await _ledger(conn, [{"member_id": e["member_id"], "kind": "earn", "points": e["points"], "cause": e["cause"],
-                              "occurred_at": e["earned_at"]} for e in earned])
-    touched = {e.payload.member_id for e in events if e.payload.member_id is not None}
-    await expire_points(conn, touched, as_of)
-    returns = [e for e in events if e.payload.member_id is not None and e.payload.kind == "return"]
-    if not returns:
-        return
-    lots = await load_lots(conn, {e.payload.member_id for e in returns if e.payload.member_id}, lock=True)
-    rows = []
-    for event in returns:
-        member_id = event.payload.member_id
-        assert member_id is not None
-        member_lots = lots.get(member_id, [])
-        taken = take_back(member_lots, points_for(event.payload, rules, category_of), event.payload.occurred_at)
-        await take_points(conn, taken)
-        spent = dict(taken)
-        lots[member_id] = [replace(lot, remaining=lot.remaining - spent.get(lot.lot_id, 0)) for lot in member_lots]
-        rows.append({"member_id": member_id, "kind": "reverse", "points": -sum(spent.values()),
-                     "cause": str(event.event_id), "occurred_at": event.payload.occurred_at})
-    await _ledger(conn, rows)
+async def save_points(conn: AsyncConnection, walked: Walked) -> None:
+    """The walk's new lots (numbered by the database now), what it took from lots, and its ledger rows."""
+    numbered: dict[int, int] = {}
+    if walked.new_lots:
+        taken = walked.taken
+        rows = [{**{k: v for k, v in lot.items() if k != "id"}, "remaining": lot["points"] - taken.get(lot["id"], 0)}
+                for lot in walked.new_lots]
+        result = await conn.execute(insert(points_lots).on_conflict_do_nothing()
+                                    .returning(points_lots.c.id, points_lots.c.member_id, points_lots.c.cause), rows)
+        ids = {(row.member_id, row.cause): row.id for row in result}
+        numbered = {lot["id"]: ids[(lot["member_id"], lot["cause"])] for lot in walked.new_lots}
+    await take_points(conn, [(lot_id, points) for lot_id, points in walked.taken.items()
+                             if lot_id not in numbered and points])
+    await _ledger(conn, [
+        {k: v for k, v in row.items() if k != "lot"} | ({"cause": f"lot:{numbered.get(row['lot'], row['lot'])}"}
+                                                      if "lot" in row else {})
+        for row in walked.ledger])
 
 
 async def points_balances(conn: AsyncConnection, member_ids: Iterable[str], as_of: datetime | None) -> dict[str, int]:
@@ -412,21 +405,6 @@ async def points_balances(conn: AsyncConnection, member_ids: Iterable[str], as_o
     return {row[0]: int(row[1]) for row in rows}
 
 
-async def rolling_spend(conn: AsyncConnection, member_ids: Iterable[str], until: datetime,
-                        rules: LoyaltyRules) -> dict[str, Decimal]:
-    ids = list(member_ids)
-    if not ids:
-        return {}
-    rows = await conn.execute(
-        select(purchases.c.member_id, func.sum(purchases.c.total))
-        .where(any_of(purchases.c.member_id, ids), purchases.c.occurred_at > tier_window_start(until, rules),
-               purchases.c.occurred_at <= until)
-        .group_by(purchases.c.member_id))
-    spend = {member_id: Decimal("0") for member_id in ids}
-    spend.update({row[0]: Decimal(row[1]) for row in rows})
-    return spend
-
-
 async def current_tiers(conn: AsyncConnection, member_ids: Iterable[str]) -> dict[str, str]:
     ids = list(member_ids)
     if not ids:
@@ -435,33 +413,20 @@ async def current_tiers(conn: AsyncConnection, member_ids: Iterable[str]) -> dic
         select(tiers.c.member_id, tiers.c.tier).where(any_of(tiers.c.member_id, ids)))}
 
 
-async def evaluate_tiers(conn: AsyncConnection, member_ids: list[str], at: datetime, rules: LoyaltyRules,
-                         identity: Callable[[str], str]) -> tuple[list[Envelope[Any]], list[str]]:
-    """Re-tier members on their rolling spend up to `at` (the event time the service has reached);
-    returns the TierChanged events and the members whose tier moved."""
-    if not member_ids:
-        return [], []
-    before = await current_tiers(conn, member_ids)
-    changes: list[Envelope[Any]] = []
-    moved: list[str] = []
-    for member_id, spend in (await rolling_spend(conn, member_ids, at, rules)).items():
-        old = before.get(member_id, "member")
-        new = tier_for(spend, rules)
-        if new == old:
-            continue
-        await conn.execute(insert(tiers).values(member_id=member_id, tier=new, since=at, rolling_spend=spend)
-                           .on_conflict_do_update(index_elements=["member_id"],
-                                                  set_={"tier": new, "since": at, "rolling_spend": spend}))
-        payload = TierChanged(member_id=member_id, old_tier=old, new_tier=new, rolling_spend=spend,  # type: ignore[arg-type]
-                              effective_at=at)
-        changes.append(member_event(payload, event_type="TierChanged", member_id=member_id, occurred_at=at,
-                                    source=SERVICE_NAME, identity=f"tier/{member_id}/{identity(member_id)}/{new}"))
-        moved.append(member_id)
-    return changes, moved
-
-
-async def tiered_members(conn: AsyncConnection) -> list[str]:
-    return [row.member_id for row in await conn.execute(select(tiers.c.member_id).where(tiers.c.tier != "member"))]
+async def save_tiers(conn: AsyncConnection, moves: list[TierMove]) -> list[Envelope[Any]]:
+    """Each member's last move is their tier row; every move is a TierChanged event."""
+    last = {move.member_id: move for move in moves}
+    if last:
+        statement = insert(tiers)
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=["member_id"], set_={name: statement.excluded[name] for name in ("tier", "since", "rolling_spend")}),
+            [{"member_id": m.member_id, "tier": m.new, "since": m.at, "rolling_spend": m.rolling_spend}
+             for m in last.values()])
+    return [member_event(TierChanged(member_id=m.member_id, old_tier=m.old, new_tier=m.new, rolling_spend=m.rolling_spend,
+                                     effective_at=m.at),
+                         event_type="TierChanged", member_id=m.member_id, occurred_at=m.at, source=SERVICE_NAME,
+                         identity=f"tier/{m.member_id}/{m.identity}/{m.new}")
+            for m in moves]
 
 
 async def erased_members(conn: AsyncConnection, member_ids: Iterable[str]) -> set[str]:

@@ -106,6 +106,15 @@ class Population:
     members: int = 0
 
 
+def population_from_state(state: dict[str, Any]) -> Population:
+    """A `Population` as `dataclasses.asdict` saved it (JSON turns its tuples into lists)."""
+    cuts = {name: tuple(state.get(name, ())) for name in ("recency", "frequency", "monetary")}
+    return Population(**cuts, basket_value_median=float(state.get("basket_value_median", 0.0)),
+                      basket_size_p80=float(state.get("basket_size_p80", 0.0)),
+                      basket_size_median=float(state.get("basket_size_median", 0.0)),
+                      members=int(state.get("members", 0)))
+
+
 def quartiles_to_quintiles(values: Sequence[float]) -> tuple[float, ...]:
     """The four cut points (20/40/60/80th percentiles) of `values`."""
     if len(values) < 5:

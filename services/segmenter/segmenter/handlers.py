@@ -8,13 +8,14 @@ transaction commits, so a failed or retried batch never teaches the model twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-import itertools
 import logging
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
 
@@ -137,9 +138,9 @@ class SegmentHandlers:
                 self.churn = ChurnModel.from_state(data["model"])
                 self.churn_fitted_at = datetime.fromisoformat(data["fitted_at"]) if data.get("fitted_at") else None
             self.clock = await store.load_clock(conn)
-            if self.clock is not None:
-                self.population = domain.population_of(
-                    await store.active_population(conn, self.settings.active_days, self.clock))
+            population = await store.load_state(conn, "population")  # as the last midnight review left it
+            if population is not None:
+                self.population = domain.population_from_state(orjson.loads(population))
             rows = await store.baskets_since(conn, None)
         async with self.rules_lock:
             await asyncio.to_thread(self._add_baskets, rows)
@@ -149,53 +150,69 @@ class SegmentHandlers:
     # --- member.profiles.v1 -------------------------------------------------------------------
 
     async def apply_profiles(self, conn: AsyncConnection, events: list[Envelope[MemberProfileUpdated]]) -> ProfilesOutcome:
+        """Every profile update classified in topic order, at the event-time clock it brings (the
+        running latest `as_of`); when that clock enters a new day, everyone is reviewed at its midnight
+        first (`_sweep`). So what is decided depends on the updates and their order only, never on
+        where a consumer batch starts or ends."""
         # Erasures and profile batches take turns: an erasure committing mid-batch could otherwise
         # be undone by this batch's upsert (or its day sweep).
         await store.lock_members(conn)
-        latest: dict[str, Envelope[MemberProfileUpdated]] = {}
+        erased = await store.erased_among(conn, sorted({e.payload.member_id for e in events}))
+        outcome = ProfilesOutcome(clusters=self.clusters.copy(), churn=self.churn, clock=self.clock,
+                                  population=self.population, churn_fitted_at=self.churn_fitted_at)
+        learned = Learned()
+        run: list[tuple[Envelope[MemberProfileUpdated], datetime]] = []
+        timings = {"start": time.perf_counter(), "classified": 0.0, "swept": 0.0}
         for event in events:
-            latest[event.payload.member_id] = event  # a batch holds a member's updates in order: keep the last
-        erased = await store.erased_among(conn, list(latest))
-        for member_id, event in list(latest.items()):
-            if member_id in erased or event.payload.erased:
-                del latest[member_id]
-                if event.payload.erased:
-                    await store.erase(conn, member_id, event.payload.as_of)
-            elif event.payload.first_purchase_at is None:
-                del latest[member_id]  # returns only, no purchase yet: nothing to segment
-        if not latest:
-            return ProfilesOutcome()
-        previous_clock = self.clock
-        clock = max([e.payload.as_of for e in latest.values()] + ([previous_clock] if previous_clock else []))
-        population = self.population
-        if population.members < 5:
-            population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
-        timings = {"start": time.perf_counter()}
-        existing = await store.load_members(conn, list(latest))
-        model = self.clusters.copy()
-        timings["loaded"] = time.perf_counter()
-        learned = await asyncio.to_thread(self._classify_profiles, model, list(latest.values()), existing,
-                                          population, clock)
-        timings["classified"] = time.perf_counter()
-        await store.save_members(conn, learned.rows)
-        timings["saved"] = time.perf_counter()
-        outcome = ProfilesOutcome(clusters=model, churn=self.churn, clock=clock, population=population)
-        if previous_clock is None or clock.date() > previous_clock.date():
-            await self._sweep(conn, clock, learned, outcome)
-        timings["swept"] = time.perf_counter()
+            profile = event.payload
+            clock = outcome.clock
+            if clock is not None and profile.as_of.astimezone(UTC).date() > clock.astimezone(UTC).date():
+                await self._classify_run(conn, run, outcome, learned, timings)
+                run = []
+                started = time.perf_counter()
+                await self._sweep(conn, datetime.combine(profile.as_of.astimezone(UTC).date(), dt_time(0), UTC),
+                                  learned, outcome)
+                timings["swept"] += time.perf_counter() - started
+            outcome.clock = clock = profile.as_of if clock is None else max(clock, profile.as_of)
+            if profile.member_id in erased or profile.erased:
+                await self._classify_run(conn, run, outcome, learned, timings)
+                run = []
+                erased.add(profile.member_id)
+                if profile.erased:
+                    await store.erase(conn, profile.member_id, profile.as_of)
+            elif profile.first_purchase_at is not None:  # returns only, no purchase yet: nothing to segment
+                run.append((event, clock))
+        await self._classify_run(conn, run, outcome, learned, timings)
         await store.record_changes(conn, learned.changes)
         await add_events(conn, store.outbox, self.segments_topic, learned.events)
-        await store.save_state(conn, "clusters", model.to_state())
-        await store.save_clock(conn, clock)
-        timings["written"] = time.perf_counter()
-        log.debug("profiles batch", extra={"profiles": len(latest), "changes": len(learned.changes), **{
-            f"{b}_ms": round((timings[b] - timings[a]) * 1000, 1)
-            for a, b in itertools.pairwise(("start", "loaded", "classified", "saved", "swept", "written"))}})
+        if outcome.clusters is not None:
+            await store.save_state(conn, "clusters", outcome.clusters.to_state())
+        if outcome.clock is not None:
+            await store.save_clock(conn, outcome.clock)
+        log.debug("profiles batch", extra={"profiles": len(events), "changes": len(learned.changes),
+                                            "classify_ms": round(timings["classified"] * 1000, 1),
+                                            "sweeps_ms": round(timings["swept"] * 1000, 1),
+                                            "total_ms": round((time.perf_counter() - timings["start"]) * 1000, 1)})
         outcome.published = len(learned.events)
-        outcome.reclassified = len(latest)
         for change in learned.changes:
             outcome.changes[change["dimension"]] = outcome.changes.get(change["dimension"], 0) + 1
         return outcome
+
+    async def _classify_run(self, conn: AsyncConnection, run: list[tuple[Envelope[MemberProfileUpdated], datetime]],
+                            outcome: ProfilesOutcome, learned: Learned, timings: dict[str, float]) -> None:
+        """Classify updates of one event-time day (each at its own clock) and save them before a sweep reads them."""
+        if not run:
+            return
+        started = time.perf_counter()
+        existing = await store.load_members(conn, sorted({event.payload.member_id for event, _ in run}))
+        assert outcome.clusters is not None and outcome.population is not None
+        decided = await asyncio.to_thread(self._classify_profiles, outcome.clusters, run, existing,
+                                          outcome.population, outcome.churn or self.churn)
+        await store.save_members(conn, list({row["member_id"]: row for row in decided.rows}.values()))
+        learned.changes += decided.changes
+        learned.events += decided.events
+        outcome.reclassified += len(run)
+        timings["classified"] += time.perf_counter() - started
 
     async def after_profiles(self, outcome: ProfilesOutcome) -> None:
         if outcome.clusters is not None:
@@ -214,11 +231,12 @@ class SegmentHandlers:
         if outcome.published:
             self.wake_relay()
 
-    def _classify_profiles(self, model: OnlineClusters, events: list[Envelope[MemberProfileUpdated]],
+    def _classify_profiles(self, model: OnlineClusters, run: list[tuple[Envelope[MemberProfileUpdated], datetime]],
                            existing: dict[str, dict[str, Any]], population: domain.Population,
-                           clock: datetime) -> Learned:
+                           churn_model: ChurnModel) -> Learned:
+        """`existing` is updated as it goes: a member's second update in a run sees what the first decided."""
         learned = Learned()
-        for event in events:
+        for event, clock in run:
             profile = event.payload
             row = existing.get(profile.member_id)
             held = held_segments(row)
@@ -227,7 +245,7 @@ class SegmentHandlers:
             cluster = (domain.sticky_cluster(distances, cluster_index(held.cluster), margin=self.settings.cluster_margin)
                        if distances else None)
             summary = domain.purchase_summary(profile, clock)
-            churn = self.churn.estimate(summary, self.settings.churn_horizon_days) if summary else None
+            churn = churn_model.estimate(summary, self.settings.churn_horizon_days) if summary else None
             visited_since = row is None or row.get("last_purchase_at") != profile.last_purchase_at
             facts = domain.persona_facts(profile, feats, clock, churn, held=held.persona, visited_since=visited_since)
             last = profile.last_purchase_at
@@ -246,6 +264,7 @@ class SegmentHandlers:
             }
             new_row.update(self._segment_columns(decided.segments, churn, clock))
             learned.rows.append(new_row)
+            existing[profile.member_id] = new_row
             self._record(learned, profile.member_id, decided, churn, clock, identity=str(event.event_id))
         return learned
 
@@ -283,12 +302,13 @@ class SegmentHandlers:
         members who bought nothing: some become dormant, some slip a value tier) and record sizes.
         Members are read in keyset pages (this batch's members were saved just before), so the sweep
         holds one page at a time, whatever the number of members."""
-        churn = self.churn
-        if self.churn_fitted_at is None or clock - self.churn_fitted_at >= timedelta(days=self.settings.churn_refit_days):
+        churn = outcome.churn or self.churn
+        fitted_at = outcome.churn_fitted_at
+        if fitted_at is None or clock - fitted_at >= timedelta(days=self.settings.churn_refit_days):
             summaries = [summary for page in [p async for p in store.member_pages(conn, SWEEP_PAGE)]
                          for summary in (summary_of_row(r, clock) for r in page) if summary is not None]
             if len(summaries) >= 50:
-                churn = ChurnModel.from_state(self.churn.to_state())
+                churn = ChurnModel.from_state(churn.to_state())
                 await asyncio.to_thread(churn.fit, summaries)
                 outcome.churn_fitted_at = clock
                 await store.save_state(conn, "churn", orjson.dumps({"model": churn.to_state(),
@@ -296,6 +316,7 @@ class SegmentHandlers:
                 outcome.churn = churn
         population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
         outcome.population = population
+        await store.save_state(conn, "population", orjson.dumps(dataclasses.asdict(population)))
         model = outcome.clusters or self.clusters
         async for page in store.member_pages(conn, SWEEP_PAGE):
             swept = await asyncio.to_thread(self._reclassify_rows, page, population, churn, clock, model)

@@ -16,10 +16,10 @@ import orjson
 import pytest
 from crm_shared.datasets.online_retail import load_sales
 from crm_shared.events import Sale
-from crm_shared.kafka import consumer_lag
 from crm_shared.processes import ServiceProcess
 from crm_shared.replay import replay_kafka
 from crm_shared.testing import REPO_ROOT, StackEndpoints, read_topic, start_service
+from crm_shared.testing import wait_until_caught_up as caught_up
 from crm_shared.topics import POS_SALES
 
 pytestmark = pytest.mark.integration
@@ -64,14 +64,7 @@ def _iso(text: str) -> str:
 
 
 def wait_until_caught_up(bootstrap: str, prefix: str, timeout: float = 120) -> None:
-    group, topic = f"{prefix}member-profile.sales", POS_SALES.qualified(prefix)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lag = asyncio.run(consumer_lag(bootstrap, group, [topic])).get(topic)
-        if lag == 0:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"member-profile did not catch up within {timeout}s")
+    caught_up(bootstrap, f"{prefix}member-profile.sales", POS_SALES.qualified(prefix), timeout)
 
 
 def start_member_profile(crm_stack: StackEndpoints, tmp: Path, prefix: str, schema: str) -> ServiceProcess:

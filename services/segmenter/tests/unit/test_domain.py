@@ -210,7 +210,8 @@ def test_segment_events_built_on_the_hot_path_meet_the_contract() -> None:
                                              occurred_at=AS_OF, source="test", key=f"m{i}",
                                              payload=profile(member_id=f"m{i}", monetary=Decimal(100 * i)))
               for i in range(1, 30)]
-    learned = handlers._classify_profiles(handlers.clusters.copy(), events, {}, POPULATION, AS_OF)
+    learned = handlers._classify_profiles(handlers.clusters.copy(), [(e, AS_OF) for e in events], {}, POPULATION,
+                                          handlers.churn)
     assert learned.events and len(learned.events) == len(learned.changes)
     for event in learned.events:
         parsed = decode(Envelope[MemberSegmentChanged], encode(event))  # validates every field on the way back
