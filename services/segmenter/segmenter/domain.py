@@ -19,7 +19,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from crm_shared.events import MemberProfileUpdated
@@ -104,6 +104,20 @@ class Population:
     basket_size_p80: float = 0.0
     basket_size_median: float = 0.0
     members: int = 0
+
+
+REVIEW_EPOCH = date(2000, 1, 3)  # a Monday: weekly reviews fall on Mondays
+
+
+def review_due(before: datetime | None, now: datetime, every_days: int) -> datetime | None:
+    """The latest review midnight (UTC) in (`before`, `now`], or None: event time alone decides when
+    everyone is reviewed, never where a consumer batch happens to end."""
+    if before is None:
+        return None
+    today = now.astimezone(UTC).date()
+    day = today - timedelta(days=(today - REVIEW_EPOCH).days % every_days)
+    midnight = datetime.combine(day, time(0), UTC)
+    return midnight if midnight > before else None
 
 
 def population_from_state(state: dict[str, Any]) -> Population:

@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +47,7 @@ SWEEP_PAGE = 5_000  # members re-decided per page of a day sweep
 P_ACTIVE_STEP = 0.02  # the sweep stores P(active) again when it moved at least this much
 BasketRow = tuple[str, str, datetime, list[str]]  # basket id, store, event time, SKUs
 RULES_ANSWERS_KEPT = 32
+MIN_POPULATION = 5  # active members needed for RFM cut points
 
 RECLASSIFIED = Counter("crm_segmenter_reclassified_total", "Profile updates classified")
 SEGMENT_CHANGES = Counter("crm_segmenter_segment_changes_total", "Segment changes published", ["dimension"])
@@ -138,7 +138,7 @@ class SegmentHandlers:
                 self.churn = ChurnModel.from_state(data["model"])
                 self.churn_fitted_at = datetime.fromisoformat(data["fitted_at"]) if data.get("fitted_at") else None
             self.clock = await store.load_clock(conn)
-            population = await store.load_state(conn, "population")  # as the last midnight review left it
+            population = await store.load_state(conn, "population")  # as the last review (or update) left it
             if population is not None:
                 self.population = domain.population_from_state(orjson.loads(population))
             rows = await store.baskets_since(conn, None)
@@ -151,9 +151,9 @@ class SegmentHandlers:
 
     async def apply_profiles(self, conn: AsyncConnection, events: list[Envelope[MemberProfileUpdated]]) -> ProfilesOutcome:
         """Every profile update classified in topic order, at the event-time clock it brings (the
-        running latest `as_of`); when that clock enters a new day, everyone is reviewed at its midnight
-        first (`_sweep`). So what is decided depends on the updates and their order only, never on
-        where a consumer batch starts or ends."""
+        running latest `as_of`); when that clock passes a review midnight (`review_every_days`),
+        everyone is reviewed at that midnight first (`_sweep`). So what is decided depends on the
+        updates and their order only, never on where a consumer batch starts or ends."""
         # Erasures and profile batches take turns: an erasure committing mid-batch could otherwise
         # be undone by this batch's upsert (or its day sweep).
         await store.lock_members(conn)
@@ -166,13 +166,15 @@ class SegmentHandlers:
         for event in events:
             profile = event.payload
             clock = outcome.clock
+            review = domain.review_due(clock, profile.as_of, self.settings.review_every_days)
             if clock is not None and profile.as_of.astimezone(UTC).date() > clock.astimezone(UTC).date():
                 await self._classify_run(conn, run, outcome, learned, timings)
                 run = []
-                started = time.perf_counter()
-                await self._sweep(conn, datetime.combine(profile.as_of.astimezone(UTC).date(), dt_time(0), UTC),
-                                  learned, outcome)
-                timings["swept"] += time.perf_counter() - started
+                if review is not None:
+                    started = time.perf_counter()
+                    await self._sweep(conn, review, learned, outcome)
+                    timings["swept"] += time.perf_counter() - started
+                await store.record_sizes(conn, profile.as_of.astimezone(UTC).date(), self._segment_names())
             outcome.clock = clock = profile.as_of if clock is None else max(clock, profile.as_of)
             if profile.member_id in erased or profile.erased:
                 await self._classify_run(conn, run, outcome, learned, timings)
@@ -181,8 +183,17 @@ class SegmentHandlers:
                 if profile.erased:
                     await store.erase(conn, profile.member_id, profile.as_of)
             elif profile.first_purchase_at is not None:  # returns only, no purchase yet: nothing to segment
+                if outcome.population is None or outcome.population.members < MIN_POPULATION:
+                    # Too few members for cut points (the stream's start, or a review that found too few):
+                    # the population is counted again before each update until there are enough.
+                    await self._classify_run(conn, run, outcome, learned, timings)
+                    run = []
+                    outcome.population = domain.population_of(
+                        await store.active_population(conn, self.settings.active_days, clock))
                 run.append((event, clock))
         await self._classify_run(conn, run, outcome, learned, timings)
+        if outcome.population is not None and outcome.population is not self.population:
+            await store.save_state(conn, "population", orjson.dumps(dataclasses.asdict(outcome.population)))
         await store.record_changes(conn, learned.changes)
         await add_events(conn, store.outbox, self.segments_topic, learned.events)
         if outcome.clusters is not None:
@@ -298,8 +309,8 @@ class SegmentHandlers:
                                                   identity=f"segment/{member_id}/{change.dimension}/{identity}"))
 
     async def _sweep(self, conn: AsyncConnection, clock: datetime, learned: Learned, outcome: ProfilesOutcome) -> None:
-        """Event time entered a new day: refit what is due, re-decide everyone (recency moved for
-        members who bought nothing: some become dormant, some slip a value tier) and record sizes.
+        """Event time passed a review midnight: refit what is due, re-decide everyone (recency moved for
+        members who bought nothing: some become dormant, some slip a value tier).
         Members are read in keyset pages (this batch's members were saved just before), so the sweep
         holds one page at a time, whatever the number of members."""
         churn = outcome.churn or self.churn
@@ -316,16 +327,16 @@ class SegmentHandlers:
                 outcome.churn = churn
         population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
         outcome.population = population
-        await store.save_state(conn, "population", orjson.dumps(dataclasses.asdict(population)))
         model = outcome.clusters or self.clusters
         async for page in store.member_pages(conn, SWEEP_PAGE):
             swept = await asyncio.to_thread(self._reclassify_rows, page, population, churn, clock, model)
             await store.save_members(conn, swept.rows)
             learned.changes += swept.changes
             learned.events += swept.events
-        await store.record_sizes(conn, clock.date(), {
-            "value_tier": domain.VALUE_TIERS, "persona": domain.PERSONAS,
-            "cluster": [domain.cluster_name(c) for c in range(self.settings.n_clusters)]})
+
+    def _segment_names(self) -> dict[str, Any]:
+        return {"value_tier": domain.VALUE_TIERS, "persona": domain.PERSONAS,
+                "cluster": [domain.cluster_name(c) for c in range(self.settings.n_clusters)]}
 
     def _reclassify_rows(self, rows: list[dict[str, Any]], population: domain.Population, churn_model: ChurnModel,
                          clock: datetime, model: OnlineClusters) -> Learned:

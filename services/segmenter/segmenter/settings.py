@@ -24,6 +24,10 @@ class SegmenterSettings(BaseSettings):
     cluster_margin: float = Field(default=0.15, ge=0, le=2, description="How much nearer another cluster must be")
     score_band: float = Field(default=0.05, ge=0, le=0.5, description="Dead band around RFM cut points")
     active_days: int = Field(default=365, ge=1, description="Members seen within this many event days count for RFM")
+    review_every_days: int = Field(default=7, ge=1, le=28, description=(
+        "Review every member (recency drift: dormancy, value tiers) at the midnights of event time that are this "
+        "many days apart, counted from Monday 3 January 2000: 7 = every Monday 00:00 UTC, 1 = every midnight. A "
+        "member who buys is reclassified at once, whatever this is."))
     churn_refit_days: int = Field(default=7, ge=1, description="Refit the churn model every this many event days")
     churn_horizon_days: float = Field(default=30.0, gt=0)
     # Baskets
