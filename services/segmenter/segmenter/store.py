@@ -217,17 +217,24 @@ async def segment_counts(conn: AsyncConnection) -> dict[str, dict[str, int]]:
 
 
 async def record_sizes(conn: AsyncConnection, day: date, known: dict[str, Sequence[str]]) -> None:
-    """Every known segment's size that day, 0 included (an emptied segment must not keep its last size)."""
-    counts = await segment_counts(conn)
-    for dimension, names in known.items():
-        for name in names:
-            counts[dimension].setdefault(name, 0)
-    rows = [{"day": day, "dimension": d, "segment": s, "size": n} for d, sizes in counts.items() for s, n in sizes.items()]
-    if rows:
-        statement = insert(segment_sizes)
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[segment_sizes.c.day, segment_sizes.c.dimension, segment_sizes.c.segment],
-            set_={"size": statement.excluded.size}), rows)
+    """Every known segment's size that day, 0 included (an emptied segment must not keep its last size),
+    counted and written by one statement (it runs at every event-time midnight)."""
+    dimensions = [d for d, names in known.items() for _ in names]
+    segments = [n for names in known.values() for n in names]
+    await conn.execute(text("""
+        INSERT INTO segment_sizes (day, dimension, segment, size)
+        SELECT :day, d, s, sum(n)::int FROM (
+            SELECT v.d, v.s, count(*) AS n
+            FROM members m
+            CROSS JOIN LATERAL (VALUES ('value_tier', m.value_tier), ('persona', m.persona),
+                                       ('cluster', m.cluster)) AS v(d, s)
+            WHERE v.s IS NOT NULL GROUP BY v.d, v.s
+            UNION ALL
+            SELECT k.d, k.s, 0 FROM unnest(CAST(:dimensions AS text[]), CAST(:segments AS text[])) AS k(d, s)
+        ) AS counted (d, s, n)
+        GROUP BY d, s
+        ON CONFLICT (day, dimension, segment) DO UPDATE SET size = excluded.size"""),
+        {"day": day, "dimensions": dimensions, "segments": segments})
 
 
 async def sizes_by_day(conn: AsyncConnection, dimension: str, since: date | None) -> dict[date, dict[str, int]]:
