@@ -190,6 +190,8 @@ class SegmentHandlers:
                     run = []
                     outcome.population = domain.population_of(
                         await store.active_population(conn, self.settings.active_days, clock))
+                    if outcome.population.members >= MIN_POPULATION:  # enough at last: score who came before
+                        await self._sweep(conn, clock, learned, outcome, label=f"populated/{event.event_id}")
                 run.append((event, clock))
         await self._classify_run(conn, run, outcome, learned, timings)
         if outcome.population is not None and outcome.population is not self.population:
@@ -308,7 +310,8 @@ class SegmentHandlers:
                                                   occurred_at=clock, trusted=True,
                                                   identity=f"segment/{member_id}/{change.dimension}/{identity}"))
 
-    async def _sweep(self, conn: AsyncConnection, clock: datetime, learned: Learned, outcome: ProfilesOutcome) -> None:
+    async def _sweep(self, conn: AsyncConnection, clock: datetime, learned: Learned, outcome: ProfilesOutcome,
+                     label: str | None = None) -> None:
         """Event time passed a review midnight: refit what is due, re-decide everyone (recency moved for
         members who bought nothing: some become dormant, some slip a value tier).
         Members are read in keyset pages (this batch's members were saved just before), so the sweep
@@ -329,7 +332,8 @@ class SegmentHandlers:
         outcome.population = population
         model = outcome.clusters or self.clusters
         async for page in store.member_pages(conn, SWEEP_PAGE):
-            swept = await asyncio.to_thread(self._reclassify_rows, page, population, churn, clock, model)
+            swept = await asyncio.to_thread(self._reclassify_rows, page, population, churn, clock, model,
+                                            label or f"sweep/{clock.date().isoformat()}")
             await store.save_members(conn, swept.rows)
             learned.changes += swept.changes
             learned.events += swept.events
@@ -339,9 +343,8 @@ class SegmentHandlers:
                 "cluster": [domain.cluster_name(c) for c in range(self.settings.n_clusters)]}
 
     def _reclassify_rows(self, rows: list[dict[str, Any]], population: domain.Population, churn_model: ChurnModel,
-                         clock: datetime, model: OnlineClusters) -> Learned:
+                         clock: datetime, model: OnlineClusters, label: str) -> Learned:
         learned = Learned()
-        day = clock.date().isoformat()
         for row in rows:
             summary = summary_of_row(row, clock)
             churn = churn_model.estimate(summary, self.settings.churn_horizon_days) if summary else None
@@ -362,7 +365,7 @@ class SegmentHandlers:
                 held_p is not None and new_p is not None and abs(held_p - new_p) >= P_ACTIVE_STEP)
             if decided.changes or moved:  # a day's drift of P(active) alone is not worth a write per member
                 learned.rows.append({**row, **columns})
-            self._record(learned, row["member_id"], decided, churn, clock, identity=f"sweep/{day}")
+            self._record(learned, row["member_id"], decided, churn, clock, identity=label)
         return learned
 
     # --- member.erased.v1 ------------------------------------------------------------------------

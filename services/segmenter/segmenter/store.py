@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of
+from crm_shared.db import any_of, asyncpg_connection
 from crm_shared.outbox import outbox_table
 from crm_shared.serde import encode_key
 from sqlalchemy import (
@@ -326,15 +326,16 @@ async def drop_baskets_before(conn: AsyncConnection, cutoff: datetime) -> int:
 
 
 async def add_product_sales(conn: AsyncConnection, rows: Iterable[tuple[str, str, date, int, Decimal, int]]) -> None:
-    values = [{"store_id": s, "sku": k, "day": d, "quantity": q, "revenue": r, "baskets": b} for s, k, d, q, r, b in rows]
+    """Added to each store × SKU × day, by one asyncpg executemany (thousands of rows a batch in a replay)."""
+    values = list(rows)
     if not values:
         return
-    statement = insert(product_daily)
-    await conn.execute(statement.on_conflict_do_update(
-        index_elements=[product_daily.c.store_id, product_daily.c.sku, product_daily.c.day],
-        set_={"quantity": product_daily.c.quantity + statement.excluded.quantity,
-              "revenue": product_daily.c.revenue + statement.excluded.revenue,
-              "baskets": product_daily.c.baskets + statement.excluded.baskets}), values)
+    raw = await asyncpg_connection(conn)
+    await raw.executemany(
+        "INSERT INTO product_daily (store_id, sku, day, quantity, revenue, baskets) VALUES ($1, $2, $3, $4, $5, $6) "
+        "ON CONFLICT (store_id, sku, day) DO UPDATE SET quantity = product_daily.quantity + excluded.quantity, "
+        "revenue = product_daily.revenue + excluded.revenue, baskets = product_daily.baskets + excluded.baskets",
+        values)
 
 
 async def name_products(conn: AsyncConnection, names: dict[str, str]) -> None:
