@@ -162,19 +162,19 @@ class SegmentHandlers:
                                   population=self.population, churn_fitted_at=self.churn_fitted_at)
         learned = Learned()
         run: list[tuple[Envelope[MemberProfileUpdated], datetime]] = []
+        new_day = False
         timings = {"start": time.perf_counter(), "classified": 0.0, "swept": 0.0}
         for event in events:
             profile = event.payload
             clock = outcome.clock
             review = domain.review_due(clock, profile.as_of, self.settings.review_every_days)
-            if clock is not None and profile.as_of.astimezone(UTC).date() > clock.astimezone(UTC).date():
+            if review is not None:
                 await self._classify_run(conn, run, outcome, learned, timings)
                 run = []
-                if review is not None:
-                    started = time.perf_counter()
-                    await self._sweep(conn, review, learned, outcome)
-                    timings["swept"] += time.perf_counter() - started
-                await store.record_sizes(conn, profile.as_of.astimezone(UTC).date(), self._segment_names())
+                started = time.perf_counter()
+                await self._sweep(conn, review, learned, outcome)
+                timings["swept"] += time.perf_counter() - started
+            new_day = new_day or (clock is not None and profile.as_of.astimezone(UTC).date() > clock.astimezone(UTC).date())
             outcome.clock = clock = profile.as_of if clock is None else max(clock, profile.as_of)
             if profile.member_id in erased or profile.erased:
                 await self._classify_run(conn, run, outcome, learned, timings)
@@ -194,6 +194,8 @@ class SegmentHandlers:
                         await self._sweep(conn, clock, learned, outcome, label=f"populated/{event.event_id}")
                 run.append((event, clock))
         await self._classify_run(conn, run, outcome, learned, timings)
+        if new_day and outcome.clock is not None:  # sizes for the trend, as the batch leaves them on its last day
+            await store.record_sizes(conn, outcome.clock.astimezone(UTC).date(), self._segment_names())
         if outcome.population is not None and outcome.population is not self.population:
             await store.save_state(conn, "population", orjson.dumps(dataclasses.asdict(outcome.population)))
         await store.record_changes(conn, learned.changes)

@@ -218,7 +218,7 @@ async def segment_counts(conn: AsyncConnection) -> dict[str, dict[str, int]]:
 
 async def record_sizes(conn: AsyncConnection, day: date, known: dict[str, Sequence[str]]) -> None:
     """Every known segment's size that day, 0 included (an emptied segment must not keep its last size),
-    counted and written by one statement (it runs at every event-time midnight)."""
+    counted and written by one statement."""
     dimensions = [d for d, names in known.items() for _ in names]
     segments = [n for names in known.values() for n in names]
     await conn.execute(text("""
