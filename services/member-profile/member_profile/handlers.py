@@ -67,7 +67,7 @@ class ProfileHandlers:
         skus = {line.sku for e in events if e.payload.member_id is not None for line in e.payload.lines}
         catalog = await store.catalog_entries(conn, skus)
         erased = await store.erased_members(conn, books)
-        walked = MemberWalk(before, books, self.rules, catalog, erased).apply(events)
+        walked = MemberWalk(before, books, self.rules, catalog).apply(events)
         as_of = walked.watermark
         assert as_of is not None
         await store.record_purchases(conn, events, as_of)

@@ -102,6 +102,3 @@ def tier_for(rolling_spend: Decimal, rules: LoyaltyRules) -> Tier:
             reached = tier
     return reached
 
-
-def tier_window_start(as_of: datetime, rules: LoyaltyRules) -> datetime:
-    return as_of - timedelta(days=rules.tier_window_days)

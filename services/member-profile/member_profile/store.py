@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of
+from crm_shared.db import any_of, insert_from_recordset, recordset_rows
 from crm_shared.events import Envelope, MemberSegmentChanged, Product, Sale, TierChanged, member_event
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
@@ -224,12 +224,6 @@ async def load_profiles(conn: AsyncConnection, member_ids: Iterable[str]) -> dic
     return {row.member_id: profile_from_row(row) for row in rows}
 
 
-async def visit_days(conn: AsyncConnection, member_id: str) -> list[date]:
-    rows = await conn.execute(select(purchases.c.visit_day).where(purchases.c.member_id == member_id,
-                                                                  purchases.c.kind == "sale"))
-    return [row.visit_day for row in rows]
-
-
 async def record_purchases(conn: AsyncConnection, events: list[Envelope[Sale]], watermark_at: datetime) -> None:
     """A batch's history rows and the event-time watermark it reached."""
     await conn.execute(
@@ -375,6 +369,13 @@ async def _ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(points_ledger).on_conflict_do_nothing(), rows)
 
 
+_NEW_LOT_COLUMNS = ("member_id", "points", "remaining", "earned_at", "expires_at", "cause")
+# One statement whatever the number of lots (an `insert().returning()` of many rows would be planned
+# once per distinct row count: see `insert_from_recordset`).
+_NEW_LOTS_SQL = insert_from_recordset(points_lots, _NEW_LOT_COLUMNS,
+                                      tail="ON CONFLICT DO NOTHING RETURNING id, member_id, cause")
+
+
 async def save_points(conn: AsyncConnection, walked: Walked) -> None:
     """The walk's new lots (numbered by the database now), what it took from lots, and its ledger rows."""
     numbered: dict[int, int] = {}
@@ -382,8 +383,7 @@ async def save_points(conn: AsyncConnection, walked: Walked) -> None:
         taken = walked.taken
         rows = [{**{k: v for k, v in lot.items() if k != "id"}, "remaining": lot["points"] - taken.get(lot["id"], 0)}
                 for lot in walked.new_lots]
-        result = await conn.execute(insert(points_lots).on_conflict_do_nothing()
-                                    .returning(points_lots.c.id, points_lots.c.member_id, points_lots.c.cause), rows)
+        result = await conn.execute(text(_NEW_LOTS_SQL), {"rows": recordset_rows(rows, _NEW_LOT_COLUMNS)})
         ids = {(row.member_id, row.cause): row.id for row in result}
         numbered = {lot["id"]: ids[(lot["member_id"], lot["cause"])] for lot in walked.new_lots}
     await take_points(conn, [(lot_id, points) for lot_id, points in walked.taken.items()

@@ -20,7 +20,7 @@ from typing import Any
 from crm_shared.events import Envelope, Sale, Tier
 
 from member_profile.domain import CatalogEntry, Profile, apply_sale, rhythm_of
-from member_profile.loyalty import Lot, LoyaltyRules, expired, expires_at, live_lots, points_for, take_back, tier_for
+from member_profile.loyalty import Lot, LoyaltyRules, balance, expired, expires_at, points_for, take_back, tier_for
 
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
@@ -114,11 +114,10 @@ class MemberWalk:
     """Applies sales one at a time; members not in `books` are started empty."""
 
     def __init__(self, watermark: datetime | None, books: dict[str, MemberBook], rules: LoyaltyRules,
-                 catalog: Mapping[str, CatalogEntry], erased: set[str]) -> None:
+                 catalog: Mapping[str, CatalogEntry]) -> None:
         self.books = books
         self.rules = rules
         self.catalog = catalog
-        self.erased = erased
         self.window = timedelta(days=rules.tier_window_days)
         self.out = Walked(watermark=watermark)
         self.swept_at = midnight_of(watermark) if watermark is not None else None
@@ -166,7 +165,7 @@ class MemberWalk:
     # --- points ------------------------------------------------------------------------------
 
     def _points(self, book: MemberBook, event: Envelope[Sale], mark: datetime) -> None:
-        """Earn, lapse what is due at the event time reached, take back for a return (as `apply_loyalty` did)."""
+        """Earn, lapse what is due at the event time reached, take back for a return."""
         sale, member_id, cause = event.payload, book.profile.member_id, str(event.event_id)
         rules = self.rules
         if sale.kind == "sale":
@@ -196,9 +195,6 @@ class MemberWalk:
         book.lots = [replace(lot, remaining=lot.remaining - points) if lot.lot_id == lot_id else lot
                      for lot in book.lots]
 
-    def points_at(self, book: MemberBook, at: datetime) -> int:
-        return sum(lot.remaining for lot in live_lots(book.lots, at))
-
     # --- tiers -------------------------------------------------------------------------------
 
     def _retier(self, book: MemberBook, at: datetime, identity: str) -> bool:
@@ -223,7 +219,7 @@ class MemberWalk:
         self.swept_at = midnight
 
     def _profile_at(self, book: MemberBook, at: datetime, identity: str) -> ProfileAt:
-        return ProfileAt(book.profile, at, book.tier, self.points_at(book, at), identity)
+        return ProfileAt(book.profile, at, book.tier, balance(book.lots, at), identity)
 
 
 def spend_horizon(watermark: datetime | None, events: Sequence[Envelope[Sale]], rules: LoyaltyRules) -> datetime:

@@ -215,7 +215,7 @@ class SegmentHandlers:
 
     async def _classify_run(self, conn: AsyncConnection, run: list[tuple[Envelope[MemberProfileUpdated], datetime]],
                             outcome: ProfilesOutcome, learned: Learned, timings: dict[str, float]) -> None:
-        """Classify updates of one event-time day (each at its own clock) and save them before a sweep reads them."""
+        """Classify the updates since the last review (each at its own clock) and save them before a review reads them."""
         if not run:
             return
         started = time.perf_counter()
