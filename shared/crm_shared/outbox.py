@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, MetaData, Table, Text, func, text
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crm_shared.db import asyncpg_connection
@@ -40,13 +40,10 @@ def outbox_table(metadata: MetaData) -> Table:
 
 
 async def add_events(conn: AsyncConnection, outbox: Table, topic: str, events: list[Envelope[Any]]) -> None:
-    """Queue events for publishing, inside the caller's transaction. One asyncpg executemany (a single
-    round trip, one prepared statement): SQLAlchemy's per-row parameter processing cost more than the
-    insert itself now that member-profile queues an update per sale."""
+    """Queue events for publishing, inside the caller's transaction."""
     if events:
-        raw = await asyncpg_connection(conn)
-        await raw.executemany(f"INSERT INTO {outbox.name} (event_id, topic, key, value) VALUES ($1, $2, $3, $4)",
-                              [(e.event_id, topic, encode_key(e.key), encode(e)) for e in events])
+        await conn.execute(insert(outbox), [
+            {"event_id": e.event_id, "topic": topic, "key": encode_key(e.key), "value": encode(e)} for e in events])
 
 
 class BrokerRestarted(Exception):
