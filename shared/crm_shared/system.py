@@ -84,13 +84,18 @@ def _canonical(value: Any) -> Any:
 # columns compared (None = every column the snapshot reads). member-profile, the segmenter and
 # replenishment each walk a batch one event at a time in topic order, valued at the event-time clock
 # reached at that event, and review at every midnight that clock crosses, so where a consumer batch
-# starts or ends changes nothing they hold or publish. What is left out depends on more than the
-# events and their order, so two uninterrupted runs already disagree on it:
+# starts or ends changes nothing they hold or publish. The notifier's offers and suppression counts
+# hold with the triggers in `EXACT_TRIGGERS`: each is decided from one event of one topic at that
+# event's time, and an offer decided after sales of its window were applied is redeemed by the same
+# sale as if it had been there first. What is left out depends on more than the events and their
+# order, so two uninterrupted runs already disagree on it:
 # - wall-clock timers: the segmenter trims stored baskets out of its 90-day window every 10 s of wall
 #   time, so which baskets at the window's edge are still stored depends on when it last ran;
-# - the notifier's offers race basket rules published every 10 s of wall time, segment and tier
-#   events arriving on other topics, consent lookups and caps.
+# - cross-sell races basket rules mined and published every 10 s of wall time, and low-stock holds
+#   from replenishment; run-out, birthday, after-sale and new-arrival offers are dated at the clock of
+#   the notifier's sales batch. So runs that compare offers enable `EXACT_TRIGGERS` only.
 # The gateway's ledger is compared by the drills that go through it (a Kafka replay bypasses it).
+EXACT_TRIGGERS = ("welcome", "tier_upgrade", "dormant_wakeup")
 COMPARED: dict[str, tuple[str, ...] | None] = {
     "member_profile.profiles": None,
     "member_profile.purchases": None,
@@ -106,6 +111,8 @@ COMPARED: dict[str, tuple[str, ...] | None] = {
     "replenishment.needs": None,
     "replenishment.purchase_orders": None,
     "replenishment.po_lines": None,
+    "notifier.offers": None,
+    "notifier.suppressions": None,
 }
 
 

@@ -12,14 +12,16 @@ Compared exactly (as multisets: a row applied twice is a difference): profiles, 
 earned, reversed and lapsed (which sale, which member, how many, when) and their lots, tiers, the
 segmenter's members with their segments, scores and features, every segment change and the segments
 member-profile keeps, product days, stock (on hand, sold, returned, received, forecasts, levels, on
-order), needs, purchase orders and their lines, and daily sales; the gateway's ledger where the drill
-goes through it; and every sales consumer's applied-event count. Left out (see `COMPARED` in the
-harness) is what two uninterrupted runs of the same sales in the same order already disagree on,
-because it depends on wall-clock timers: stored baskets (trimmed every 10 s of wall time) and offers,
-which race basket rules published every 10 s of wall time. For the notifier the drills check what must
-hold whatever the timing: every decided offer is on `marketing.offers.v1` under exactly one event id,
-and every sale was applied exactly once. Replenishment runs with `UNITS_PER_OFFER=0` (offers would feed
-its forecasts).
+order), needs, purchase orders and their lines, and daily sales; every offer (welcome, tier upgrade
+and dormant wake-up: the triggers each decided from one event at its own time) with its text, window,
+control side and redemption (which sale, when, how much), and the suppressions counted by reason; the
+gateway's ledger where the drill goes through it; and every sales consumer's applied-event count.
+Left out (see `COMPARED` in the harness) is what two uninterrupted runs of the same sales in the same
+order already disagree on, because it depends on wall-clock timers: stored baskets (trimmed every 10 s
+of wall time), and cross-sell, which races basket rules mined every 10 s of wall time (the drills run
+the notifier with `EXACT_TRIGGERS` only). Every decided offer must also be on `marketing.offers.v1`
+under exactly one event id, and every sale applied exactly once. Replenishment runs with
+`UNITS_PER_OFFER=0` (offers would feed its forecasts).
 
 `make test` runs the reduced form (the first 800 sales of the December 2010 demo slice, two services
 killed, a 5 s freeze);
@@ -49,7 +51,7 @@ from crm_shared.embedded import EmbeddedStack
 from crm_shared.events import Sale, SaleLine, SaleRecorded, sale_recorded
 from crm_shared.kafka import make_producer
 from crm_shared.serde import decode
-from crm_shared.system import Snapshot, System, consumer_counters
+from crm_shared.system import EXACT_TRIGGERS, Snapshot, System, consumer_counters
 from crm_shared.testing import REPO_ROOT, StackEndpoints, dataset, read_topic
 from crm_shared.topics import ALL_TOPICS, MARKETING_OFFERS, POS_SALES
 
@@ -63,7 +65,7 @@ DRILL_ENV = {
     "member_profile": {"MEMBER_PROFILE_CONSUMER_BATCH": CONSUMER_BATCH},
     "segmenter": {"SEGMENTER_CONSUMER_BATCH": CONSUMER_BATCH},
     "replenishment": {"REPLENISHMENT_CONSUMER_BATCH": CONSUMER_BATCH, "REPLENISHMENT_UNITS_PER_OFFER": "0"},
-    "notifier": {"NOTIFIER_CONSUMER_BATCH": CONSUMER_BATCH},
+    "notifier": {"NOTIFIER_CONSUMER_BATCH": CONSUMER_BATCH, "NOTIFIER_TRIGGERS": ",".join(EXACT_TRIGGERS)},
     "pos_gateway": {"POS_GATEWAY_RELAY_IDLE_POLL_SECONDS": "0.1"},
 }
 # One partition per topic: the sales arrive in the same order in every run, so what a service derives

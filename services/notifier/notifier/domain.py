@@ -394,6 +394,81 @@ def redeems(offer_products: Sequence[str], valid_from: datetime, valid_to: datet
     return not offer_products or bool(set(offer_products) & set(bought))
 
 
+@dataclass(frozen=True)
+class Purchase:
+    """A member's sale or return as redemption reads it. `lines`: (sku, net, offer code scanned)."""
+
+    sale_id: str
+    member_id: str | None
+    at: datetime
+    kind: Literal["sale", "return"]
+    lines: tuple[tuple[str, Decimal, str | None], ...]
+    total: Decimal
+    original_sale_id: str | None = None
+
+
+@dataclass
+class OfferState:
+    """An offer's redemption as the walk moves it (`changed`: it differs from what is stored)."""
+
+    offer_id: str
+    member_id: str
+    products: tuple[str, ...]
+    issued_at: datetime
+    valid_to: datetime
+    redeemed_at: datetime | None = None
+    redeemed_revenue: Decimal | None = None
+    redeemed_by: str | None = None
+    redeemed_by_code: bool = False
+    changed: bool = False
+
+    def redeem(self, purchase: Purchase, revenue: Decimal, *, by_code: bool) -> None:
+        self.redeemed_at, self.redeemed_revenue, self.redeemed_by = purchase.at, revenue, purchase.sale_id
+        self.redeemed_by_code = by_code
+        self.changed = True
+
+    def undo(self) -> None:
+        self.redeemed_at = self.redeemed_revenue = self.redeemed_by = None
+        self.redeemed_by_code = False
+        self.changed = True
+
+
+def walk_redemptions(offers: Iterable[OfferState], purchases: Iterable[Purchase]) -> list[OfferState]:
+    """Move `offers` through `purchases` in the order they were applied (the topic's); the offers that
+    changed. A sale redeems an offer by a scanned code (any buyer: a forwarded code counts), or by
+    buying an offered product (anything for a product-less offer) inside the offer's window; a
+    return of the offered product from the redeeming sale undoes it, and a later sale may redeem
+    again. The same walk serves a sale meeting the offers it finds open and an offer that is
+    decided after sales of its window were applied (it arrived late on another topic): either way
+    the earliest qualifying sale in topic order redeems it, whichever topic the notifier read first."""
+    states = list(offers)
+    by_id = {o.offer_id: o for o in states}
+    by_member: dict[str, list[OfferState]] = {}
+    for state in states:
+        by_member.setdefault(state.member_id, []).append(state)
+    for purchase in purchases:
+        mine = by_member.get(purchase.member_id, []) if purchase.member_id else []
+        if purchase.kind == "return":
+            returned = {sku for sku, _, _ in purchase.lines}
+            for held in mine:
+                if (purchase.original_sale_id and held.redeemed_by == purchase.original_sale_id
+                        and returned & set(held.products)):
+                    held.undo()
+            continue
+        for _, _, code in purchase.lines:
+            scanned = by_id.get(code) if code else None
+            if scanned is not None and scanned.redeemed_by is None and scanned.issued_at < purchase.at <= scanned.valid_to:
+                scanned.redeem(purchase, sum((net for _, net, c in purchase.lines if c == code), Decimal("0")),
+                               by_code=True)
+        bought = [sku for sku, _, _ in purchase.lines]
+        for held in mine:
+            if held.redeemed_by is None and redeems(held.products, held.issued_at, held.valid_to, purchase.at, bought):
+                revenue = (sum((net for sku, net, _ in purchase.lines if sku in held.products), Decimal("0"))
+                           if held.products else purchase.total)
+                held.redeem(purchase, revenue, by_code=False)
+    return [s for s in states if s.changed]
+
+
 # --- measurement ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -97,6 +97,31 @@ def rules_of(documents: list[dict[str, Any]]) -> list[domain.Rule]:
                         float(d["support"])) for d in documents]
 
 
+def purchase_row(sale: Sale) -> dict[str, Any]:
+    """A member's sale or return as `member_purchases` keeps it."""
+    return {"member_id": sale.member_id, "sale_id": sale.sale_id, "at": sale.occurred_at, "kind": sale.kind,
+            "original_sale_id": sale.original_sale_id, "total": sale.total,
+            "lines": [[line.sku, str(line.net), line.offer_code] for line in sale.lines]}
+
+
+def purchase_of(sale: Sale) -> domain.Purchase:
+    return domain.Purchase(sale.sale_id, sale.member_id, sale.occurred_at, sale.kind,
+                           tuple((line.sku, line.net, line.offer_code) for line in sale.lines), sale.total,
+                           sale.original_sale_id)
+
+
+def purchase_of_row(row: dict[str, Any]) -> domain.Purchase:
+    return domain.Purchase(row["sale_id"], row["member_id"], row["at"], row["kind"],
+                           tuple((sku, Decimal(net), code) for sku, net, code in row["lines"]), Decimal(row["total"]),
+                           row["original_sale_id"])
+
+
+def offer_state(row: dict[str, Any]) -> domain.OfferState:
+    return domain.OfferState(row["offer_id"], row["member_id"], tuple(row["products"]), row["issued_at"],
+                             row["valid_to"], row.get("redeemed_at"), row.get("redeemed_revenue"),
+                             row.get("redeemed_by"), bool(row.get("redeemed_by_code")))
+
+
 class NotifierHandlers:
     def __init__(self, engine: AsyncEngine, settings: NotifierSettings, *, topic_prefix: str,
                  wake_relay: Callable[[], None], wake_webhooks: Callable[[], None] = lambda: None) -> None:
@@ -130,10 +155,11 @@ class NotifierHandlers:
     # --- sales: offers from the sale, follow-ups due by its time, then redemptions ---------------
 
     async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> int:
-        """One batch of sales, in event-time order: cross-sell, run-out, after-sale scheduling; the
-        follow-ups (after-sale care, new arrivals, birthdays) whose time the batch's clock reached;
-        every proposal through the guards at once; then redemptions (so an offer made by one sale is
-        redeemed by a later sale of the same batch) and returns that undo them."""
+        """One batch of sales: the offers held so far meet its sales and returns (redemptions and their
+        undoing, in topic order); then, in event-time order, cross-sell, run-out, after-sale scheduling,
+        and the follow-ups (after-sale care, new arrivals, birthdays) whose time the batch's clock
+        reached; every proposal through the guards at once, and each new offer meets the sales after
+        it (an offer made by one sale is redeemed by a later sale of the same batch)."""
         ordered = sorted(events, key=lambda e: e.payload.occurred_at)
         if not ordered:
             return 0
@@ -153,6 +179,15 @@ class NotifierHandlers:
         member_ids = sorted({e.payload.member_id or "" for e in sales + returns} | {p.member_id for p in proposals}
                             | due_elsewhere)
         await store.lock_members(conn, member_ids)
+        self._chooser_learned = 0
+        # In topic order: the order every replica and every rerun applies them in. Recorded before any
+        # offer of this batch is decided, which then meets the batch's later sales (`_redeem_late`).
+        walked = [e.payload for e in events if e.payload.member_id is not None
+                  or any(line.offer_code for line in e.payload.lines)]
+        await store.record_purchases(conn, [purchase_row(sale) for sale in walked if sale.member_id is not None])
+        await store.forget_purchases_before(conn, clock - timedelta(days=self.settings.late_offer_memory_days))
+        if walked:  # offers held before this batch; every sale may carry offer codes (forwarded ones too)
+            await self._redeem(conn, walked)
         if run_out:
             proposals += await self._run_out(conn, sales, campaigns.get("run_out", []), locked=set(member_ids))
         if "after_sale" in self.enabled and campaigns.get("after_sale") and sales:
@@ -161,20 +196,10 @@ class NotifierHandlers:
             await self._refresh_rules(conn)
             proposals += await self._cross_sell(conn, sales, campaigns["cross_sell"])
         issued = await self._issue(conn, proposals, locked=True)
-        # every sale may carry offer codes (a forwarded code redeems at an anonymous till too)
-        redeeming = [e for e in ordered if e.payload.kind == "sale" and (
-            e.payload.member_id is not None or any(line.offer_code for line in e.payload.lines))]
-        self._chooser_learned = 0
-        if redeeming:
-            await self._redeem(conn, redeeming)
         if any(c.definition.chooser == "learned" for c in self._campaigns[1]):
             await self._learn_expired(conn, clock)
         if self._chooser_learned:  # the model moves with the outcomes, in the same transaction
             await store.save_model(conn, CHOOSER_STATE, self.chooser.dumps())
-        if returns:
-            await store.undo_redemptions(conn, [(e.payload.member_id or "", e.payload.original_sale_id,
-                                                 [line.sku for line in e.payload.lines])
-                                                for e in returns if e.payload.original_sale_id])
         return issued
 
     async def _cross_sell(self, conn: AsyncConnection, sales: list[Envelope[Sale]],
@@ -336,52 +361,50 @@ class NotifierHandlers:
                                                  f"birthday on {day.isoformat()}", identity) for c in campaigns)
         return proposals
 
-    async def _redeem(self, conn: AsyncConnection, sales: list[Envelope[Sale]]) -> None:
-        """A sale redeems an offer by its code on a line (any member: a forwarded code still counts), or
-        by buying an offered product (any purchase for product-less offers) inside the window."""
-        member_ids = sorted({e.payload.member_id for e in sales if e.payload.member_id})
-        earliest = sales[0].payload.occurred_at
-        skus = {line.sku for event in sales for line in event.payload.lines}
-        codes = sorted({line.offer_code for event in sales for line in event.payload.lines if line.offer_code})
-        by_code = {o["offer_id"]: o for o in await store.offers_by_code(conn, codes)}
-        open_offers = await store.open_offers(conn, member_ids, earliest, sorted(skus))
-        known = {o["offer_id"]: o for o in open_offers} | by_code
-        by_member: dict[str, list[dict[str, Any]]] = {}
-        for offer in open_offers:
-            by_member.setdefault(offer["member_id"], []).append(by_code.get(offer["offer_id"], offer))
-        redeemed: list[dict[str, Any]] = []
-        for event in sales:
-            sale = event.payload
-            for line in sale.lines:
-                offer = by_code.get(line.offer_code or "")
-                if offer is not None and not offer.get("redeemed") and offer["issued_at"] < sale.occurred_at <= offer["valid_to"]:
-                    offer["redeemed"] = True
-                    revenue = sum((x.net for x in sale.lines if x.offer_code == line.offer_code), Decimal("0"))
-                    redeemed.append({"offer_id": offer["offer_id"], "redeemed_at": sale.occurred_at,
-                                     "redeemed_revenue": revenue, "redeemed_by": sale.sale_id, "redeemed_by_code": True})
-            for offer in by_member.get(sale.member_id, []) if sale.member_id else []:
-                if offer.get("redeemed"):
-                    continue
-                products = list(offer["products"])
-                if domain.redeems(products, offer["issued_at"], offer["valid_to"], sale.occurred_at,
-                                  (line.sku for line in sale.lines)):
-                    revenue = (sum((line.net for line in sale.lines if line.sku in products), Decimal("0"))
-                               if products else sale.total)
-                    offer["redeemed"] = True
-                    redeemed.append({"offer_id": offer["offer_id"], "redeemed_at": sale.occurred_at,
-                                     "redeemed_revenue": revenue, "redeemed_by": sale.sale_id,
-                                     "redeemed_by_code": False})
-        await store.mark_redeemed(conn, redeemed)
+    async def _redeem(self, conn: AsyncConnection, sales: list[Sale]) -> None:
+        """The offers held before this batch meet its sales and returns in topic order
+        (`domain.walk_redemptions`): a scanned code, or a purchase of an offered product inside the
+        window, redeems; a return of it from the redeeming sale undoes that."""
+        member_ids = sorted({s.member_id for s in sales if s.member_id})
+        buying = [s for s in sales if s.kind == "sale"]
+        skus = sorted({line.sku for sale in buying for line in sale.lines})
+        codes = sorted({line.offer_code for sale in buying for line in sale.lines if line.offer_code})
+        returned = sorted({s.original_sale_id for s in sales if s.kind == "return" and s.original_sale_id})
+        held = {o["offer_id"]: o for o in await store.open_offers(conn, member_ids, min(s.occurred_at for s in sales),
+                                                                   skus)}
+        held |= {o["offer_id"]: o for o in await store.offers_by_code(conn, codes)}
+        held |= {o["offer_id"]: o for o in await store.offers_redeemed_by(conn, member_ids, returned)}
+        if held:
+            changed = domain.walk_redemptions([offer_state(o) for o in held.values()],
+                                              [purchase_of(sale) for sale in sales])
+            await self._save_redemptions(conn, changed, held)
+
+    async def _redeem_late(self, conn: AsyncConnection, offers: list[dict[str, Any]]) -> None:
+        """Offers just decided meet the sales of their window the notifier applied before them (a tier
+        or segment event read after its member's later sales): the same sale redeems them as would have
+        if the offer had been there first."""
+        stored = await store.purchases_since(conn, sorted({o["member_id"] for o in offers}),
+                                             min(o["issued_at"] for o in offers))
+        if stored:
+            changed = domain.walk_redemptions([offer_state(o) for o in offers], [purchase_of_row(p) for p in stored])
+            await self._save_redemptions(conn, changed, {o["offer_id"]: o for o in offers})
+
+    async def _save_redemptions(self, conn: AsyncConnection, changed: list[domain.OfferState],
+                                known: dict[str, dict[str, Any]]) -> None:
+        await store.save_redemptions(conn, [
+            {"offer_id": s.offer_id, "redeemed_at": s.redeemed_at, "redeemed_revenue": s.redeemed_revenue,
+             "redeemed_by": s.redeemed_by, "redeemed_by_code": s.redeemed_by_code} for s in changed])
         learned = []
-        for row in redeemed:
-            offer = known.get(row["offer_id"])
-            if offer is not None and offer.get("features") is not None and offer["products"]:
+        for state in changed:
+            if state.redeemed_by is None:
+                continue
+            REDEMPTIONS.labels("code" if state.redeemed_by_code else "purchase").inc()
+            offer = known.get(state.offer_id) or {}
+            if offer.get("features") is not None and offer["products"] and not offer.get("learned"):
                 self.chooser.learn_one(offer["features"], offer["products"][0], True)
-                learned.append(row["offer_id"])
+                learned.append(state.offer_id)
         await store.mark_learned(conn, learned)
         self._chooser_learned += len(learned)
-        for row in redeemed:
-            REDEMPTIONS.labels("code" if row["redeemed_by_code"] else "purchase").inc()
 
     # --- member events ---------------------------------------------------------------------------
 
@@ -590,6 +613,8 @@ class NotifierHandlers:
             if not offer.withheld:
                 sent_now[campaign.campaign_id] += 1
         new_ids = await store.add_offers(conn, rows)
+        if new_ids:
+            await self._redeem_late(conn, [r for r in rows if r["offer_id"] in new_ids])
         fresh = [events[r["offer_id"]] for r in rows if r["offer_id"] in new_ids]
         await add_events(conn, store.outbox, self.offers_topic, fresh)
         if self.settings.webhook_url:

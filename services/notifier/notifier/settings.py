@@ -36,6 +36,11 @@ class NotifierSettings(BaseSettings):
     store_time_zones: str = Field(default="{}", description='JSON {"store id": "Europe/London", ...}')
     run_out_lead_days: float = Field(default=2.0, ge=0, description="Remind this long before the predicted re-purchase")
     run_out_min_purchases: int = Field(default=3, ge=2, description="Purchase occasions before a product counts as regular")
+    late_offer_memory_days: int = Field(
+        default=31, ge=1, le=366,
+        description="Members' sales kept (event time) for offers decided after them: an offer read this much "
+                    "later than sales of its window (a tier or segment event that arrives late) is still redeemed "
+                    "by the right sale")
     new_arrival_max_members: int = Field(default=5000, ge=1, description="Most members offered one new arrival")
     birthday_max_members: int = Field(default=50_000, ge=1, description="Most birthdays handled per calendar day")
     chooser_epsilon: float = Field(default=0.05, ge=0, le=1, description="Learned chooser: share of random picks")

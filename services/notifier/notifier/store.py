@@ -161,6 +161,20 @@ basket_rules = Table(
     Column("rules", JSONB, nullable=False),
 )
 
+member_purchases = Table(
+    "member_purchases", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True, doc="the order the sales topic gave"),
+    Column("member_id", String(64), nullable=False),
+    Column("sale_id", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("original_sale_id", String(64)),
+    Column("lines", JSONB, nullable=False, doc="[[sku, net, offer code or null], ...]"),
+    Column("total", Numeric, nullable=False),
+    Index("ix_member_purchases_member", "member_id", "seq"),
+    Index("ix_member_purchases_at", "at"),
+)
+
 rhythms = Table(
     "rhythms", metadata,
     Column("member_id", String(64), primary_key=True),
@@ -408,6 +422,7 @@ async def erase(conn: AsyncConnection, member_id: str, at: datetime, pseudonym: 
     """Forget the person: no contact ever again; their offers stay only as counts under a pseudonym."""
     await conn.execute(members.delete().where(members.c.member_id == member_id))
     await conn.execute(rhythms.delete().where(rhythms.c.member_id == member_id))  # their per-product purchase habits
+    await conn.execute(member_purchases.delete().where(member_purchases.c.member_id == member_id))  # what they bought
     await conn.execute(contacts.delete().where(contacts.c.member_id == member_id))  # consents and birthday
     await conn.execute(scheduled.delete().where(scheduled.c.member_id == member_id, scheduled.c.fired_at.is_(None)))
     await conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.offer_id.in_(
@@ -445,14 +460,17 @@ async def history(conn: AsyncConnection, member_ids: Sequence[str], since: datet
     return [dict(row._mapping) for row in rows]
 
 
+REDEMPTION_COLUMNS = ("offer_id", "member_id", "products", "issued_at", "valid_to", "features", "learned",
+                      "redeemed_at", "redeemed_revenue", "redeemed_by", "redeemed_by_code")
+
+
 async def open_offers(conn: AsyncConnection, member_ids: Sequence[str], earliest: datetime,
                       skus: Sequence[str]) -> list[dict[str, Any]]:
     """Unredeemed, unexpired offers of these members that these SKUs could redeem (or any purchase can)."""
     if not member_ids:
         return []
     rows = await conn.execute(
-        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to,
-               offers.c.features)
+        select(*(offers.c[c] for c in REDEMPTION_COLUMNS))
         .where(any_of(offers.c.member_id, list(member_ids)))
         .where(offers.c.redeemed_at.is_(None), offers.c.valid_to >= earliest)
         .where(offers.c.products.overlap(cast(sorted(set(skus)), ARRAY(Text))) | (func.cardinality(offers.c.products) == 0)))
@@ -478,30 +496,51 @@ async def offers_by_code(conn: AsyncConnection, codes: Sequence[str]) -> list[di
     if not codes:
         return []
     rows = await conn.execute(
-        select(offers.c.offer_id, offers.c.member_id, offers.c.products, offers.c.issued_at, offers.c.valid_to,
-               offers.c.features)
+        select(*(offers.c[c] for c in REDEMPTION_COLUMNS))
         .where(any_of(offers.c.offer_id, sorted(set(codes))), offers.c.redeemed_at.is_(None)))
     return [dict(row._mapping) for row in rows]
 
 
-async def mark_redeemed(conn: AsyncConnection, redeemed: Sequence[dict[str, Any]]) -> None:
-    """rows: offer_id, redeemed_at, redeemed_revenue, redeemed_by (sale id), redeemed_by_code."""
-    for row in redeemed:
-        await conn.execute(update(offers).where(offers.c.offer_id == row["offer_id"], offers.c.redeemed_at.is_(None))
+async def offers_redeemed_by(conn: AsyncConnection, member_ids: Sequence[str],
+                             sale_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """These members' offers that these sales redeemed (a return of one of them may undo it)."""
+    if not member_ids or not sale_ids:
+        return []
+    rows = await conn.execute(select(*(offers.c[c] for c in REDEMPTION_COLUMNS))
+                              .where(any_of(offers.c.redeemed_by, sorted(set(sale_ids))),
+                                     any_of(offers.c.member_id, sorted(set(member_ids)))))
+    return [dict(row._mapping) for row in rows]
+
+
+PURCHASE_COLUMNS = ("member_id", "sale_id", "at", "kind", "original_sale_id", "lines", "total")
+_RECORD_PURCHASES_SQL = insert_from_recordset(member_purchases, PURCHASE_COLUMNS, tail="")
+
+
+async def record_purchases(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Members' sales and returns in topic order (`seq`), for offers decided after them (`purchases_since`)."""
+    if rows:
+        await conn.execute(text(_RECORD_PURCHASES_SQL), {"rows": recordset_rows(rows, PURCHASE_COLUMNS)})
+
+
+async def purchases_since(conn: AsyncConnection, member_ids: Sequence[str], after: datetime) -> list[dict[str, Any]]:
+    """These members' sales and returns later than `after` in event time, in the order they were applied."""
+    if not member_ids:
+        return []
+    rows = await conn.execute(select(member_purchases).where(any_of(member_purchases.c.member_id, sorted(set(member_ids))),
+                                                             member_purchases.c.at > after)
+                              .order_by(member_purchases.c.seq))
+    return [dict(row._mapping) for row in rows]
+
+
+async def forget_purchases_before(conn: AsyncConnection, cutoff: datetime) -> None:
+    await conn.execute(member_purchases.delete().where(member_purchases.c.at < cutoff))
+
+
+async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, Any]]) -> None:
+    """rows: offer_id and the four redemption columns (all None: the redemption was undone)."""
+    for row in changed:
+        await conn.execute(update(offers).where(offers.c.offer_id == row["offer_id"])
                            .values(**{k: v for k, v in row.items() if k != "offer_id"}))
-
-
-async def undo_redemptions(conn: AsyncConnection, returns: Sequence[tuple[str, str, Sequence[str]]]) -> int:
-    """A return of the offered product from the sale that redeemed an offer undoes the redemption
-    (rows: member id, original sale id, returned SKUs)."""
-    undone = 0
-    for member_id, sale_id, skus in returns:
-        result = await conn.execute(
-            update(offers).where(offers.c.member_id == member_id, offers.c.redeemed_by == sale_id,
-                                 offers.c.products.overlap(cast(sorted(set(skus)), ARRAY(Text))))
-            .values(redeemed_at=None, redeemed_revenue=None, redeemed_by=None, redeemed_by_code=False))
-        undone += result.rowcount or 0
-    return undone
 
 
 # --- webhook deliveries --------------------------------------------------------------------------

@@ -316,6 +316,26 @@ def test_dormant_wake_up_and_tier_upgrade_offers(stack: Stack) -> None:
     assert len(thanked) == 1 and thanked[0]["payload"]["reason"]["segment"] == "silver"
 
 
+def test_a_tier_thanks_read_after_the_members_later_sales_is_redeemed_by_the_first_of_them(stack: Stack) -> None:
+    """The tier event arrives on its own topic after the sales that followed it were applied: the offer
+    is redeemed by the same sale as if it had been there first (the earliest one inside its window)."""
+    climber = treated("lt", "auto-tier-upgrade")
+    stack.enrol(climber, "email")
+    at = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+    before = stack.sale(climber, ["tea"], at - timedelta(hours=2))  # before the upgrade: cannot redeem it
+    first, second = (stack.sale(climber, ["tea"], at + timedelta(days=d), price="4.00") for d in (1, 2))
+    stack.ring(before, first, second)
+    upgrade = TierChanged(member_id=climber, old_tier="member", new_tier="silver", rolling_spend=Decimal("600"),
+                          effective_at=at)
+    stack.publish(MEMBER_TIER_CHANGED.name, [member_event(upgrade, event_type="TierChanged", member_id=climber,
+                                                          occurred_at=at, source="member-profile",
+                                                          identity=f"tier/{climber}")])
+    [thanks] = stack.offers(climber, expected=1, campaign="auto-tier-upgrade")
+    answer = httpx.get(f"{stack.notifier.url}/v1/members/{climber}/offers", headers=MARKETING, timeout=10).json()
+    held = next(o for o in answer["offers"] if o["offer_id"] == thanks["payload"]["offer_id"])
+    assert (held["redeemed_by"], Decimal(held["redeemed_revenue"])) == (first.sale_id, Decimal("4.00")), held
+
+
 def test_erased_members_are_never_contacted(stack: Stack) -> None:
     member = treated("er")
     stack.enrol(member, "push")

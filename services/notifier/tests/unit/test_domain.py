@@ -248,6 +248,67 @@ def test_redemption_is_a_later_purchase_of_the_offered_product_inside_the_window
     assert domain.redeems([], start, end, NOON + timedelta(days=2), ["anything"]), "a wake-up offer: any purchase"
 
 
+T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+
+
+def sale_of(sale_id: str, hours: float, *skus: str, member: str | None = "m1", code: str | None = None,
+            kind: str = "sale", original: str | None = None) -> domain.Purchase:
+    lines = tuple((sku, Decimal("2.50"), code) for sku in skus)
+    return domain.Purchase(sale_id, member, T0 + timedelta(hours=hours), kind,  # type: ignore[arg-type]
+                           lines, sum((net for _, net, _ in lines), Decimal("0")), original)
+
+
+def offered(offer_id: str = "o1", products: tuple[str, ...] = ("beer",), member: str = "m1") -> domain.OfferState:
+    return domain.OfferState(offer_id, member, products, T0, T0 + timedelta(days=7))
+
+
+def outcome(offers: list[domain.OfferState], purchases: list[domain.Purchase]) -> list[tuple[str, str | None]]:
+    domain.walk_redemptions(offers, purchases)
+    return [(o.offer_id, o.redeemed_by) for o in offers]
+
+
+def test_the_first_qualifying_sale_in_topic_order_redeems_and_earlier_or_other_members_sales_do_not() -> None:
+    purchases = [sale_of("before", -1, "beer"), sale_of("other", 1, "beer", member="m2"), sale_of("bread", 2, "bread"),
+                 sale_of("first", 3, "beer", "chips"), sale_of("second", 4, "beer")]
+    offers = [offered(), offered("any", ())]
+    changed = domain.walk_redemptions(offers, purchases)
+    assert [(o.offer_id, o.redeemed_by, o.redeemed_revenue) for o in changed] == [
+        ("o1", "first", Decimal("2.50")), ("any", "bread", Decimal("2.50"))]
+    late = offered()
+    late.issued_at = T0 + timedelta(days=8)  # a window after every one of these sales
+    assert domain.walk_redemptions([late], purchases) == []
+
+
+def test_a_return_from_the_redeeming_sale_undoes_it_and_a_later_sale_redeems_again() -> None:
+    purchases = [sale_of("s1", 1, "beer"), sale_of("r1", 2, "beer", kind="return", original="s1"),
+                 sale_of("s2", 3, "beer")]
+    assert outcome([offered()], purchases) == [("o1", "s2")]
+    assert outcome([offered()], purchases[:2]) == [("o1", None)]
+    # returning something else, or from another sale, undoes nothing; nor does it undo a product-less offer
+    other = [sale_of("s1", 1, "beer", "chips"), sale_of("r1", 2, "chips", kind="return", original="s1")]
+    assert outcome([offered(), offered("any", ())], other) == [("o1", "s1"), ("any", "s1")]
+
+
+def test_a_scanned_code_redeems_for_any_buyer_with_that_lines_revenue() -> None:
+    forwarded = sale_of("till", 1, "beer", "beer", member=None, code="o1")
+    [state] = domain.walk_redemptions([offered()], [forwarded])
+    assert (state.redeemed_by, state.redeemed_by_code, state.redeemed_revenue) == ("till", True, Decimal("5.00"))
+
+
+def test_walking_the_sales_with_the_offer_or_the_offer_after_the_sales_redeems_alike() -> None:
+    """Whether the offer was held when its sales came (walked batch by batch) or decided after them."""
+    purchases = [sale_of("s1", 1, "beer"), sale_of("r1", 2, "beer", kind="return", original="s1"),
+                 sale_of("s2", 3, "chips"), sale_of("s3", 4, "beer"), sale_of("s4", 5, "beer")]
+    at_once = offered()
+    domain.walk_redemptions([at_once], purchases)
+    for cut in range(len(purchases) + 1):
+        held = offered()
+        domain.walk_redemptions([held], purchases[:cut])
+        domain.walk_redemptions([held], purchases[cut:])
+        assert (held.redeemed_by, held.redeemed_at) == (at_once.redeemed_by, at_once.redeemed_at)
+    assert (at_once.redeemed_by, at_once.redeemed_at) == ("s3", T0 + timedelta(hours=4))
+
+
 def test_uplift_with_a_95_percent_newcombe_interval_and_incremental_revenue() -> None:
     result = domain.uplift(Arm(1000, 150, Decimal("3000")), Arm(1000, 100, Decimal("2000")))
     assert result.uplift == pytest.approx(0.05)
