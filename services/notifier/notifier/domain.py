@@ -3,15 +3,16 @@ the control group, and what a campaign's report says. No I/O, no clock: every ti
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import math
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
@@ -28,6 +29,7 @@ DEFAULT_TRIGGERS: tuple[TriggerKind, ...] = ("cross_sell", "dormant_wakeup", "ti
 FROZEN_ONCE_STARTED = ("trigger", "control_share", "channel")
 CampaignStatus = Literal["draft", "running", "stopped"]
 TIER_RANK = {"member": 0, "silver": 1, "gold": 2, "vip": 3}
+K = TypeVar("K")
 PLACEHOLDERS = frozenset({"member_id", "product", "products", "discount", "valid_to", "store"})
 
 # Why an offer was not sent; every one is counted per campaign.
@@ -288,6 +290,64 @@ def run_out_due(rhythm: Rhythm, clock: datetime, *, lead: timedelta, min_purchas
     if due is None or interval is None or rhythm.purchases < min_purchases or rhythm.reminded_for == due:
         return False
     return due - lead <= clock < due + interval / 2
+
+
+def walk_rhythms(rhythms: Mapping[K, Rhythm], bought: Mapping[K, Sequence[int]], times: Sequence[datetime],
+                 steps: Sequence[datetime], *, lead: timedelta,
+                 min_purchases: int) -> tuple[dict[K, Rhythm], list[tuple[K, datetime, datetime]]]:
+    """A batch's run-out decisions, event by event: `times[i]` is event i's own time and `steps[i]`
+    the clock after it (`clock_steps`); `bought[key]` the events (ascending) that bought the key's
+    product. At each event the purchases it holds update their rhythms first, then every rhythm whose
+    reminder window holds the clock is reminded, at that clock. Returns every rhythm as it ends and
+    the reminders (key, the due time reminded for, when), so where a batch is cut changes nothing."""
+    out: dict[K, Rhythm] = {}
+    reminders: list[tuple[K, datetime, datetime]] = []
+    for key in rhythms.keys() | bought.keys():
+        rhythm = rhythms.get(key)
+        start = 0
+        for index in [*bought.get(key, ()), len(steps)]:
+            if rhythm is not None and start < index:  # the clock moves through [start, index) with this rhythm
+                due, interval = rhythm.due_at, rhythm.mean_interval
+                if (due is not None and interval is not None and rhythm.purchases >= min_purchases
+                        and rhythm.reminded_for != due):
+                    first = bisect.bisect_left(steps, due - lead, start, index)
+                    if first < index and steps[first] < due + interval / 2:
+                        reminders.append((key, due, steps[first]))
+                        rhythm = replace(rhythm, reminded_for=due)
+            if index < len(steps):
+                rhythm = bought_again(rhythm, times[index])
+                start = index
+        if rhythm is not None:
+            out[key] = rhythm
+    return out, reminders
+
+
+def clock_steps(times: Iterable[datetime]) -> list[datetime]:
+    """The event-time clock after each event of a batch, in topic order: the latest time so far."""
+    steps: list[datetime] = []
+    for at in times:
+        steps.append(at if not steps or at > steps[-1] else steps[-1])
+    return steps
+
+
+def first_reaching(steps: Sequence[datetime], at: datetime) -> datetime:
+    """The clock reading at which a batch's clock first reached `at` (its first, when it was already
+    past): a follow-up due at `at` is made then, as it would be one event at a time."""
+    return steps[min(bisect.bisect_left(steps, at), len(steps) - 1)]
+
+
+def days_entered_by(previous: datetime | None, steps: Sequence[datetime], zone: tzinfo, *,
+                    most: int = 7) -> list[tuple[date, datetime]]:
+    """Each calendar day (in `zone`) the clock entered during a batch, with the reading that entered
+    it, reading by reading from where the clock stood before (`previous`; see `days_entered`)."""
+    entered: list[tuple[date, datetime]] = []
+    before = None if previous is None else previous.astimezone(zone).date()
+    for at in steps:
+        today = at.astimezone(zone).date()
+        if before is None or today > before:
+            entered += [(day, at) for day in days_entered(before, today, most=most)]
+            before = today
+    return entered
 
 
 # --- guards -----------------------------------------------------------------------------------

@@ -160,20 +160,26 @@ class NotifierHandlers:
         and the follow-ups (after-sale care, new arrivals, birthdays) whose time the batch's clock
         reached; every proposal through the guards at once, and each new offer meets the sales after
         it (an offer made by one sale is redeemed by a later sale of the same batch)."""
-        ordered = sorted(events, key=lambda e: e.payload.occurred_at)
-        if not ordered:
+        if not events:
             return 0
-        clock = ordered[-1].payload.occurred_at
+        # The clock after each event in topic order: a follow-up, a birthday or a run-out reminder is
+        # made at the reading that reached it, as if the batch had been read one event at a time.
+        steps = domain.clock_steps(e.payload.occurred_at for e in events)
+        clock = steps[-1]
+        ordered = sorted(events, key=lambda e: e.payload.occurred_at)
         sales = [e for e in ordered if e.payload.member_id is not None and e.payload.kind == "sale"]
         returns = [e for e in ordered if e.payload.member_id is not None and e.payload.kind == "return"]
         campaigns = await self._running_all(conn)
+        if "after_sale" in self.enabled and campaigns.get("after_sale") and sales:
+            # scheduled before the due ones are read: care due within this batch is made in it
+            await self._schedule_after_sale(conn, sales, campaigns["after_sale"])
         proposals: list[domain.Proposal] = []
         # follow-ups first: they may name members outside this batch, and every member is locked at once
-        proposals += await self._due_follow_ups(conn, clock, campaigns)
-        proposals += await self._birthdays(conn, clock, campaigns.get("birthday", []))
-        run_out = "run_out" in self.enabled and bool(sales)
+        proposals += await self._due_follow_ups(conn, steps, campaigns)
+        proposals += await self._birthdays(conn, steps, campaigns.get("birthday", []))
+        run_out = "run_out" in self.enabled and bool(campaigns.get("run_out"))
         lead = timedelta(days=self.settings.run_out_lead_days)
-        due_elsewhere = ({r["member_id"] for r in await store.due_rhythms(conn, clock, lead,
+        due_elsewhere = ({r["member_id"] for r in await store.due_rhythms(conn, steps[0], clock, lead,
                                                                           self.settings.run_out_min_purchases)}
                          if run_out else set())
         member_ids = sorted({e.payload.member_id or "" for e in sales + returns} | {p.member_id for p in proposals}
@@ -185,13 +191,13 @@ class NotifierHandlers:
         walked = [e.payload for e in events if e.payload.member_id is not None
                   or any(line.offer_code for line in e.payload.lines)]
         await store.record_purchases(conn, [purchase_row(sale) for sale in walked if sale.member_id is not None])
-        await store.forget_purchases_before(conn, clock - timedelta(days=self.settings.late_offer_memory_days))
+        await store.forget_purchases(conn, clock - timedelta(days=self.settings.late_offer_memory_days),
+                                     timedelta(seconds=self.settings.late_offer_grace_seconds))
         if walked:  # offers held before this batch; every sale may carry offer codes (forwarded ones too)
             await self._redeem(conn, walked)
         if run_out:
-            proposals += await self._run_out(conn, sales, campaigns.get("run_out", []), locked=set(member_ids))
-        if "after_sale" in self.enabled and campaigns.get("after_sale") and sales:
-            await self._schedule_after_sale(conn, sales, campaigns["after_sale"])
+            proposals += await self._run_out(conn, [e.payload for e in events], steps, campaigns["run_out"],
+                                             locked=set(member_ids))
         if "cross_sell" in self.enabled and campaigns.get("cross_sell") and sales:
             await self._refresh_rules(conn)
             proposals += await self._cross_sell(conn, sales, campaigns["cross_sell"])
@@ -253,41 +259,38 @@ class NotifierHandlers:
         await store.mark_learned(conn, [o["offer_id"] for o in expired])
         self._chooser_learned += len(expired)
 
-    async def _run_out(self, conn: AsyncConnection, sales: list[Envelope[Sale]], campaigns: list[domain.Campaign], *,
-                       locked: set[str]) -> list[domain.Proposal]:
-        """Keep each member's rhythm per product; remind before the predicted re-purchase, in event time."""
-        pairs = sorted({(e.payload.member_id or "", line.sku) for e in sales for line in e.payload.lines})
-        held = await store.load_rhythms(conn, pairs)
-        rhythms: dict[tuple[str, str], domain.Rhythm] = {
-            key: domain.Rhythm(int(r["purchases"]), r["first_at"], r["last_at"], r["reminded_for"]) for key, r in held.items()}
-        for event in sales:
-            for sku in {line.sku for line in event.payload.lines}:
-                key = (event.payload.member_id or "", sku)
-                rhythms[key] = domain.bought_again(rhythms.get(key), event.payload.occurred_at)
+    async def _run_out(self, conn: AsyncConnection, events: list[Sale], steps: list[datetime],
+                       campaigns: list[domain.Campaign], *, locked: set[str]) -> list[domain.Proposal]:
+        """Keep each member's rhythm per product; remind before the predicted re-purchase, in event time,
+        at the clock reading that entered the reminder window (`domain.walk_rhythms`)."""
+        bought: dict[tuple[str, str], list[int]] = {}
+        for index, sale in enumerate(events):
+            if sale.member_id is not None and sale.kind == "sale":
+                for sku in sorted({line.sku for line in sale.lines}):
+                    bought.setdefault((sale.member_id, sku), []).append(index)
+        held = await store.load_rhythms(conn, sorted(bought))
+        lead = timedelta(days=self.settings.run_out_lead_days)
+        # rhythms whose window the batch's clock may enter; their members were locked with the batch's
+        # (one that became due since is another consumer's, or the next batch's, to remind)
+        held |= {(r["member_id"], r["sku"]): r for r in await store.due_rhythms(
+            conn, steps[0], steps[-1], lead, self.settings.run_out_min_purchases) if r["member_id"] in locked}
+        rhythms = {key: domain.Rhythm(int(r["purchases"]), r["first_at"], r["last_at"], r["reminded_for"])
+                   for key, r in held.items()}
+        after, reminders = domain.walk_rhythms(rhythms, bought, [e.occurred_at for e in events], steps, lead=lead,
+                                               min_purchases=self.settings.run_out_min_purchases)
         await store.save_rhythms(conn, [
             {"member_id": m, "sku": k, "purchases": r.purchases, "first_at": r.first_at, "last_at": r.last_at,
              "due_at": r.due_at, "interval_seconds": r.mean_interval.total_seconds() if r.mean_interval else None,
-             "reminded_for": r.reminded_for} for (m, k), r in rhythms.items()])
-        clock = sales[-1].payload.occurred_at
-        lead = timedelta(days=self.settings.run_out_lead_days)
-        # members whose reminder is due were locked with the batch's (a rhythm that became due since is
-        # another consumer's, or the next batch's, to remind)
-        due = [r for r in await store.due_rhythms(conn, clock, lead, self.settings.run_out_min_purchases)
-               if r["member_id"] in locked]
-        proposals, reminded = [], []
-        for row in due:
-            rhythm = domain.Rhythm(int(row["purchases"]), row["first_at"], row["last_at"], row["reminded_for"])
-            if not domain.run_out_due(rhythm, clock, lead=lead, min_purchases=self.settings.run_out_min_purchases):
-                continue
-            due_at = rhythm.due_at
-            assert due_at is not None
-            reminded.append((row["member_id"], row["sku"], due_at))
-            identity = identity_uuid(f"run-out/{row['member_id']}/{row['sku']}/{due_at.isoformat()}")
+             "reminded_for": r.reminded_for} for (m, k), r in sorted(after.items()) if (m, k) in bought])
+        await store.mark_reminded(conn, [(m, k, due_at) for (m, k), due_at, _ in reminders])
+        proposals = []
+        for (member_id, sku), due_at, at in sorted(reminders, key=lambda r: (r[2], r[0])):
+            rhythm = after[(member_id, sku)]
+            identity = identity_uuid(f"run-out/{member_id}/{sku}/{due_at.isoformat()}")
             proposals.extend(domain.Proposal(
-                c.campaign_id, row["member_id"], "run_out", (row["sku"],), None, clock,
+                c.campaign_id, member_id, "run_out", (sku,), None, at,
                 f"bought {rhythm.purchases} times, every {rhythm.mean_interval}; next due {due_at.isoformat()}"[:500],
                 identity) for c in campaigns)
-        await store.mark_reminded(conn, reminded)
         return proposals
 
     async def _schedule_after_sale(self, conn: AsyncConnection, sales: list[Envelope[Sale]],
@@ -309,9 +312,11 @@ class NotifierHandlers:
                                                f"{event.payload.occurred_at.date().isoformat()}"[:500]})
         await store.schedule(conn, rows)
 
-    async def _due_follow_ups(self, conn: AsyncConnection, clock: datetime,
+    async def _due_follow_ups(self, conn: AsyncConnection, steps: list[datetime],
                               campaigns: dict[str, list[domain.Campaign]]) -> list[domain.Proposal]:
-        """After-sale care and new arrivals whose event time has come."""
+        """After-sale care and new arrivals whose event time has come, each made at the clock reading
+        that reached it."""
+        clock = steps[-1]
         due = await store.due_scheduled(conn, clock)
         if not due:
             return []
@@ -320,11 +325,13 @@ class NotifierHandlers:
         catalog = await store.categories_of(conn, [row["sku"] for row in launches])
         for row in due:
             identity = identity_uuid(row["source_id"])
+            reached = domain.first_reaching(steps, row["due_at"])
             if row["trigger"] == "after_sale":
                 for campaign in campaigns.get("after_sale", []):
                     if campaign.campaign_id == row["campaign_id"]:
                         proposals.append(domain.Proposal(campaign.campaign_id, row["member_id"], "after_sale",
-                                                         (row["sku"],), row["store_id"], clock, row["detail"], identity))
+                                                         (row["sku"],), row["store_id"], reached, row["detail"],
+                                                         identity))
             elif row["trigger"] == "new_arrival":
                 product = catalog.get(row["sku"]) or {}
                 for campaign in campaigns.get("new_arrival", []):
@@ -335,29 +342,30 @@ class NotifierHandlers:
                             conn, category=product.get("category"), brand=product.get("brand"),
                             limit=self.settings.new_arrival_max_members):
                         proposals.append(domain.Proposal(
-                            campaign.campaign_id, member_id, "new_arrival", (row["sku"],), None, clock,
+                            campaign.campaign_id, member_id, "new_arrival", (row["sku"],), None, reached,
                             row["detail"], identity))
         await store.mark_fired(conn, [row["source_id"] for row in due], clock)
         return proposals
 
-    async def _birthdays(self, conn: AsyncConnection, clock: datetime,
+    async def _birthdays(self, conn: AsyncConnection, steps: list[datetime],
                          campaigns: list[domain.Campaign]) -> list[domain.Proposal]:
-        """When event time enters a new calendar day, the members whose birthday it is."""
+        """When event time enters a new calendar day, the members whose birthday it is (made at the clock
+        reading that entered the day)."""
         if "birthday" not in self.enabled or not campaigns:
             return []
-        today = clock.astimezone(self.calendar_zone).date()
+        clock = steps[-1]
         previous = await store.clock(conn, "calendar_day")
-        if previous is not None and today <= previous.astimezone(self.calendar_zone).date():
+        if previous is not None and clock.astimezone(self.calendar_zone).date() <= previous.astimezone(
+                self.calendar_zone).date():
             return []
         previous = await store.advance_clock(conn, "calendar_day", clock)  # locks the row: one consumer per day
-        days = domain.days_entered(None if previous is None else previous.astimezone(self.calendar_zone).date(), today)
         proposals = []
-        for day in days:
+        for day, at in domain.days_entered_by(previous, steps, self.calendar_zone):
             for row in await store.birthdays(conn, sorted(domain.birthdays_on(day)),
                                              limit=self.settings.birthday_max_members):
                 identity = identity_uuid(f"birthday/{row['member_id']}/{day.isoformat()}")
                 proposals.extend(domain.Proposal(c.campaign_id, row["member_id"], "birthday",
-                                                 tuple(c.definition.products), row["home_store"], clock,
+                                                 tuple(c.definition.products), row["home_store"], at,
                                                  f"birthday on {day.isoformat()}", identity) for c in campaigns)
         return proposals
 

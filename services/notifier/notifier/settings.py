@@ -41,6 +41,10 @@ class NotifierSettings(BaseSettings):
         description="Members' sales kept (event time) for offers decided after them: an offer read this much "
                     "later than sales of its window (a tier or segment event that arrives late) is still redeemed "
                     "by the right sale")
+    late_offer_grace_seconds: float = Field(
+        default=3600.0, ge=0,
+        description="...and for at least this long in wall-clock time: a replay runs months of event time in "
+                    "minutes, and a topic a few seconds behind the sales is then weeks behind in event time")
     new_arrival_max_members: int = Field(default=5000, ge=1, description="Most members offered one new arrival")
     birthday_max_members: int = Field(default=50_000, ge=1, description="Most birthdays handled per calendar day")
     chooser_epsilon: float = Field(default=0.05, ge=0, le=1, description="Learned chooser: share of random picks")

@@ -171,8 +171,9 @@ member_purchases = Table(
     Column("original_sale_id", String(64)),
     Column("lines", JSONB, nullable=False, doc="[[sku, net, offer code or null], ...]"),
     Column("total", Numeric, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now(), doc="wall clock"),
     Index("ix_member_purchases_member", "member_id", "seq"),
-    Index("ix_member_purchases_at", "at"),
+    Index("ix_member_purchases_recorded", "recorded_at"),
 )
 
 rhythms = Table(
@@ -532,8 +533,11 @@ async def purchases_since(conn: AsyncConnection, member_ids: Sequence[str], afte
     return [dict(row._mapping) for row in rows]
 
 
-async def forget_purchases_before(conn: AsyncConnection, cutoff: datetime) -> None:
-    await conn.execute(member_purchases.delete().where(member_purchases.c.at < cutoff))
+async def forget_purchases(conn: AsyncConnection, before: datetime, grace: timedelta) -> None:
+    """Sales older than `before` in event time AND recorded more than `grace` ago (wall clock): an offer
+    read late on another topic still finds them while that topic is behind by less than either."""
+    await conn.execute(member_purchases.delete().where(member_purchases.c.recorded_at < func.now() - grace,
+                                                       member_purchases.c.at < before))
 
 
 async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, Any]]) -> None:
@@ -714,13 +718,15 @@ async def save_rhythms(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) ->
             list(rows))
 
 
-async def due_rhythms(conn: AsyncConnection, clock: datetime, lead: timedelta, min_purchases: int,
+async def due_rhythms(conn: AsyncConnection, since: datetime, clock: datetime, lead: timedelta, min_purchases: int,
                       limit: int = 5000) -> list[dict[str, Any]]:
-    """Rhythms whose reminder window holds `clock` and that were not reminded for this due time yet."""
+    """Rhythms whose reminder window the clock may enter between `since` and `clock` (it opens `lead`
+    before the due time, by `clock`, and closes half an interval after it, after `since`), and that
+    were not reminded for this due time yet."""
     rows = await conn.execute(
         select(rhythms).where(rhythms.c.due_at <= clock + lead, rhythms.c.purchases >= min_purchases,
                               rhythms.c.reminded_for.is_distinct_from(rhythms.c.due_at))
-        .where(rhythms.c.due_at + func.make_interval(0, 0, 0, 0, 0, 0, rhythms.c.interval_seconds / 2) > clock)
+        .where(rhythms.c.due_at + func.make_interval(0, 0, 0, 0, 0, 0, rhythms.c.interval_seconds / 2) > since)
         .order_by(rhythms.c.due_at).limit(limit))
     return [dict(row._mapping) for row in rows]
 

@@ -24,10 +24,11 @@ def upgrade() -> None:
         original_sale_id VARCHAR(64),
         lines JSONB NOT NULL,
         total NUMERIC NOT NULL,
+        recorded_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now(),
         PRIMARY KEY (seq)
 )""")
     op.execute("CREATE INDEX ix_member_purchases_member ON member_purchases (member_id, seq)")
-    op.execute("CREATE INDEX ix_member_purchases_at ON member_purchases (at)")
+    op.execute("CREATE INDEX ix_member_purchases_recorded ON member_purchases (recorded_at)")
 
 
 def downgrade() -> None:

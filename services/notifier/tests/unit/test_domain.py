@@ -353,6 +353,67 @@ def test_run_out_reminds_shortly_before_the_predicted_purchase_once_and_not_when
     assert not domain.run_out_due(rhythm, NOON + timedelta(days=20), lead=lead, min_purchases=4), "not regular yet"
 
 
+def in_cuts(times: list[datetime], cut: int) -> list[list[int]]:
+    """Event indexes of a batch split at `cut` (the second part is another batch)."""
+    return [list(range(0, cut)), list(range(cut, len(times)))]
+
+
+def test_run_out_walk_reminds_at_the_reading_that_enters_the_window_wherever_the_batch_is_cut() -> None:
+    lead = timedelta(days=2)
+    # m1 bought tea on days 0, 7 (due day 14, window from day 12 until day 17.5); m2's coffee is bought
+    # during the batch, which moves its due time; events are other members' sales advancing the clock.
+    held = {("m1", "tea"): domain.Rhythm(2, NOON, NOON + timedelta(days=7)),
+            ("m2", "coffee"): domain.Rhythm(2, NOON, NOON + timedelta(days=10))}  # due day 20
+    times = [NOON + timedelta(days=d) for d in (8, 11, 12.5, 13, 16, 17, 18.5, 19, 21)]
+    # bought again on day 13 (event 3): every 6.5 days now, due day 19.5, window from day 17.5 (before
+    # that purchase, its window from day 18 was not open yet)
+    bought = {("m2", "coffee"): [3]}
+    steps = domain.clock_steps(times)
+    after, reminders = domain.walk_rhythms(held, bought, times, steps, lead=lead, min_purchases=2)
+    assert sorted(reminders) == [(("m1", "tea"), NOON + timedelta(days=14), NOON + timedelta(days=12.5)),
+                                 (("m2", "coffee"), NOON + timedelta(days=19.5), NOON + timedelta(days=18.5))]
+    assert after[("m2", "coffee")].purchases == 3 and after[("m1", "tea")].reminded_for == NOON + timedelta(days=14)
+    for cut in range(len(times) + 1):
+        rhythms, made = dict(held), []
+        for part in in_cuts(times, cut):
+            if not part:
+                continue
+            local = {key: [i - part[0] for i in idx if i in part] for key, idx in bought.items()}
+            rhythms, found = domain.walk_rhythms(rhythms, {k: v for k, v in local.items() if v},
+                                                 [times[i] for i in part], [steps[i] for i in part], lead=lead,
+                                                 min_purchases=2)
+            made += found
+        assert sorted(made) == sorted(reminders) and rhythms == after, f"cut at {cut}"
+    # a clock that jumps past the window (no sale while it was open) reminds no one
+    _, none = domain.walk_rhythms(held, {}, [NOON + timedelta(days=30)], [NOON + timedelta(days=30)], lead=lead,
+                                  min_purchases=2)
+    assert none == []
+
+
+def test_the_clock_steps_and_the_reading_that_first_reached_a_time() -> None:
+    times = [NOON, NOON + timedelta(hours=3), NOON + timedelta(hours=1), NOON + timedelta(hours=5)]
+    steps = domain.clock_steps(times)
+    assert steps == [NOON, NOON + timedelta(hours=3), NOON + timedelta(hours=3), NOON + timedelta(hours=5)]
+    assert domain.first_reaching(steps, NOON + timedelta(hours=2)) == NOON + timedelta(hours=3)
+    assert domain.first_reaching(steps, NOON - timedelta(days=1)) == NOON, "already due: the batch's first reading"
+    assert domain.first_reaching(steps, NOON + timedelta(hours=5)) == NOON + timedelta(hours=5)
+
+
+def test_days_entered_reading_by_reading_are_the_same_however_the_readings_are_batched() -> None:
+    from datetime import date
+
+    readings = [datetime(2010, 12, 1, 9, tzinfo=UTC), datetime(2010, 12, 1, 17, tzinfo=UTC),
+                datetime(2010, 12, 2, 8, tzinfo=UTC), datetime(2010, 12, 5, 10, tzinfo=UTC),
+                datetime(2010, 12, 5, 11, tzinfo=UTC)]
+    whole = domain.days_entered_by(None, readings, UTC)
+    assert whole == [(date(2010, 12, 1), readings[0]), (date(2010, 12, 2), readings[2]),
+                     (date(2010, 12, 3), readings[3]), (date(2010, 12, 4), readings[3]),
+                     (date(2010, 12, 5), readings[3])]
+    for cut in range(1, len(readings)):
+        assert domain.days_entered_by(None, readings[:cut], UTC) + domain.days_entered_by(
+            readings[cut - 1], readings[cut:], UTC) == whole, f"cut at {cut}"
+
+
 def test_campaign_definitions_that_would_fail_at_send_time_are_refused_up_front() -> None:
     from datetime import UTC, datetime
     from decimal import Decimal
