@@ -86,21 +86,24 @@ def _canonical(value: Any) -> Any:
 # reached at that event, and review at every midnight that clock crosses, so where a consumer batch
 # starts or ends changes nothing they hold or publish. The notifier's offers and suppression counts
 # hold with the triggers in `EXACT_TRIGGERS`: welcome, tier upgrade and dormant wake-up are each decided
-# from one event of one topic at that event's time; birthdays, after-sale care and run-out reminders at
-# the clock reading that reached them (not at the end of a batch); and an offer decided after sales of
-# its window were applied is redeemed by the same sale as if it had been there first. What is left
-# out depends on more than the events and their order, so two uninterrupted runs already disagree on it:
+# from one event of one topic at that event's time, birthdays at the clock reading that entered the
+# day (not at the end of a batch), and an offer decided after sales of its window were applied is
+# redeemed by the same sale as if it had been there first. What is left out depends on more than the
+# events and their order, so two uninterrupted runs already disagree on it:
 # - wall-clock timers: the segmenter trims stored baskets out of its 90-day window every 10 s of wall
 #   time, so which baskets at the window's edge are still stored depends on when it last ran;
-# - cross-sell races basket rules mined and published every 10 s of wall time, and low-stock holds
-#   from replenishment; new arrivals go to the members whose habits the notifier holds when the launch
-#   comes, which depends on how far it has read member.profiles.v1. So runs that compare offers enable
-#   `EXACT_TRIGGERS` only.
+# - offers of products (cross-sell, run-out, after-sale care) are held back while the product is low
+#   at the store, as far as the notifier has read replenishment's inventory.low-stock.v1 by then;
+#   cross-sell also races basket rules mined and published every 10 s of wall time; new arrivals go
+#   to the members whose habits the notifier holds when the launch comes (as far as it has read
+#   member.profiles.v1). Run-out and after-sale care are dated by the clock reading that reached them
+#   and hold the same whatever the batches (the notifier's test_batch_cuts), but not against another
+#   topic's timing. So runs that compare offers enable `EXACT_TRIGGERS` only.
 # One race is left within them: the daily and weekly caps count a member's sends from every trigger,
 # and triggers read from different topics take turns in the order they are read, so a third send on
 # one day could be capped in one run and not in another. The drills' data never reaches a cap.
 # The gateway's ledger is compared by the drills that go through it (a Kafka replay bypasses it).
-EXACT_TRIGGERS = ("welcome", "tier_upgrade", "dormant_wakeup", "birthday", "after_sale", "run_out")
+EXACT_TRIGGERS = ("welcome", "tier_upgrade", "dormant_wakeup", "birthday")
 COMPARED: dict[str, tuple[str, ...] | None] = {
     "member_profile.profiles": None,
     "member_profile.purchases": None,

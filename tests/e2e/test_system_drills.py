@@ -13,15 +13,16 @@ earned, reversed and lapsed (which sale, which member, how many, when) and their
 segmenter's members with their segments, scores and features, every segment change and the segments
 member-profile keeps, product days, stock (on hand, sold, returned, received, forecasts, levels, on
 order), needs, purchase orders and their lines, and daily sales; every offer of `EXACT_TRIGGERS`
-(welcome, tier upgrade, dormant wake-up, birthday, after-sale care, run-out) with its text, window,
-control side and redemption (which sale, when, how much), and the suppressions counted by reason; the
+(welcome, tier upgrade, dormant wake-up, birthday) with its text, window, control side and
+redemption (which sale, when, how much), and the suppressions counted by reason; the
 gateway's ledger where the drill goes through it; and every sales consumer's applied-event count.
 Left out (see `COMPARED` in the harness) is what two uninterrupted runs of the same sales in the same
-order already disagree on, because it depends on wall-clock timers: stored baskets (trimmed every 10 s
-of wall time), cross-sell, which races basket rules mined every 10 s of wall time, and new arrivals
-(the drills run the notifier with `EXACT_TRIGGERS` only). Every decided offer must also be on `marketing.offers.v1`
-under exactly one event id, and every sale applied exactly once. Replenishment runs with
-`UNITS_PER_OFFER=0` (offers would feed its forecasts).
+order already disagree on, because it depends on timing: stored baskets (trimmed every 10 s of wall
+time), and offers of products (cross-sell, run-out, after-sale care), held back while replenishment's
+low-stock holds say so, as far as the notifier has read them; cross-sell also races basket rules mined
+every 10 s of wall time (the drills run the notifier with `EXACT_TRIGGERS` only). Every decided offer
+must also be on `marketing.offers.v1` under exactly one event id, and every sale applied exactly
+once. Replenishment runs with `UNITS_PER_OFFER=0` (offers would feed its forecasts).
 
 `make test` runs the reduced form (the first 800 sales of the December 2010 demo slice, two services
 killed, a 5 s freeze);
