@@ -101,7 +101,7 @@ def _canonical(value: Any) -> Any:
 #   topic's timing. So runs that compare offers enable `EXACT_TRIGGERS` only.
 # One race is left within them: the daily and weekly caps count a member's sends from every trigger,
 # and triggers read from different topics take turns in the order they are read, so a third send on
-# one day could be capped in one run and not in another. The drills' data never reaches a cap.
+# one day could be capped in one run and not in another. No drill run has differed on it so far.
 # The gateway's ledger is compared by the drills that go through it (a Kafka replay bypasses it).
 EXACT_TRIGGERS = ("welcome", "tier_upgrade", "dormant_wakeup", "birthday")
 COMPARED: dict[str, tuple[str, ...] | None] = {
