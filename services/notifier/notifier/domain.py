@@ -294,14 +294,15 @@ def run_out_due(rhythm: Rhythm, clock: datetime, *, lead: timedelta, min_purchas
 
 def walk_rhythms(rhythms: Mapping[K, Rhythm], bought: Mapping[K, Sequence[int]], times: Sequence[datetime],
                  steps: Sequence[datetime], *, lead: timedelta,
-                 min_purchases: int) -> tuple[dict[K, Rhythm], list[tuple[K, datetime, datetime]]]:
+                 min_purchases: int) -> tuple[dict[K, Rhythm], list[tuple[K, datetime, datetime, Rhythm]]]:
     """A batch's run-out decisions, event by event: `times[i]` is event i's own time and `steps[i]`
     the clock after it (`clock_steps`); `bought[key]` the events (ascending) that bought the key's
     product. At each event the purchases it holds update their rhythms first, then every rhythm whose
     reminder window holds the clock is reminded, at that clock. Returns every rhythm as it ends and
-    the reminders (key, the due time reminded for, when), so where a batch is cut changes nothing."""
+    the reminders (key, the due time reminded for, when, the rhythm then), so where a batch is cut
+    changes nothing."""
     out: dict[K, Rhythm] = {}
-    reminders: list[tuple[K, datetime, datetime]] = []
+    reminders: list[tuple[K, datetime, datetime, Rhythm]] = []
     for key in rhythms.keys() | bought.keys():
         rhythm = rhythms.get(key)
         start = 0
@@ -312,8 +313,8 @@ def walk_rhythms(rhythms: Mapping[K, Rhythm], bought: Mapping[K, Sequence[int]],
                         and rhythm.reminded_for != due):
                     first = bisect.bisect_left(steps, due - lead, start, index)
                     if first < index and steps[first] < due + interval / 2:
-                        reminders.append((key, due, steps[first]))
                         rhythm = replace(rhythm, reminded_for=due)
+                        reminders.append((key, due, steps[first], rhythm))
             if index < len(steps):
                 rhythm = bought_again(rhythm, times[index])
                 start = index
@@ -481,6 +482,10 @@ class OfferState:
     redeemed_by: str | None = None
     redeemed_by_code: bool = False
     changed: bool = False
+    held_by: str | None = field(default=None, init=False)  # `redeemed_by` as loaded: the save checks it is still so
+
+    def __post_init__(self) -> None:
+        self.held_by = self.redeemed_by
 
     def redeem(self, purchase: Purchase, revenue: Decimal, *, by_code: bool) -> None:
         self.redeemed_at, self.redeemed_revenue, self.redeemed_by = purchase.at, revenue, purchase.sale_id

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -140,6 +140,7 @@ class NotifierHandlers:
         self._campaigns: tuple[float, list[domain.Campaign]] = (0.0, [])
         self.chooser = OfferChooser([], epsilon=settings.chooser_epsilon, learning_rate=settings.chooser_learning_rate)
         self._chooser_learned = 0  # outcomes learned in the current batch (the model is saved with it)
+        self._purchases_pruned_on: date | None = None
 
     async def restore(self) -> None:
         async with self.engine.begin() as conn:
@@ -191,8 +192,10 @@ class NotifierHandlers:
         walked = [e.payload for e in events if e.payload.member_id is not None
                   or any(line.offer_code for line in e.payload.lines)]
         await store.record_purchases(conn, [purchase_row(sale) for sale in walked if sale.member_id is not None])
-        await store.forget_purchases(conn, clock - timedelta(days=self.settings.late_offer_memory_days),
-                                     timedelta(seconds=self.settings.late_offer_grace_seconds))
+        if self._purchases_pruned_on != clock.date():  # once per event day a replica reaches
+            await store.forget_purchases(conn, clock - timedelta(days=self.settings.late_offer_memory_days),
+                                         timedelta(seconds=self.settings.late_offer_grace_seconds))
+            self._purchases_pruned_on = clock.date()
         if walked:  # offers held before this batch; every sale may carry offer codes (forwarded ones too)
             await self._redeem(conn, walked)
         if run_out:
@@ -282,10 +285,9 @@ class NotifierHandlers:
             {"member_id": m, "sku": k, "purchases": r.purchases, "first_at": r.first_at, "last_at": r.last_at,
              "due_at": r.due_at, "interval_seconds": r.mean_interval.total_seconds() if r.mean_interval else None,
              "reminded_for": r.reminded_for} for (m, k), r in sorted(after.items()) if (m, k) in bought])
-        await store.mark_reminded(conn, [(m, k, due_at) for (m, k), due_at, _ in reminders])
+        await store.mark_reminded(conn, [(m, k, due_at) for (m, k), due_at, _, _ in reminders])
         proposals = []
-        for (member_id, sku), due_at, at in sorted(reminders, key=lambda r: (r[2], r[0])):
-            rhythm = after[(member_id, sku)]
+        for (member_id, sku), due_at, at, rhythm in sorted(reminders, key=lambda r: (r[2], r[0])):
             identity = identity_uuid(f"run-out/{member_id}/{sku}/{due_at.isoformat()}")
             proposals.extend(domain.Proposal(
                 c.campaign_id, member_id, "run_out", (sku,), None, at,
@@ -399,12 +401,15 @@ class NotifierHandlers:
 
     async def _save_redemptions(self, conn: AsyncConnection, changed: list[domain.OfferState],
                                 known: dict[str, dict[str, Any]]) -> None:
-        await store.save_redemptions(conn, [
-            {"offer_id": s.offer_id, "redeemed_at": s.redeemed_at, "redeemed_revenue": s.redeemed_revenue,
-             "redeemed_by": s.redeemed_by, "redeemed_by_code": s.redeemed_by_code} for s in changed])
+        """Each change only if the offer is still as it was loaded (another replica's batch may have
+        redeemed it by a forwarded code meanwhile: the first to commit wins, and learns once)."""
+        saved = await store.save_redemptions(conn, [
+            {"offer_id": s.offer_id, "held_by": s.held_by, "redeemed_at": s.redeemed_at,
+             "redeemed_revenue": s.redeemed_revenue, "redeemed_by": s.redeemed_by,
+             "redeemed_by_code": s.redeemed_by_code} for s in changed])
         learned = []
         for state in changed:
-            if state.redeemed_by is None:
+            if state.redeemed_by is None or state.offer_id not in saved:
                 continue
             REDEMPTIONS.labels("code" if state.redeemed_by_code else "purchase").inc()
             offer = known.get(state.offer_id) or {}

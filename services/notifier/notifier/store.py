@@ -173,7 +173,7 @@ member_purchases = Table(
     Column("total", Numeric, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now(), doc="wall clock"),
     Index("ix_member_purchases_member", "member_id", "seq"),
-    Index("ix_member_purchases_recorded", "recorded_at"),
+    Index("ix_member_purchases_at", "at"),
 )
 
 rhythms = Table(
@@ -535,16 +535,25 @@ async def purchases_since(conn: AsyncConnection, member_ids: Sequence[str], afte
 
 async def forget_purchases(conn: AsyncConnection, before: datetime, grace: timedelta) -> None:
     """Sales older than `before` in event time AND recorded more than `grace` ago (wall clock): an offer
-    read late on another topic still finds them while that topic is behind by less than either."""
+    read late on another topic still finds them while that topic is behind by less than either. Run
+    once per event day (the `at` index reads only what is past `before`)."""
     await conn.execute(member_purchases.delete().where(member_purchases.c.recorded_at < func.now() - grace,
                                                        member_purchases.c.at < before))
 
 
-async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, Any]]) -> None:
-    """rows: offer_id and the four redemption columns (all None: the redemption was undone)."""
+async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, Any]]) -> set[str]:
+    """rows: offer_id, `held_by` (its `redeemed_by` when loaded) and the four redemption columns (all
+    None: the redemption was undone). A row is written only if the offer is still as loaded; returns
+    the offer ids written."""
+    saved = set()
     for row in changed:
-        await conn.execute(update(offers).where(offers.c.offer_id == row["offer_id"])
-                           .values(**{k: v for k, v in row.items() if k != "offer_id"}))
+        result = await conn.execute(
+            update(offers).where(offers.c.offer_id == row["offer_id"],
+                                 offers.c.redeemed_by.is_not_distinct_from(row["held_by"]))
+            .values(**{k: v for k, v in row.items() if k not in ("offer_id", "held_by")}))
+        if result.rowcount:
+            saved.add(row["offer_id"])
+    return saved
 
 
 # --- webhook deliveries --------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def upgrade() -> None:
         PRIMARY KEY (seq)
 )""")
     op.execute("CREATE INDEX ix_member_purchases_member ON member_purchases (member_id, seq)")
-    op.execute("CREATE INDEX ix_member_purchases_recorded ON member_purchases (recorded_at)")
+    op.execute("CREATE INDEX ix_member_purchases_at ON member_purchases (at)")
 
 
 def downgrade() -> None:

@@ -369,12 +369,14 @@ def test_run_out_walk_reminds_at_the_reading_that_enters_the_window_wherever_the
     # that purchase, its window from day 18 was not open yet)
     bought = {("m2", "coffee"): [3]}
     steps = domain.clock_steps(times)
-    after, reminders = domain.walk_rhythms(held, bought, times, steps, lead=lead, min_purchases=2)
+    after, made = domain.walk_rhythms(held, bought, times, steps, lead=lead, min_purchases=2)
+    assert made[0][3].reminded_for == made[0][1], "the rhythm as it was when reminded"
+    reminders = [(key, due, at) for key, due, at, _ in made]
     assert sorted(reminders) == [(("m1", "tea"), NOON + timedelta(days=14), NOON + timedelta(days=12.5)),
                                  (("m2", "coffee"), NOON + timedelta(days=19.5), NOON + timedelta(days=18.5))]
     assert after[("m2", "coffee")].purchases == 3 and after[("m1", "tea")].reminded_for == NOON + timedelta(days=14)
     for cut in range(len(times) + 1):
-        rhythms, made = dict(held), []
+        rhythms, made = dict(held), list[tuple[tuple[str, str], datetime, datetime]]()
         for part in in_cuts(times, cut):
             if not part:
                 continue
@@ -382,7 +384,7 @@ def test_run_out_walk_reminds_at_the_reading_that_enters_the_window_wherever_the
             rhythms, found = domain.walk_rhythms(rhythms, {k: v for k, v in local.items() if v},
                                                  [times[i] for i in part], [steps[i] for i in part], lead=lead,
                                                  min_purchases=2)
-            made += found
+            made += [(key, due, at) for key, due, at, _ in found]
         assert sorted(made) == sorted(reminders) and rhythms == after, f"cut at {cut}"
     # a clock that jumps past the window (no sale while it was open) reminds no one
     _, none = domain.walk_rhythms(held, {}, [NOON + timedelta(days=30)], [NOON + timedelta(days=30)], lead=lead,
