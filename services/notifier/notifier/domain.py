@@ -307,14 +307,12 @@ def walk_rhythms(rhythms: Mapping[K, Rhythm], bought: Mapping[K, Sequence[int]],
         rhythm = rhythms.get(key)
         start = 0
         for index in [*bought.get(key, ()), len(steps)]:
-            if rhythm is not None and start < index:  # the clock moves through [start, index) with this rhythm
-                due, interval = rhythm.due_at, rhythm.mean_interval
-                if (due is not None and interval is not None and rhythm.purchases >= min_purchases
-                        and rhythm.reminded_for != due):
-                    first = bisect.bisect_left(steps, due - lead, start, index)
-                    if first < index and steps[first] < due + interval / 2:
-                        rhythm = replace(rhythm, reminded_for=due)
-                        reminders.append((key, due, steps[first], rhythm))
+            due = rhythm.due_at if rhythm is not None else None
+            if rhythm is not None and due is not None and start < index:  # the clock through [start, index)
+                first = bisect.bisect_left(steps, due - lead, start, index)  # the first reading in its window
+                if first < index and run_out_due(rhythm, steps[first], lead=lead, min_purchases=min_purchases):
+                    rhythm = replace(rhythm, reminded_for=due)
+                    reminders.append((key, due, steps[first], rhythm))
             if index < len(steps):
                 rhythm = bought_again(rhythm, times[index])
                 start = index
