@@ -393,6 +393,23 @@ def is_same_offer(past: PastOffer, proposal: Proposal) -> bool:
     return past.campaign_id == proposal.campaign_id and past.products == proposal.products
 
 
+@dataclass(frozen=True)
+class StockSignal:
+    """What the notifier knows of a SKU's stock at a store at one event time: replenishment reported it
+    low (`low`), or goods arrived (`received`)."""
+
+    at: datetime
+    kind: Literal["low", "received"]
+
+
+def low_at(signals: Iterable[StockSignal], at: datetime) -> bool:
+    """Held as low at `at` in event time: the latest signal up to `at` is a low report. Goods received
+    at the very time of a report clear it. A report made after `at` does not hold back an offer made
+    at `at`, however early the notifier read it (a replay reads replenishment's topic ahead of the sales)."""
+    latest = max((s for s in signals if s.at <= at), key=lambda s: (s.at, s.kind == "received"), default=None)
+    return latest is not None and latest.kind == "low"
+
+
 def decide(proposal: Proposal, campaign: Campaign, member: MemberFacts, *, consent: bool,
            history: Sequence[PastOffer], low_stock: frozenset[str], policy: Policy) -> Decision:
     """Every guard, in order; the first that stops the offer names the reason. Passing all of them,

@@ -193,8 +193,10 @@ class NotifierHandlers:
                   or any(line.offer_code for line in e.payload.lines)]
         await store.record_purchases(conn, [purchase_row(sale) for sale in walked if sale.member_id is not None])
         if self._purchases_pruned_on != clock.date():  # once per event day a replica reaches
-            await store.forget_purchases(conn, clock - timedelta(days=self.settings.late_offer_memory_days),
-                                         timedelta(seconds=self.settings.late_offer_grace_seconds))
+            horizon = clock - timedelta(days=self.settings.late_offer_memory_days)
+            grace = timedelta(seconds=self.settings.late_offer_grace_seconds)
+            await store.forget_purchases(conn, horizon, grace)
+            await store.forget_stock_signals(conn, horizon, grace)
             self._purchases_pruned_on = clock.date()
         if walked:  # offers held before this batch; every sale may carry offer codes (forwarded ones too)
             await self._redeem(conn, walked)
@@ -535,13 +537,18 @@ class NotifierHandlers:
                 for e in events if e.payload.launched_at is not None])
 
     async def apply_low_stock(self, conn: AsyncConnection, events: list[Envelope[LowStock]]) -> None:
-        await store.save_low_stock(conn, [{"store_id": e.payload.store_id, "sku": e.payload.sku, "as_of": e.payload.as_of,
-                                           "days_of_cover": e.payload.days_of_cover} for e in events])
+        """Replenishment's low-stock reports: the SKU is held at that store from the report's event time
+        until goods arrive (`domain.low_at`)."""
+        await store.record_stock_signals(conn, [{"store_id": e.payload.store_id, "sku": e.payload.sku,
+                                                 "at": e.payload.as_of, "kind": "low",
+                                                 "days_of_cover": e.payload.days_of_cover} for e in events])
 
     async def apply_receipts(self, conn: AsyncConnection, events: list[Envelope[GoodsReceipt]]) -> None:
-        """Goods received at a store: the SKUs' low-stock holds there end (back in stock)."""
-        await store.clear_low_stock(conn, [(e.payload.store_id, line.sku, e.payload.received_at)
-                                           for e in events for line in e.payload.lines])
+        """Goods received at a store: from their event time on, the SKUs' low-stock holds there end."""
+        await store.record_stock_signals(conn, [{"store_id": e.payload.store_id, "sku": line.sku,
+                                                 "at": e.payload.received_at, "kind": "received",
+                                                 "days_of_cover": None}
+                                                for e in events for line in e.payload.lines])
 
     async def after_offers(self, issued: int) -> None:
         if issued:
@@ -587,16 +594,14 @@ class NotifierHandlers:
         for row in await store.history(conn, member_ids, earliest - timedelta(days=7)):
             history.setdefault(row["member_id"], []).append(domain.PastOffer(
                 row["campaign_id"], tuple(row["products"]), row["issued_at"], row["valid_to"], row["withheld"]))
-        stores = sorted({s for p in proposals for s in (p.store_id, members.get(p.member_id, {}).get("preferred_store"))
-                         if s})
-        low = await store.low_stock_at(conn, stores)
+        low = await self._held_low(conn, proposals, members)
         consents = await store.consents_of(conn, [m for m in member_ids if m not in erased])
         sent_now: Tally[str] = Tally()
         suppressed: Tally[tuple[str, str]] = Tally()
         outcomes: Tally[tuple[str, str]] = Tally()
         rows: list[dict[str, Any]] = []
         events: dict[str, Any] = {}
-        for proposal in proposals:
+        for proposal, held_low in zip(proposals, low, strict=True):
             campaign = campaigns.get(proposal.campaign_id)
             if campaign is None:
                 continue
@@ -606,11 +611,9 @@ class NotifierHandlers:
             facts = domain.MemberFacts(proposal.member_id, row.get("tier"), row.get("preferred_store"),
                                        frozenset(row.get("segments") or ()), proposal.member_id in erased)
             consent = consents.get(proposal.member_id, {}).get(campaign.definition.channel, False)
-            store_id = proposal.store_id or facts.preferred_store
             decision = domain.decide(proposal, campaign, facts, consent=consent,
                                      history=history.get(proposal.member_id, []),
-                                     low_stock=frozenset(low.get(store_id, set()) if store_id else set()),
-                                     policy=self.policy)
+                                     low_stock=held_low, policy=self.policy)
             outcomes[(proposal.trigger, decision.reason or decision.action)] += 1
             if decision.action == "suppress":
                 suppressed[(proposal.campaign_id, decision.reason or "unknown")] += 1
@@ -639,6 +642,21 @@ class NotifierHandlers:
         for (trigger, outcome), n in outcomes.items():
             OFFERS.labels(trigger, outcome).inc(n)  # counted per decision taken; a rolled-back batch recounts
         return len(new_ids)
+
+    async def _held_low(self, conn: AsyncConnection, proposals: list[domain.Proposal],
+                        members: dict[str, dict[str, Any]]) -> list[frozenset[str]]:
+        """Per proposal, in their order: its products held as low at its store (the sale's, else the
+        member's preferred one) at its event time (`domain.low_at`)."""
+        places = [p.store_id or (members.get(p.member_id) or {}).get("preferred_store") for p in proposals]
+        wanted: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+        for proposal, store_id in zip(proposals, places, strict=True):
+            for sku in proposal.products if store_id else ():
+                since, until = wanted.get((store_id, sku), (proposal.at, proposal.at))
+                wanted[(store_id, sku)] = (min(since, proposal.at), max(until, proposal.at))
+        signals = {key: [domain.StockSignal(r["at"], r["kind"]) for r in rows]
+                   for key, rows in (await store.stock_signals_for(conn, wanted)).items()}
+        return [frozenset(sku for sku in p.products if domain.low_at(signals.get((store_id, sku), ()), p.at))
+                if store_id else frozenset() for p, store_id in zip(proposals, places, strict=True)]
 
     @staticmethod
     def _offer(proposal: domain.Proposal, campaign: domain.Campaign, *, withheld: bool) -> OfferIssued:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, insert_from_recordset, recordset_rows
+from crm_shared.db import any_of, insert_from_recordset, recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
     BigInteger,
@@ -189,13 +189,14 @@ rhythms = Table(
     Index("ix_rhythms_due_at", "due_at"),
 )
 
-low_stock = Table(
-    "low_stock", metadata,
+stock_signals = Table(
+    "stock_signals", metadata,
     Column("store_id", String(64), primary_key=True),
     Column("sku", String(64), primary_key=True),
-    Column("as_of", DateTime(timezone=True), nullable=False),
-    Column("days_of_cover", Numeric, nullable=False),
-    Column("cleared_at", DateTime(timezone=True), doc="event time of the receipt that brought stock back"),
+    Column("at", DateTime(timezone=True), primary_key=True, doc="event time of the report or the receipt"),
+    Column("kind", String(8), primary_key=True, doc="low (replenishment's report) | received (goods arrived)"),
+    Column("days_of_cover", Numeric),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now(), doc="wall clock"),
 )
 
 
@@ -665,43 +666,49 @@ async def load_rules(conn: AsyncConnection) -> dict[str, list[dict[str, Any]]]:
     return {row.scope: list(row.rules) for row in await conn.execute(select(basket_rules))}
 
 
-async def save_low_stock(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Hold a SKU as low at a store until a goods receipt after the report clears it (an older report
-    arriving late neither replaces a newer one nor undoes a clearance that came after it)."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows:
-        key = (row["store_id"], row["sku"])
-        if key not in latest or latest[key]["as_of"] <= row["as_of"]:
-            latest[key] = row
-    if latest:
-        statement = insert(low_stock)
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[low_stock.c.store_id, low_stock.c.sku],
-            set_={"as_of": statement.excluded.as_of, "days_of_cover": statement.excluded.days_of_cover,
-                  "cleared_at": case((low_stock.c.cleared_at >= statement.excluded.as_of, low_stock.c.cleared_at),
-                                     else_=None)},
-            where=low_stock.c.as_of <= statement.excluded.as_of), [latest[k] for k in sorted(latest)])
+STOCK_SIGNAL_COLUMNS = ("store_id", "sku", "at", "kind", "days_of_cover")
+_RECORD_STOCK_SIGNALS_SQL = insert_from_recordset(stock_signals, STOCK_SIGNAL_COLUMNS)
 
 
-async def clear_low_stock(conn: AsyncConnection, received: Sequence[tuple[str, str, datetime]]) -> None:
-    """Goods received (store, sku, at): a low-stock report made before then no longer holds."""
-    for store_id, sku, at in sorted(set(received)):
-        await conn.execute(update(low_stock).where(low_stock.c.store_id == store_id, low_stock.c.sku == sku,
-                                                   low_stock.c.as_of <= at,
-                                                   low_stock.c.cleared_at.is_(None) | (low_stock.c.cleared_at < at))
-                           .values(cleared_at=at))
+async def record_stock_signals(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Low-stock reports and goods receipts per store and SKU, at their event time (a repeat is a no-op)."""
+    if rows:
+        await conn.execute(text(_RECORD_STOCK_SIGNALS_SQL), {"rows": recordset_rows(
+            sorted(rows, key=lambda r: (r["store_id"], r["sku"], r["at"], r["kind"])), STOCK_SIGNAL_COLUMNS)})
 
 
-async def low_stock_at(conn: AsyncConnection, stores: Sequence[str]) -> dict[str, set[str]]:
-    """SKUs held as low at each store (reported, and no goods received since)."""
-    if not stores:
+_STOCK_SIGNALS_SQL = f"""
+SELECT s.store_id, s.sku, s.at, s.kind
+FROM {recordset("wanted", {"store_id": "text", "sku": "text", "since": "timestamptz", "until": "timestamptz"})}
+JOIN stock_signals s ON s.store_id = wanted.store_id AND s.sku = wanted.sku AND s.at <= wanted.until
+ AND s.at >= coalesce((SELECT max(p.at) FROM stock_signals p WHERE p.store_id = wanted.store_id
+                        AND p.sku = wanted.sku AND p.at <= wanted.since), '-infinity')
+"""
+
+
+async def stock_signals_for(conn: AsyncConnection, wanted: dict[tuple[str, str], tuple[datetime, datetime]]
+                            ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """For each (store, sku) and event-time span (since, until): the signals that decide whether it was
+    held low at any time of the span (the latest one up to `since`, and every one after it up to `until`)."""
+    if not wanted:
         return {}
-    rows = await conn.execute(select(low_stock.c.store_id, low_stock.c.sku)
-                              .where(any_of(low_stock.c.store_id, list(stores)), low_stock.c.cleared_at.is_(None)))
-    out: dict[str, set[str]] = {}
+    rows = await conn.execute(text(_STOCK_SIGNALS_SQL), {"wanted": recordset_rows(
+        [{"store_id": k[0], "sku": k[1], "since": v[0], "until": v[1]} for k, v in sorted(wanted.items())],
+        ("store_id", "sku", "since", "until"))})
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        out.setdefault(row.store_id, set()).add(row.sku)
+        out.setdefault((row.store_id, row.sku), []).append(dict(row._mapping))
     return out
+
+
+async def forget_stock_signals(conn: AsyncConnection, before: datetime, grace: timedelta) -> None:
+    """Signals older than `before` (event time) and recorded more than `grace` ago that a later signal,
+    itself before `before`, supersedes: what was held at any time since `before` stays decidable."""
+    later = stock_signals.alias("later")
+    await conn.execute(stock_signals.delete().where(
+        stock_signals.c.at < before, stock_signals.c.recorded_at < func.now() - grace,
+        select(later.c.at).where(later.c.store_id == stock_signals.c.store_id, later.c.sku == stock_signals.c.sku,
+                                 later.c.at > stock_signals.c.at, later.c.at < before).exists()))
 
 
 # --- purchase rhythms (run-out reminders) -------------------------------------------------------

@@ -183,6 +183,23 @@ def test_products_low_on_stock_are_not_promoted() -> None:
     assert decide(low_stock=frozenset({"wine"})).action == "send"
 
 
+def test_a_sku_is_held_low_from_its_report_to_the_next_receipt_in_event_time() -> None:
+    low, received = domain.StockSignal(NOON, "low"), domain.StockSignal(NOON + timedelta(days=2), "received")
+    signals = [received, low]  # in any order: the notifier reads the two topics at their own pace
+    assert not domain.low_at([], NOON)
+    assert not domain.low_at(signals, NOON - timedelta(seconds=1))  # a report from later holds nothing back
+    assert domain.low_at(signals, NOON)
+    assert domain.low_at(signals, NOON + timedelta(days=2) - timedelta(seconds=1))
+    assert not domain.low_at(signals, NOON + timedelta(days=2))  # goods in: back on offer
+    again = [*signals, domain.StockSignal(NOON + timedelta(days=5), "low")]
+    assert not domain.low_at(again, NOON + timedelta(days=4))
+    assert domain.low_at(again, NOON + timedelta(days=6))
+    # a receipt at the very time of a report clears it, whichever was recorded first
+    assert not domain.low_at([domain.StockSignal(NOON, "received"), low], NOON + timedelta(hours=1))
+    # a later report in the same episode, before any receipt, keeps it held
+    assert domain.low_at([low, domain.StockSignal(NOON + timedelta(hours=1), "low")], NOON + timedelta(hours=2))
+
+
 def test_campaign_status_schedule_budget_and_targeting() -> None:
     assert decide(camp=campaign(status="stopped")).reason == "not_running"
     assert decide(camp=campaign(starts_at=NOON + timedelta(hours=1))).reason == "outside_schedule"
