@@ -10,6 +10,7 @@ from crm_shared.consumer import applied_events_table
 from crm_shared.db import any_of, insert_from_recordset, recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
+    CHAR,
     BigInteger,
     Boolean,
     Column,
@@ -68,6 +69,8 @@ offers = Table(
     Column("learned", Boolean, nullable=False, server_default="false", doc="its outcome was fed to the chooser"),
     Index("ix_offers_member_valid", "member_id", "valid_to"),
     Index("ix_offers_campaign", "campaign_id"),
+    Index("ix_offers_redeemed_by", "redeemed_by", postgresql_where=text("redeemed_by IS NOT NULL")),
+    Index("ix_offers_to_learn", "valid_to", postgresql_where=text("features IS NOT NULL AND NOT learned")),
 )
 
 suppressions = Table(
@@ -90,6 +93,8 @@ members = Table(
     Column("segments_as_of", DateTime(timezone=True)),
     Column("categories", ARRAY(Text), nullable=False, server_default="{}", doc="top categories from the profile"),
     Column("brands", ARRAY(Text), nullable=False, server_default="{}", doc="top brands from the profile"),
+    Index("ix_members_categories", "categories", postgresql_using="gin"),
+    Index("ix_members_brands", "brands", postgresql_using="gin"),
 )
 
 contacts = Table(
@@ -98,8 +103,9 @@ contacts = Table(
     Column("enrolled", Boolean, nullable=False),
     Column("consents", JSONB, nullable=False, doc="channel -> granted, from member.consents.v1"),
     Column("home_store", String(64)),
-    Column("birthday", String(5), doc="MM-DD"),
+    Column("birthday", CHAR(5), doc="MM-DD"),
     Column("as_of", DateTime(timezone=True), nullable=False),
+    Index("ix_contacts_birthday", "birthday", postgresql_where=text("enrolled")),
 )
 
 products = Table(
@@ -121,6 +127,7 @@ scheduled = Table(
     Column("due_at", DateTime(timezone=True), nullable=False),
     Column("detail", Text, nullable=False),
     Column("fired_at", DateTime(timezone=True)),
+    Index("ix_scheduled_due", "due_at", postgresql_where=text("fired_at IS NULL")),
 )
 
 clocks = Table(
@@ -139,6 +146,7 @@ webhook_deliveries = Table(
     Column("last_error", Text),
     Column("delivered_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_webhook_pending", "next_attempt_at", postgresql_where=text("status = 'pending'")),
 )
 
 model_state = Table(
