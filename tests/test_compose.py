@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -434,6 +435,37 @@ def check_dockerfile_pinned(text: str) -> list[str]:
     return problems
 
 
+GENERIC_ENV = ("PATH", "PYTHON", "PIP_", "CRM_")
+
+
+def env_keys(args: str) -> list[str]:
+    """The variable names an `ENV K=V K2=V2` (or legacy `ENV K V`) sets."""
+    words = shlex.split(args)
+    if words and "=" not in words[0]:
+        return [words[0]]
+    return [w.split("=", 1)[0] for w in words]
+
+
+def check_dockerfile_is_its_own(folder: str, text: str) -> list[str]:
+    """A Dockerfile copied from another service and half edited: the settings it sets are the service's
+    own (`<PREFIX>_...`), it copies only its own folder, runs its own module and checks its own port."""
+    prefix, module = folder.upper().replace("-", "_") + "_", folder.replace("-", "_")
+    instructions = dockerfile_instructions(text)
+    problems = [f"sets {key}, not one of {prefix}* (copied from another service?)"
+                for instr, args in instructions if instr == "ENV" for key in env_keys(args)
+                if not key.startswith((prefix, *GENERIC_ENV))]
+    problems += [f"copies {src}, another service's folder" for instr, args in instructions if instr in ("COPY", "ADD")
+                 for src in copy_sources(args) if src.startswith("services/") and not src.startswith(f"services/{folder}/")]
+    commands = [args for instr, args in instructions if instr == "CMD"]
+    if not commands or f'"{module}"' not in commands[-1]:
+        problems.append(f"CMD does not run python -m {module}")
+    exposed = [args.split("/")[0] for instr, args in instructions if instr == "EXPOSE"]
+    checks = [args for instr, args in instructions if instr == "HEALTHCHECK"]
+    if len(exposed) != 1 or not checks or f":{exposed[0]}/" not in checks[-1]:
+        problems.append(f"the HEALTHCHECK does not probe the exposed port {exposed}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------
 # The tests
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +558,29 @@ def test_dockerfiles_pin_installs_with_constraints():
     problems = [f"{d.relative_to(REPO)}: {p}"
                 for d in dockerfiles for p in check_dockerfile_pinned(d.read_text(encoding="utf-8"))]
     assert problems == []
+
+
+def test_each_dockerfile_is_its_own_service_s():
+    problems = [f"services/{f.name}/Dockerfile: {p}" for f in service_folders()
+                for p in check_dockerfile_is_its_own(f.name, (f / "Dockerfile").read_text(encoding="utf-8"))]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace("NOTIFIER_MIGRATIONS_DIR", "SEGMENTER_MIGRATIONS_DIR"),
+        lambda t: t.replace("COPY services/notifier/migrations/", "COPY services/segmenter/migrations/"),
+        lambda t: t.replace('CMD ["python", "-m", "notifier"]', 'CMD ["python", "-m", "segmenter"]'),
+        lambda t: t.replace("EXPOSE 8005", "EXPOSE 8003"),
+    ],
+    ids=["other-settings", "other-folder", "other-module", "other-port"],
+)
+def test_dockerfile_check_catches_a_copied_dockerfile(edit):
+    text = (SERVICES_DIR / "notifier" / "Dockerfile").read_text(encoding="utf-8")
+    broken = edit(text)
+    assert broken != text, "the edit did not apply: update this self-test"
+    assert check_dockerfile_is_its_own("notifier", broken)
 
 
 # ---------------------------------------------------------------------------------------------
