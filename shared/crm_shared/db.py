@@ -79,7 +79,8 @@ def column_types(table: Any, columns: Iterable[str]) -> dict[str, str]:
 
 def insert_from_recordset(table: Any, columns: Sequence[str], *, tail: str = "ON CONFLICT DO NOTHING") -> str:
     """`INSERT INTO table (columns) SELECT ... FROM jsonb_to_recordset(:rows) ... <tail>` (say, with
-    `RETURNING id`): any number of rows in ONE statement whose text never changes with their number.
+    `RETURNING id`): any number of rows in ONE statement whose text never changes with their number,
+    inserted in the order given.
     Pass the rows with `recordset_rows(rows, columns)`; columns left out take their defaults.
 
     Why not `conn.execute(insert(t).returning(...), rows)`: SQLAlchemy runs that as "insertmanyvalues",
@@ -90,8 +91,12 @@ def insert_from_recordset(table: Any, columns: Sequence[str], *, tail: str = "ON
     PostgreSQL's memory growing ~10 KB per steady sale."""
     types = column_types(table, columns)
     quoted = {f'"{c}"': sql_type for c, sql_type in types.items()}
+    # In the order given: a serial column numbers the rows in it (say, the order a topic gave), which a
+    # plain SELECT from a set-returning function does not promise; WITH ORDINALITY and ORDER BY do.
+    typed = ", ".join(f"{c} {t}" for c, t in quoted.items())
     return (f'INSERT INTO {table.name} ({", ".join(quoted)}) SELECT {", ".join(f"rows.{c}" for c in quoted)} '
-            f"FROM {recordset('rows', quoted)} {tail}")
+            f"FROM ROWS FROM (jsonb_to_recordset(CAST(CAST(:rows AS text) AS jsonb)) AS ({typed})) "
+            f"WITH ORDINALITY AS rows({', '.join(quoted)}, row_number) ORDER BY rows.row_number {tail}")
 
 
 def recordset_rows(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:

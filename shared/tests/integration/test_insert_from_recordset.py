@@ -1,6 +1,7 @@
 """`crm_shared.db.insert_from_recordset` on the real PostgreSQL: the values come back exactly, only
-new rows are returned, and however many rows a call carries, the connection keeps ONE prepared
-statement for it (SQLAlchemy's executemany of an INSERT ... RETURNING keeps one per row count)."""
+new rows are returned, rows go in in the order given (a serial column numbers them so), and however
+many rows a call carries, the connection keeps ONE prepared statement for it (SQLAlchemy's
+executemany of an INSERT ... RETURNING keeps one per row count)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from crm_shared.db import ensure_schema, insert_from_recordset, make_engine, rec
 from crm_shared.testing import StackEndpoints
 from sqlalchemy import (
     ARRAY,
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -47,6 +49,12 @@ offers = Table(
     Column("features", JSONB(none_as_null=True)),
     Column("learned", Boolean, nullable=False, server_default="false"),
 )
+arrivals = Table(
+    "arrivals", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False),
+)
+ARRIVAL_INSERT = insert_from_recordset(arrivals, ("name",), tail="")
 COLUMNS = ("offer_id", "trigger", "text", "products", "cycle", "issued_at", "unit_cost", "forecast", "features")
 INSERT = insert_from_recordset(offers, COLUMNS, tail="ON CONFLICT DO NOTHING RETURNING offer_id")
 
@@ -59,7 +67,10 @@ def row(i: int) -> dict[str, Any]:
             "features": {"lift": 2.5, "tier": "gold"} if i % 2 else None}
 
 
-async def scenario(database_url: str) -> tuple[list[set[uuid.UUID]], list[dict[str, Any]], int, int, int]:
+ARRIVALS = [f"{(i * 7919) % 5000:04d}" for i in range(5000)]  # an order no sort or hash of them gives
+
+
+async def scenario(database_url: str) -> tuple[list[set[uuid.UUID]], list[dict[str, Any]], int, int, int, list[str]]:
     engine = make_engine(database_url, schema=SCHEMA, pool_size=1, max_overflow=0)
     try:
         await ensure_schema(engine, SCHEMA)
@@ -80,14 +91,17 @@ async def scenario(database_url: str) -> tuple[list[set[uuid.UUID]], list[dict[s
                 await conn.execute(insert(offers).on_conflict_do_nothing().returning(offers.c.offer_id), batch)
             executemany = await conn.scalar(text("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE "
                                                  "'INSERT INTO offers%VALUES%RETURNING%'"))
-        return returned, stored, sql_nulls, int(ours or 0), int(executemany or 0)
+            await conn.execute(text(ARRIVAL_INSERT), {"rows": recordset_rows([{"name": n} for n in ARRIVALS], ("name",))})
+            numbered = list(await conn.scalars(select(arrivals.c.name).order_by(arrivals.c.seq)))
+        return returned, stored, sql_nulls, int(ours or 0), int(executemany or 0), numbered
     finally:
         await engine.dispose()
 
 
-def test_rows_round_trip_new_ones_are_returned_and_one_statement_serves_every_row_count(
+def test_rows_round_trip_in_order_new_ones_are_returned_and_one_statement_serves_every_row_count(
         crm_stack: StackEndpoints) -> None:
-    returned, stored, sql_nulls, ours, executemany = asyncio.run(scenario(crm_stack.database_url))
+    returned, stored, sql_nulls, ours, executemany, numbered = asyncio.run(scenario(crm_stack.database_url))
+    assert numbered == ARRIVALS, "rows were not numbered in the order given"
     assert returned == [{uuid.UUID(int=1)}, {uuid.UUID(int=i) for i in range(2, 8)},
                         {uuid.UUID(int=i) for i in range(8, 305)}]  # a row already there is not returned
     assert [{k: r[k] for k in COLUMNS} for r in stored] == [row(i) for i in range(1, 305)]
