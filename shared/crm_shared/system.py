@@ -93,7 +93,10 @@ def _canonical(value: Any) -> Any:
 # - wall-clock timers: the segmenter trims stored baskets out of its 90-day window every 10 s of wall
 #   time, so which baskets at the window's edge are still stored depends on when it last ran;
 # - offers of products (cross-sell, run-out, after-sale care) are held back while the product is low
-#   at the store, as far as the notifier has read replenishment's inventory.low-stock.v1 by then;
+#   at the store: judged at the offer's event time, but only from the reports on
+#   inventory.low-stock.v1 that replenishment has published and the notifier read by then (a
+#   replenishment behind the notifier, killed or slow, has not); run-out's store is the member's
+#   preferred one, as far as the notifier has read member.profiles.v1;
 #   cross-sell also races basket rules mined and published every 10 s of wall time; new arrivals go
 #   to the members whose habits the notifier holds when the launch comes (as far as it has read
 #   member.profiles.v1). Run-out and after-sale care are dated by the clock reading that reached them
