@@ -321,11 +321,15 @@ def walk_rhythms(rhythms: Mapping[K, Rhythm], bought: Mapping[K, Sequence[int]],
     return out, reminders
 
 
-def clock_steps(times: Iterable[datetime]) -> list[datetime]:
-    """The event-time clock after each event of a batch, in topic order: the latest time so far."""
+def clock_steps(times: Iterable[datetime], start: datetime | None = None) -> list[datetime]:
+    """The event-time clock after each event of a batch, in topic order: the latest time so far,
+    counting from where earlier batches left it (`start`), so that an event later than a follow-up's
+    delay reads the same clock whether it opens a batch or sits in the middle of one."""
     steps: list[datetime] = []
+    latest = start
     for at in times:
-        steps.append(at if not steps or at > steps[-1] else steps[-1])
+        latest = at if latest is None or at > latest else latest
+        steps.append(latest)
     return steps
 
 

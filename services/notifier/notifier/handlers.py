@@ -72,6 +72,7 @@ SCHEDULED_TRIGGERS = ("after_sale", "new_arrival")
 
 
 CHOOSER_STATE = "offer-chooser"
+SALES_CLOCK = "sales"  # the latest sale's event time applied, by any replica
 
 
 def default_campaign_id(trigger: str) -> str:
@@ -163,20 +164,25 @@ class NotifierHandlers:
         it (an offer made by one sale is redeemed by a later sale of the same batch)."""
         if not events:
             return 0
-        # The clock after each event in topic order: a follow-up, a birthday or a run-out reminder is
-        # made at the reading that reached it, as if the batch had been read one event at a time.
-        steps = domain.clock_steps(e.payload.occurred_at for e in events)
+        # The clock after each event in topic order, from where earlier batches left it: a follow-up, a
+        # birthday or a run-out reminder is made at the reading that reached it, as if the sales had
+        # been read one event at a time.
+        steps = domain.clock_steps((e.payload.occurred_at for e in events), await store.clock(conn, SALES_CLOCK))
         clock = steps[-1]
         ordered = sorted(events, key=lambda e: e.payload.occurred_at)
         sales = [e for e in ordered if e.payload.member_id is not None and e.payload.kind == "sale"]
         returns = [e for e in ordered if e.payload.member_id is not None and e.payload.kind == "return"]
         campaigns = await self._running_all(conn)
+        scheduled_at: dict[str, datetime] = {}
         if "after_sale" in self.enabled and campaigns.get("after_sale") and sales:
-            # scheduled before the due ones are read: care due within this batch is made in it
-            await self._schedule_after_sale(conn, sales, campaigns["after_sale"])
+            # scheduled before the due ones are read: care due within this batch is made in it, at the
+            # earliest at the reading of the sale that scheduled it (a sale read days late is cared for
+            # when it is read, not at a reading before it)
+            readings = {e.event_id: step for e, step in zip(events, steps, strict=True)}
+            scheduled_at = await self._schedule_after_sale(conn, sales, campaigns["after_sale"], readings)
         proposals: list[domain.Proposal] = []
         # follow-ups first: they may name members outside this batch, and every member is locked at once
-        proposals += await self._due_follow_ups(conn, steps, campaigns)
+        proposals += await self._due_follow_ups(conn, steps, campaigns, scheduled_at)
         proposals += await self._birthdays(conn, steps, campaigns.get("birthday", []))
         run_out = "run_out" in self.enabled and bool(campaigns.get("run_out"))
         lead = timedelta(days=self.settings.run_out_lead_days)
@@ -211,6 +217,7 @@ class NotifierHandlers:
             await self._learn_expired(conn, clock)
         if self._chooser_learned:  # the model moves with the outcomes, in the same transaction
             await store.save_model(conn, CHOOSER_STATE, self.chooser.dumps())
+        await store.advance_clock(conn, SALES_CLOCK, clock)  # last: its row lock is held until the commit
         return issued
 
     async def _cross_sell(self, conn: AsyncConnection, sales: list[Envelope[Sale]],
@@ -298,10 +305,13 @@ class NotifierHandlers:
         return proposals
 
     async def _schedule_after_sale(self, conn: AsyncConnection, sales: list[Envelope[Sale]],
-                                   campaigns: list[domain.Campaign]) -> None:
-        """A purchase in a followed-up category schedules care `delay_days` later in event time."""
+                                   campaigns: list[domain.Campaign],
+                                   readings: dict[uuid.UUID, datetime]) -> dict[str, datetime]:
+        """A purchase in a followed-up category schedules care `delay_days` later in event time.
+        Returns, per follow-up, the clock reading at the sale that scheduled it."""
         catalog = await store.categories_of(conn, [line.sku for e in sales for line in e.payload.lines])
         rows = []
+        scheduled_at: dict[str, datetime] = {}
         for event in sales:
             for line in event.payload.lines:
                 category = (catalog.get(line.sku) or {}).get("category")
@@ -314,12 +324,15 @@ class NotifierHandlers:
                                      "due_at": event.payload.occurred_at + timedelta(days=campaign.definition.delay_days),
                                      "detail": f"bought {line.sku} ({category}) on "
                                                f"{event.payload.occurred_at.date().isoformat()}"[:500]})
+                        scheduled_at[rows[-1]["source_id"]] = readings[event.event_id]
         await store.schedule(conn, rows)
+        return scheduled_at
 
     async def _due_follow_ups(self, conn: AsyncConnection, steps: list[datetime],
-                              campaigns: dict[str, list[domain.Campaign]]) -> list[domain.Proposal]:
+                              campaigns: dict[str, list[domain.Campaign]],
+                              scheduled_at: dict[str, datetime]) -> list[domain.Proposal]:
         """After-sale care and new arrivals whose event time has come, each made at the clock reading
-        that reached it."""
+        that reached it (and not before the reading that scheduled it, in this batch)."""
         clock = steps[-1]
         due = await store.due_scheduled(conn, clock)
         if not due:
@@ -329,7 +342,7 @@ class NotifierHandlers:
         catalog = await store.categories_of(conn, [row["sku"] for row in launches])
         for row in due:
             identity = identity_uuid(row["source_id"])
-            reached = domain.first_reaching(steps, row["due_at"])
+            reached = domain.first_reaching(steps, max(row["due_at"], scheduled_at.get(row["source_id"], row["due_at"])))
             if row["trigger"] == "after_sale":
                 for campaign in campaigns.get("after_sale", []):
                     if campaign.campaign_id == row["campaign_id"]:

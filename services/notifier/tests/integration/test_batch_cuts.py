@@ -4,8 +4,10 @@ The same real sales, on one partition, read by two notifier processes: one fetch
 time, one 1,000. Birthdays (every member has one in December), after-sale care (the five commonest
 categories, two days later) and run-out reminders (a product bought twice sets a rhythm) are dated
 at the clock reading that reached them, not at the end of whatever batch held it; redemptions are
-walked in topic order. Both must hold the same offers (ids, texts, windows, control sides,
-redemptions) and count the same suppressions: what a notifier killed and restarted mid-replay relies on.
+walked in topic order. Some sales arrive days late (later than the care's delay), so a batch may
+hold only late sales: the clock goes on from where the earlier batches left it. Both must hold the same
+offers (ids, texts, windows, control sides, redemptions) and count the same suppressions: what a
+notifier killed and restarted mid-replay relies on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import uuid
 import zlib
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +90,19 @@ def run(crm_stack: StackEndpoints, tmp: Path, sales: list[Sale], batch: int) -> 
     return schema, service
 
 
+def with_late_sales(sales: list[Sale]) -> list[Sale]:
+    """Every 40th of the first half moved to the end, in a run of its own: read days after its time."""
+    late = [sale for i, sale in enumerate(sales) if i % 40 == 0 and i < len(sales) // 2]
+    return [sale for i, sale in enumerate(sales) if not (i % 40 == 0 and i < len(sales) // 2)] + late
+
+
 def snapshot(crm_stack: StackEndpoints, schema: str) -> Snapshot:
     return asyncio.run(read_snapshot(crm_stack.database_url, {"notifier": schema}))
 
 
 def test_batches_of_3_and_of_1000_make_the_same_offers(crm_stack: StackEndpoints, tmp_path: Path) -> None:
-    sales = load_sales(SLICE)[0][:SALES]
+    sales = with_late_sales(load_sales(SLICE)[0][:SALES])
+    assert sales[-1].occurred_at < max(s.occurred_at for s in sales) - timedelta(days=2), "no sale is late"
     big_schema, big = run(crm_stack, tmp_path, sales, 1_000)
     small_schema, small = run(crm_stack, tmp_path, sales, 3)
     try:

@@ -416,6 +416,12 @@ def test_the_clock_steps_and_the_reading_that_first_reached_a_time() -> None:
     assert domain.first_reaching(steps, NOON + timedelta(hours=2)) == NOON + timedelta(hours=3)
     assert domain.first_reaching(steps, NOON - timedelta(days=1)) == NOON, "already due: the batch's first reading"
     assert domain.first_reaching(steps, NOON + timedelta(hours=5)) == NOON + timedelta(hours=5)
+    # cut anywhere, the second part counting from where the first left the clock: the same readings
+    for cut in range(len(times) + 1):
+        first = domain.clock_steps(times[:cut])
+        assert first + domain.clock_steps(times[cut:], first[-1] if first else None) == steps, f"cut at {cut}"
+    # a batch of late events only reads the clock earlier batches reached, not their own times
+    assert domain.clock_steps([NOON], NOON + timedelta(days=3)) == [NOON + timedelta(days=3)]
 
 
 def test_days_entered_reading_by_reading_are_the_same_however_the_readings_are_batched() -> None:
