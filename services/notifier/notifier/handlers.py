@@ -99,10 +99,11 @@ def rules_of(documents: list[dict[str, Any]]) -> list[domain.Rule]:
 
 
 def purchase_row(sale: Sale) -> dict[str, Any]:
-    """A member's sale or return as `member_purchases` keeps it."""
+    """A member's sale or return, or a sale scanning offer codes, as `member_purchases` keeps it."""
     return {"member_id": sale.member_id, "sale_id": sale.sale_id, "at": sale.occurred_at, "kind": sale.kind,
             "original_sale_id": sale.original_sale_id, "total": sale.total,
-            "lines": [[line.sku, str(line.net), line.offer_code] for line in sale.lines]}
+            "lines": [[line.sku, str(line.net), line.offer_code] for line in sale.lines],
+            "codes": sorted({line.offer_code for line in sale.lines if line.offer_code})}
 
 
 def purchase_of(sale: Sale) -> domain.Purchase:
@@ -197,7 +198,7 @@ class NotifierHandlers:
         # offer of this batch is decided, which then meets the batch's later sales (`_redeem_late`).
         walked = [e.payload for e in events if e.payload.member_id is not None
                   or any(line.offer_code for line in e.payload.lines)]
-        await store.record_purchases(conn, [purchase_row(sale) for sale in walked if sale.member_id is not None])
+        await store.record_purchases(conn, [purchase_row(sale) for sale in walked])
         if self._purchases_pruned_on != clock.date():  # once per event day a replica reaches
             horizon = clock - timedelta(days=self.settings.late_offer_memory_days)
             grace = timedelta(seconds=self.settings.late_offer_grace_seconds)
@@ -406,10 +407,10 @@ class NotifierHandlers:
 
     async def _redeem_late(self, conn: AsyncConnection, offers: list[dict[str, Any]]) -> None:
         """Offers just decided meet the sales of their window the notifier applied before them (a tier
-        or segment event read after its member's later sales): the same sale redeems them as would have
-        if the offer had been there first."""
+        or segment event read after its member's later sales, or after a sale that scanned its code):
+        the same sale redeems them as would have if the offer had been there first."""
         stored = await store.purchases_since(conn, sorted({o["member_id"] for o in offers}),
-                                             min(o["issued_at"] for o in offers))
+                                             [o["offer_id"] for o in offers], min(o["issued_at"] for o in offers))
         if stored:
             changed = domain.walk_redemptions([offer_state(o) for o in offers], [purchase_of_row(p) for p in stored])
             await self._save_redemptions(conn, changed, {o["offer_id"]: o for o in offers})

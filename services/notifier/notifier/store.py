@@ -172,7 +172,7 @@ basket_rules = Table(
 member_purchases = Table(
     "member_purchases", metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=True, doc="the order the sales topic gave"),
-    Column("member_id", String(64), nullable=False),
+    Column("member_id", String(64), doc="null: an anonymous sale kept for the offer codes it scanned"),
     Column("sale_id", String(64), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("kind", String(8), nullable=False),
@@ -180,8 +180,10 @@ member_purchases = Table(
     Column("lines", JSONB, nullable=False, doc="[[sku, net, offer code or null], ...]"),
     Column("total", Numeric, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now(), doc="wall clock"),
+    Column("codes", ARRAY(Text), nullable=False, server_default="{}", doc="offer codes its lines scanned"),
     Index("ix_member_purchases_member", "member_id", "seq"),
     Index("ix_member_purchases_at", "at"),
+    Index("ix_member_purchases_codes", "codes", postgresql_using="gin", postgresql_where=text("codes <> '{}'")),
 )
 
 rhythms = Table(
@@ -522,23 +524,27 @@ async def offers_redeemed_by(conn: AsyncConnection, member_ids: Sequence[str],
     return [dict(row._mapping) for row in rows]
 
 
-PURCHASE_COLUMNS = ("member_id", "sale_id", "at", "kind", "original_sale_id", "lines", "total")
+PURCHASE_COLUMNS = ("member_id", "sale_id", "at", "kind", "original_sale_id", "lines", "total", "codes")
 _RECORD_PURCHASES_SQL = insert_from_recordset(member_purchases, PURCHASE_COLUMNS, tail="")
 
 
 async def record_purchases(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Members' sales and returns in topic order (`seq`), for offers decided after them (`purchases_since`)."""
+    """Members' sales and returns, and any sale scanning an offer code, in topic order (`seq`), for offers
+    decided after them (`purchases_since`)."""
     if rows:
         await conn.execute(text(_RECORD_PURCHASES_SQL), {"rows": recordset_rows(rows, PURCHASE_COLUMNS)})
 
 
-async def purchases_since(conn: AsyncConnection, member_ids: Sequence[str], after: datetime) -> list[dict[str, Any]]:
-    """These members' sales and returns later than `after` in event time, in the order they were applied."""
-    if not member_ids:
+async def purchases_since(conn: AsyncConnection, member_ids: Sequence[str], codes: Sequence[str],
+                          after: datetime) -> list[dict[str, Any]]:
+    """These members' sales and returns, and any sale scanning one of `codes`, later than `after` in
+    event time, in the order they were applied."""
+    if not member_ids and not codes:
         return []
-    rows = await conn.execute(select(member_purchases).where(any_of(member_purchases.c.member_id, sorted(set(member_ids))),
-                                                             member_purchases.c.at > after)
-                              .order_by(member_purchases.c.seq))
+    scanned = member_purchases.c.codes.overlap(cast(sorted(set(codes)), ARRAY(Text)))
+    rows = await conn.execute(select(member_purchases).where(
+        any_of(member_purchases.c.member_id, sorted(set(member_ids))) | scanned, member_purchases.c.at > after)
+        .order_by(member_purchases.c.seq))
     return [dict(row._mapping) for row in rows]
 
 

@@ -46,7 +46,7 @@ from crm_shared.topics import (
     MEMBER_TIER_CHANGED,
     POS_SALES,
 )
-from notifier.domain import in_control_group
+from notifier.domain import Proposal, in_control_group
 
 pytestmark = pytest.mark.integration
 
@@ -342,6 +342,31 @@ def test_a_tier_thanks_read_after_the_members_later_sales_is_redeemed_by_the_fir
     answer = httpx.get(f"{stack.notifier.url}/v1/members/{climber}/offers", headers=MARKETING, timeout=10).json()
     held = next(o for o in answer["offers"] if o["offer_id"] == thanks["payload"]["offer_id"])
     assert (held["redeemed_by"], Decimal(held["redeemed_revenue"])) == (first.sale_id, Decimal("4.00")), held
+
+
+def test_a_code_scanned_before_its_offer_was_decided_redeems_it_when_the_offer_comes(stack: Stack) -> None:
+    """A forwarded code scanned at an anonymous till, read before the tier event that makes its offer
+    (offer ids are derived from the trigger, so a replay's recorded codes name offers to come): the
+    till sale redeems the offer, by its code, once the offer is decided."""
+    climber = treated("lc", "auto-tier-upgrade")
+    stack.enrol(climber, "email")
+    at = datetime(2026, 7, 10, 12, 0, tzinfo=UTC)  # after the tier thanks above, before the run-out days below
+    upgrade = member_event(TierChanged(member_id=climber, old_tier="member", new_tier="silver",
+                                       rolling_spend=Decimal("600"), effective_at=at),
+                           event_type="TierChanged", member_id=climber, occurred_at=at, source="member-profile",
+                           identity=f"tier/{climber}")
+    code = Proposal("auto-tier-upgrade", climber, "tier_upgrade", (), None, at, "", str(upgrade.event_id)).offer_id
+    till = Sale(sale_id=f"fwd-{climber}", store_id="s1", terminal_id="t1", member_id=None,
+                occurred_at=at + timedelta(days=1), currency="EUR",
+                lines=[SaleLine(sku="wine", quantity=1, unit_price=Decimal("6.00"), offer_code=code),
+                       SaleLine(sku="bread", quantity=1, unit_price=Decimal("1.00"))])
+    stack.ring(till)
+    stack.publish(MEMBER_TIER_CHANGED.name, [upgrade])
+    [thanks] = stack.offers(climber, expected=1, campaign="auto-tier-upgrade")
+    assert thanks["payload"]["offer_id"] == code
+    answer = httpx.get(f"{stack.notifier.url}/v1/members/{climber}/offers", headers=MARKETING, timeout=10).json()
+    held = next(o for o in answer["offers"] if o["offer_id"] == code)
+    assert (held["redeemed_by"], Decimal(held["redeemed_revenue"])) == (till.sale_id, Decimal("6.00")), held
 
 
 def test_erased_members_are_never_contacted(stack: Stack) -> None:
