@@ -59,14 +59,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def recordset(name: str, columns: Mapping[str, str]) -> str:
+def recordset(name: str, columns: Mapping[str, str], *, numbered: bool = False) -> str:
     """`jsonb_to_recordset(...) AS name(column type, ...)`: many rows as ONE parameter `:name`, for a
     set-based statement (`INSERT ... SELECT`, `UPDATE ... FROM`) in place of an executemany. Measured
     on replenishment's stock (2,000 rows of 24 columns): the executemany's per-row parameter
     processing in SQLAlchemy and per-row execution in PostgreSQL cost many times this one statement.
+    `numbered`: each row also carries `name.row_number`, its place in the list (a SELECT from a
+    set-returning function does not promise the list's order; `ORDER BY name.row_number` does).
     Pass the rows with `recordset_rows`."""
-    return f"jsonb_to_recordset(CAST(CAST(:{name} AS text) AS jsonb)) AS {name}(" + ", ".join(
-        f"{column} {sql_type}" for column, sql_type in columns.items()) + ")"
+    rows = f"jsonb_to_recordset(CAST(CAST(:{name} AS text) AS jsonb))"
+    typed = ", ".join(f"{column} {sql_type}" for column, sql_type in columns.items())
+    if numbered:
+        return f"ROWS FROM ({rows} AS ({typed})) WITH ORDINALITY AS {name}({', '.join(columns)}, row_number)"
+    return f"{rows} AS {name}({typed})"
 
 
 def column_types(table: Any, columns: Iterable[str]) -> dict[str, str]:
@@ -91,12 +96,9 @@ def insert_from_recordset(table: Any, columns: Sequence[str], *, tail: str = "ON
     PostgreSQL's memory growing ~10 KB per steady sale."""
     types = column_types(table, columns)
     quoted = {f'"{c}"': sql_type for c, sql_type in types.items()}
-    # In the order given: a serial column numbers the rows in it (say, the order a topic gave), which a
-    # plain SELECT from a set-returning function does not promise; WITH ORDINALITY and ORDER BY do.
-    typed = ", ".join(f"{c} {t}" for c, t in quoted.items())
+    # In the order given: a serial column numbers the rows in it (say, the order a topic gave).
     return (f'INSERT INTO {table.name} ({", ".join(quoted)}) SELECT {", ".join(f"rows.{c}" for c in quoted)} '
-            f"FROM ROWS FROM (jsonb_to_recordset(CAST(CAST(:rows AS text) AS jsonb)) AS ({typed})) "
-            f"WITH ORDINALITY AS rows({', '.join(quoted)}, row_number) ORDER BY rows.row_number {tail}")
+            f"FROM {recordset('rows', quoted, numbered=True)} ORDER BY rows.row_number {tail}")
 
 
 def recordset_rows(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
