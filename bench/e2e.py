@@ -351,6 +351,47 @@ async def database_bytes(database_url: str) -> int:
         await conn.close()
 
 
+async def postgres_backends(database_url: str) -> dict[int, str]:
+    """The server process of every client connection and the name its pool gave it (each service's
+    engine names its connections after its schema)."""
+    import asyncpg
+    from crm_shared.system import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        rows = await conn.fetch("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                "AND pid <> pg_backend_pid()")
+        return {int(r["pid"]): str(r["application_name"] or "") for r in rows}
+    finally:
+        await conn.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
+def postgres_cpu_by_service(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                            services: list[str]) -> dict[str, float]:
+    """PostgreSQL CPU seconds spent on each service's connections between two readings of
+    (pid -> (application name, CPU seconds)); a connection opened in between counts from 0. What no
+    live connection accounts for (closed connections, checkpointer, WAL writer, autovacuum) is the
+    caller's remainder."""
+    spent: Counter[str] = Counter()
+    for pid, (name, cpu) in after.items():
+        owner = next((s for s in services if name == s.replace("-", "_") or name.startswith(s.replace("-", "_") + "_")),
+                     f"other ({name or 'unnamed'})")
+        spent[owner] += max(0.0, cpu - before.get(pid, (name, 0.0))[1])
+    return dict(spent)
+
+
+def postgres_cpu_reading(database_url: str) -> dict[int, tuple[str, float]]:
+    return {pid: (name, process_cpu_seconds(pid)) for pid, name in asyncio.run(postgres_backends(database_url)).items()}
+
+
 async def deliver_open_orders(replenishment_url: str, received_at: datetime) -> dict[str, int]:
     """Every open purchase order received in full at its store (`POST /v1/receipts`), as its supplier
     would deliver it. Without deliveries every product sold in the year stays held as low stock, and
@@ -508,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler = Sampler(pids, lags)
         memory_before = sampler.memory_now()
         cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
+        postgres_before = postgres_cpu_reading(stack.postgres.url)  # type: ignore[union-attr]
         print("[3/6] timed: replay the whole file via kafka, until every group's lag is 0", flush=True)
         sampler.start()
         outcome = system.replay_kafka(sales, progress=True)
@@ -515,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler.wait_until_all_zero(published_at, timeout=args.timeout, settle=2.0)
         sampler.stop()
         cpu_used = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        postgres_by_service = postgres_cpu_by_service(postgres_before, postgres_cpu_reading(stack.postgres.url),  # type: ignore[union-attr]
+                                                      [spec.name for spec in specs])
+        postgres_by_service["server (no live connection)"] = max(0.0, cpu_used["postgresql"] - sum(postgres_by_service.values()))
         groups = {spec.name: [system.prefix + g for g, _ in spec.consumer_groups] for spec in specs}
         all_groups = [g for gs in groups.values() for g in gs]
         wall = sampler.caught_up_at(all_groups, published_at)
@@ -540,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                              "infrastructure_pss_mb": {n: {"before": memory_before[n] / 1e6, "peak": sampler.memory_peak[n] / 1e6,
                                                            "cpu_seconds": cpu_used[n]}
                                                        for n in ("broker (tansu)", "postgresql", "redis")},
+                             "postgresql_cpu_seconds_by_service": postgres_by_service,
                              "consumer_counters": counters, "lag_samples": len(sampler.lag_series),
                              "group_caught_up_s": {g: sampler.caught_up_at([g], published_at) for g in all_groups},
                              "load_average_after": os.getloadavg()}
@@ -632,6 +678,11 @@ def render(results: dict[str, Any]) -> list[str]:
     for name, figures in replay["infrastructure_pss_mb"].items():
         rows.append((f"{name}: PSS before -> peak", f"{figures['before']:.0f} -> {figures['peak']:.0f} MB "
                      f"({figures['cpu_seconds']:.0f} CPU s)", "", ""))
+    by_service = replay.get("postgresql_cpu_seconds_by_service", {})
+    if by_service:
+        rows.append(("postgresql: CPU s on each service's connections",
+                     ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(by_service.items(), key=lambda kv: -kv[1])),
+                     "pg_stat_activity pid -> /proc CPU", ""))
     steady = results["steady"]
     rows.append(("steady traffic after the year", f"{steady['sales']:,} sales ({steady['lines']:,} lines) in "
                  f"{steady['seconds']:.1f} s = {steady['rate_per_s']:,.0f} sales/s", "", ""))

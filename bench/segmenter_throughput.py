@@ -39,6 +39,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from e2e import tree_cpu_seconds  # noqa: E402
 from profile_exactness import DATASET, consumer_counters, require_dataset, start_stack, wait_for_lag_zero  # noqa: E402
 
 RESULTS = HERE / "results" / "segmenter_throughput.json"
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         healthy = time.perf_counter()
         first: float | None = None
         at_first = 0.0
+        processes = {"segmenter": service.process.pid, "postgresql": stack.postgres.process.pid}  # type: ignore[union-attr]
+        cpu_at_first: dict[str, float] = {}
         try:
             while True:
                 counters = consumer_counters(service.url, group)
@@ -162,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                 now = time.perf_counter()
                 if seen and first is None:
                     first, at_first = now, seen
+                    cpu_at_first = {name: tree_cpu_seconds(pid) for name, pid in processes.items()}
                 if seen >= len(events):
                     break
                 if now - healthy > args.timeout:
                     raise TimeoutError(f"segmenter applied {seen:,.0f} of {len(events):,}")
                 time.sleep(0.1)
             done = time.perf_counter()
+            cpu_steady = {name: tree_cpu_seconds(pid) - cpu_at_first[name] for name, pid in processes.items()}
             lag_after = wait_for_lag_zero(bootstrap, group, topic, 60)
             counters = consumer_counters(service.url, group)
             metrics = service_metrics(service.url)
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             "updates": len(events), "from_process_start_s": done - t0, "from_healthz_s": done - healthy,
             "per_s_from_healthz": len(events) / (done - healthy),
             "steady_per_s": (len(events) - at_first) / (done - first) if done > first else None,
-            "lag_zero_confirmed_after_s": lag_after, "counters": counters, "segment_changes": metrics}
+            "lag_zero_confirmed_after_s": lag_after, "steady_s": done - first,
+            "steady_cpu_seconds": cpu_steady, "counters": counters, "segment_changes": metrics}
         results["raw"] = [asyncio.run(raw_consume(bootstrap, topic, len(events), batch=args.batch or 2000, decode=d))
                           for d in (False, True)]
     finally:
@@ -196,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         f"anchor, raw aiokafka consume of the same topic: steady {results['raw'][0]['steady_per_s']:,.0f}/s "
         f"({results['raw'][0]['per_s']:,.0f}/s from start, incl. the same join); with the service's decoder "
         f"steady {results['raw'][1]['steady_per_s']:,.0f}/s",
+        f"where the steady {seg['steady_s']:.1f} s went: CPU seconds "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in seg["steady_cpu_seconds"].items())
+        + f" (of {seg['steady_s'] * (os.cpu_count() or 1):.1f} CPU s on {os.cpu_count()} cores)",
         f"counters: {seg['counters']}; segment changes published: {seg['segment_changes']}",
     ]
     print("\n".join(["", "=" * 100, *lines, "=" * 100]))
