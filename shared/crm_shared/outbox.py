@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, MetaData, Table, Text, func, text
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crm_shared.db import asyncpg_connection
@@ -40,10 +40,16 @@ def outbox_table(metadata: MetaData) -> Table:
 
 
 async def add_events(conn: AsyncConnection, outbox: Table, topic: str, events: list[Envelope[Any]]) -> None:
-    """Queue events for publishing, inside the caller's transaction."""
+    """Queue events for publishing, inside the caller's transaction, in the order given (the serial id
+    is the publishing order). One statement of three array parameters, whatever the number of events:
+    an executemany ran the INSERT once per event (a profile batch queues thousands)."""
     if events:
-        await conn.execute(insert(outbox), [
-            {"event_id": e.event_id, "topic": topic, "key": encode_key(e.key), "value": encode(e)} for e in events])
+        await conn.execute(
+            text(f"INSERT INTO {outbox.name} (event_id, topic, key, value) SELECT rows.event_id, :topic, rows.key, rows.value "
+                 "FROM unnest(CAST(:ids AS uuid[]), CAST(:keys AS bytea[]), CAST(:values AS bytea[])) "
+                 "WITH ORDINALITY AS rows(event_id, key, value, row_number) ORDER BY rows.row_number"),
+            {"topic": topic, "ids": [e.event_id for e in events], "keys": [encode_key(e.key) for e in events],
+             "values": [encode(e) for e in events]})
 
 
 class BrokerRestarted(Exception):

@@ -224,6 +224,11 @@ async def load_profiles(conn: AsyncConnection, member_ids: Iterable[str]) -> dic
     return {row.member_id: profile_from_row(row) for row in rows}
 
 
+PURCHASE_COLUMNS = tuple(c.name for c in purchases.columns)
+# One statement whatever the number of rows (an executemany ran the INSERT once per sale).
+_RECORD_PURCHASES_SQL = insert_from_recordset(purchases, PURCHASE_COLUMNS)
+
+
 async def record_purchases(conn: AsyncConnection, events: list[Envelope[Sale]], watermark_at: datetime) -> None:
     """A batch's history rows and the event-time watermark it reached."""
     await conn.execute(
@@ -232,25 +237,29 @@ async def record_purchases(conn: AsyncConnection, events: list[Envelope[Sale]], 
     members = [e for e in events if e.payload.member_id is not None]
     if not members:
         return
-    await conn.execute(insert(purchases).on_conflict_do_nothing(), [{
+    await conn.execute(text(_RECORD_PURCHASES_SQL), {"rows": recordset_rows(({
         "event_id": e.event_id, "member_id": e.payload.member_id, "store_id": e.payload.store_id,
         "sale_id": e.payload.sale_id, "kind": e.payload.kind, "occurred_at": e.payload.occurred_at,
         "visit_day": e.payload.occurred_at.date(),
         "total": e.payload.total, "item_count": sum(line.quantity for line in e.payload.lines),
         "lines": [{"sku": line.sku, "description": line.description, "quantity": line.quantity,
                    "unit_price": str(line.unit_price)} for line in e.payload.lines[:50]],
-    } for e in members])
+    } for e in members), PURCHASE_COLUMNS)})
+
+
+PROFILE_COLUMNS = tuple(c.name for c in profiles.columns if c.name != "updated_at")
+# One upsert whatever the number of profiles (an executemany ran it once per member).
+_SAVE_PROFILES_SQL = insert_from_recordset(
+    profiles, PROFILE_COLUMNS,
+    tail="ON CONFLICT (member_id) DO UPDATE SET "
+         + ", ".join(f'"{c}" = excluded."{c}"' for c in PROFILE_COLUMNS if c != "member_id") + ", updated_at = now()")
 
 
 async def save_profiles(conn: AsyncConnection, changed: Iterable[Profile]) -> None:
+    """Each member at most once in `changed` (an upsert may not touch a row twice)."""
     rows = [profile_row(profile) for profile in changed]
-    if not rows:
-        return
-    statement = insert(profiles)
-    await conn.execute(statement.on_conflict_do_update(
-        index_elements=["member_id"],
-        set_={**{c.name: statement.excluded[c.name] for c in profiles.columns if c.name != "member_id"},
-              "updated_at": func.now()}), rows)
+    if rows:
+        await conn.execute(text(_SAVE_PROFILES_SQL), {"rows": recordset_rows(rows, PROFILE_COLUMNS)})
 
 
 async def load_books(conn: AsyncConnection, buyers: set[str], horizon: datetime,
@@ -364,9 +373,14 @@ async def take_points(conn: AsyncConnection, taken: list[tuple[int, int]]) -> No
                            .values(remaining=points_lots.c.remaining - points))
 
 
+LEDGER_COLUMNS = ("member_id", "kind", "points", "cause", "occurred_at")
+_LEDGER_SQL = insert_from_recordset(points_ledger, LEDGER_COLUMNS)
+
+
 async def _ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """In the order given (the serial id is the statement's order)."""
     if rows:
-        await conn.execute(insert(points_ledger).on_conflict_do_nothing(), rows)
+        await conn.execute(text(_LEDGER_SQL), {"rows": recordset_rows(rows, LEDGER_COLUMNS)})
 
 
 _NEW_LOT_COLUMNS = ("member_id", "points", "remaining", "earned_at", "expires_at", "cause")

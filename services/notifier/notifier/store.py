@@ -378,9 +378,17 @@ async def advance_clock(conn: AsyncConnection, name: str, at: datetime) -> datet
     return previous
 
 
+SCHEDULE_COLUMNS = ("source_id", "trigger", "campaign_id", "member_id", "sku", "store_id", "due_at", "detail")
+# One statement whatever the number of follow-ups (an executemany ran the INSERT once per row; a
+# replay's batch schedules thousands of after-sale reminders).
+_SCHEDULE_SQL = insert_from_recordset(scheduled, SCHEDULE_COLUMNS)
+
+
 async def schedule(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Follow-ups not scheduled before (by `source_id`); a column a row leaves out is NULL."""
     if rows:
-        await conn.execute(insert(scheduled).on_conflict_do_nothing(), list(rows))
+        await conn.execute(text(_SCHEDULE_SQL), {"rows": recordset_rows(
+            ({c: row.get(c) for c in SCHEDULE_COLUMNS} for row in rows), SCHEDULE_COLUMNS)})
 
 
 async def due_scheduled(conn: AsyncConnection, clock: datetime, limit: int = 5000) -> list[dict[str, Any]]:
@@ -573,9 +581,13 @@ async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, An
 
 # --- webhook deliveries --------------------------------------------------------------------------
 
+_ENQUEUE_WEBHOOKS_SQL = insert_from_recordset(webhook_deliveries, ("offer_id", "body"))
+
+
 async def enqueue_webhooks(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """One delivery per offer (`offer_id`, `body`), in one statement."""
     if rows:
-        await conn.execute(insert(webhook_deliveries).on_conflict_do_nothing(), list(rows))
+        await conn.execute(text(_ENQUEUE_WEBHOOKS_SQL), {"rows": recordset_rows(rows, ("offer_id", "body"))})
 
 
 async def claim_webhooks(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, asyncpg_connection
+from crm_shared.db import any_of, insert_from_recordset, recordset_rows
 from crm_shared.outbox import outbox_table
 from crm_shared.serde import encode_key
 from sqlalchemy import (
@@ -161,18 +161,29 @@ async def erased_among(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
     return {row.member_id for row in rows}
 
 
+MEMBER_COLUMNS = tuple(c.name for c in members.columns)
+# One statement whatever the number of rows (`insert_from_recordset` says why): an executemany ran the
+# upsert once per member, a sweep's page (thousands) at a time.
+_SAVE_MEMBERS_SQL = insert_from_recordset(
+    members, MEMBER_COLUMNS,
+    tail="ON CONFLICT (member_id) DO UPDATE SET "
+         + ", ".join(f'"{c}" = excluded."{c}"' for c in MEMBER_COLUMNS if c != "member_id"))
+
+
 async def save_members(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    statement = insert(members)
-    await conn.execute(statement.on_conflict_do_update(
-        index_elements=[members.c.member_id],
-        set_={c.name: statement.excluded[c.name] for c in members.columns if c.name != "member_id"}), list(rows))
+    """Upserted in one statement; a member appears at most once in `rows` (an upsert may not touch a row twice)."""
+    if rows:
+        await conn.execute(text(_SAVE_MEMBERS_SQL), {"rows": recordset_rows(rows, MEMBER_COLUMNS)})
+
+
+CHANGE_COLUMNS = ("member_id", "dimension", "old", "new", "reason", "as_of")
+_RECORD_CHANGES_SQL = insert_from_recordset(segment_changes, CHANGE_COLUMNS, tail="")
 
 
 async def record_changes(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """In the order given: the serial id is each member's history order."""
     if rows:
-        await conn.execute(insert(segment_changes), list(rows))
+        await conn.execute(text(_RECORD_CHANGES_SQL), {"rows": recordset_rows(rows, CHANGE_COLUMNS)})
 
 
 async def history(conn: AsyncConnection, member_id: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -308,9 +319,13 @@ async def save_clock(conn: AsyncConnection, clock: datetime) -> None:
 
 # --- baskets and product sales ----------------------------------------------------------------
 
+BASKET_COLUMNS = ("basket_id", "store_id", "at", "items")
+_ADD_BASKETS_SQL = insert_from_recordset(baskets, BASKET_COLUMNS)
+
+
 async def add_baskets(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await conn.execute(insert(baskets).on_conflict_do_nothing(), list(rows))
+        await conn.execute(text(_ADD_BASKETS_SQL), {"rows": recordset_rows(rows, BASKET_COLUMNS)})
 
 
 async def baskets_since(conn: AsyncConnection, cutoff: datetime | None) -> list[tuple[str, str, datetime, list[str]]]:
@@ -325,17 +340,19 @@ async def drop_baskets_before(conn: AsyncConnection, cutoff: datetime) -> int:
     return int(result.rowcount or 0)
 
 
+PRODUCT_SALES_COLUMNS = ("store_id", "sku", "day", "quantity", "revenue", "baskets")
+_ADD_PRODUCT_SALES_SQL = insert_from_recordset(
+    product_daily, PRODUCT_SALES_COLUMNS,
+    tail="ON CONFLICT (store_id, sku, day) DO UPDATE SET quantity = product_daily.quantity + excluded.quantity, "
+         "revenue = product_daily.revenue + excluded.revenue, baskets = product_daily.baskets + excluded.baskets")
+
+
 async def add_product_sales(conn: AsyncConnection, rows: Iterable[tuple[str, str, date, int, Decimal, int]]) -> None:
-    """Added to each store × SKU × day, by one asyncpg executemany (thousands of rows a batch in a replay)."""
-    values = list(rows)
-    if not values:
-        return
-    raw = await asyncpg_connection(conn)
-    await raw.executemany(
-        "INSERT INTO product_daily (store_id, sku, day, quantity, revenue, baskets) VALUES ($1, $2, $3, $4, $5, $6) "
-        "ON CONFLICT (store_id, sku, day) DO UPDATE SET quantity = product_daily.quantity + excluded.quantity, "
-        "revenue = product_daily.revenue + excluded.revenue, baskets = product_daily.baskets + excluded.baskets",
-        values)
+    """Added to each store × SKU × day in one statement (thousands of rows a batch in a replay; an
+    executemany ran the upsert once per row). Each store × SKU × day at most once in `rows`."""
+    values = [dict(zip(PRODUCT_SALES_COLUMNS, row, strict=True)) for row in rows]
+    if values:
+        await conn.execute(text(_ADD_PRODUCT_SALES_SQL), {"rows": recordset_rows(values, PRODUCT_SALES_COLUMNS)})
 
 
 async def name_products(conn: AsyncConnection, names: dict[str, str]) -> None:
