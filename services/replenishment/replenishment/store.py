@@ -387,7 +387,9 @@ async def known_store(conn: AsyncConnection, store_id: str) -> bool:
 async def known_skus(conn: AsyncConnection, skus: Iterable[str]) -> set[str]:
     skus = list(skus)
     found = {row.sku for row in await conn.execute(select(products.c.sku).where(any_of(products.c.sku, skus)))}
-    found |= {row.sku for row in await conn.execute(select(stock.c.sku).where(any_of(stock.c.sku, skus)).distinct())}
+    missing = sorted(set(skus) - found)
+    if missing:  # sold but not in the catalog: stock is keyed by store first, so this reads the table
+        found |= {row.sku for row in await conn.execute(select(stock.c.sku).where(any_of(stock.c.sku, missing)).distinct())}
     return found
 
 
