@@ -90,8 +90,7 @@ class SupplyHandlers:
                  "first_day": e.payload.valid_from.date(), "last_day": e.payload.valid_to.date()}
                 for e in events if not e.payload.withheld and e.payload.store_id is not None
                 for sku in dict.fromkeys(e.payload.products)]
-        if rows:
-            await conn.execute(insert(store.promotions).on_conflict_do_nothing(), rows)
+        await store.add_promotions(conn, rows)
 
     # --- the sales stream: the hot path ---------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any
 
@@ -378,6 +378,16 @@ async def advance_stores(conn: AsyncConnection, latest: dict[str, Any]) -> dict[
               "current_day": func.greatest(stores.c.current_day, statement.excluded.current_day)}),
         [{"store_id": s, "as_of": at, "current_day": at.date()} for s, at in sorted(latest.items())])
     return {s: (before.get(s), max(before.get(s) or at.date(), at.date())) for s, at in latest.items()}
+
+
+PROMOTION_COLUMNS = ("offer_id", "sku", "store_id", "first_day", "last_day")
+_ADD_PROMOTIONS_SQL = insert_from_recordset(promotions, PROMOTION_COLUMNS)
+
+
+async def add_promotions(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Offers' products by store and days, in one statement (an offer seen again adds nothing)."""
+    if rows:
+        await conn.execute(text(_ADD_PROMOTIONS_SQL), {"rows": recordset_rows(rows, PROMOTION_COLUMNS)})
 
 
 async def known_store(conn: AsyncConnection, store_id: str) -> bool:
