@@ -70,7 +70,14 @@ from profile_exactness import (  # noqa: E402  (bench scripts import each other 
 
 RESULTS = HERE / "results" / "e2e.json"
 TARGET_SECONDS = 60.0
-SAMPLE_RSS_SECONDS = 0.5
+# One memory reading (PSS of every process: ~70 with PostgreSQL's backends) takes ~0.45 s of CPU on
+# this 2-core machine; read every 0.5 s, the sampler alone took ~a quarter of the CPU the system under
+# test had. Every 2 s it costs ~a tenth of that and still sees peaks that last.
+SAMPLE_RSS_SECONDS = 2.0
+# PostgreSQL's tree is most of a reading's cost (its ~40 backends each map the shared buffers): every
+# 5th reading (10 s), the last value carried over in between.
+SAMPLED_LESS_OFTEN = ("postgresql",)
+SAMPLE_POSTGRES_EVERY = 5
 SAMPLE_LAG_SECONDS = 1.0
 
 
@@ -190,19 +197,27 @@ class Sampler:
     memory_peak: Counter[str] = field(default_factory=Counter)
     memory_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     lag_series: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    memory_read_seconds: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def memory_now(self) -> dict[str, int]:
-        now = {name: tree_memory(pid) for name, pid in self.pids.items()}
+    def memory_now(self, previous: dict[str, int] | None = None) -> dict[str, int]:
+        """Every tree's PSS; with `previous`, PostgreSQL's tree is carried over from it (read less often)."""
+        now = {name: previous[name] if previous and name in SAMPLED_LESS_OFTEN and name in previous else tree_memory(pid)
+               for name, pid in self.pids.items()}
         for name in OWN_PROCESS_ALSO:
             if name in self.pids:
                 now[own_process(name)] = process_memory(self.pids[name])
         return now
 
     def _memory_loop(self) -> None:
+        readings = 0
         while not self._stop.is_set():
-            now = self.memory_now()
+            started = time.perf_counter()
+            last = self.memory_series[-1][1] if self.memory_series and readings % SAMPLE_POSTGRES_EVERY else None
+            now = self.memory_now(last)
+            readings += 1
+            self.memory_read_seconds.append(time.perf_counter() - started)
             for name, held in now.items():
                 self.memory_peak[name] = max(self.memory_peak[name], held)
             self.memory_series.append((time.monotonic() - self.started, now))
@@ -362,6 +377,19 @@ async def postgres_backends(database_url: str) -> dict[int, str]:
         rows = await conn.fetch("SELECT pid, application_name FROM pg_stat_activity WHERE backend_type = 'client backend' "
                                 "AND pid <> pg_backend_pid()")
         return {int(r["pid"]): str(r["application_name"] or "") for r in rows}
+    finally:
+        await conn.close()
+
+
+async def postgres_sessions(database_url: str) -> int:
+    """Connections ever opened to the database (PostgreSQL counts them): a pool that closes and
+    reopens connections under load shows here, at a backend start and type introspection apiece."""
+    import asyncpg
+    from crm_shared.system import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return int(await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"))
     finally:
         await conn.close()
 
@@ -550,15 +578,20 @@ def main(argv: list[str] | None = None) -> int:
         memory_before = sampler.memory_now()
         cpu_before = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
         postgres_before = postgres_cpu_reading(stack.postgres.url)  # type: ignore[union-attr]
+        sessions_before = asyncio.run(postgres_sessions(stack.postgres.url))  # type: ignore[union-attr]
         print("[3/6] timed: replay the whole file via kafka, until every group's lag is 0", flush=True)
+        own_cpu_before = process_cpu_seconds(os.getpid())
         sampler.start()
         outcome = system.replay_kafka(sales, progress=True)
         published_at = time.monotonic() - sampler.started
         sampler.wait_until_all_zero(published_at, timeout=args.timeout, settle=2.0)
         sampler.stop()
         cpu_used = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        bench_cpu = process_cpu_seconds(os.getpid()) - own_cpu_before
         postgres_by_service = postgres_cpu_by_service(postgres_before, postgres_cpu_reading(stack.postgres.url),  # type: ignore[union-attr]
                                                       [spec.name for spec in specs])
+        # (this reading's own connection and the one above count too)
+        sessions_opened = asyncio.run(postgres_sessions(stack.postgres.url)) - sessions_before  # type: ignore[union-attr]
         postgres_by_service["server (no live connection)"] = max(0.0, cpu_used["postgresql"] - sum(postgres_by_service.values()))
         groups = {spec.name: [system.prefix + g for g, _ in spec.consumer_groups] for spec in specs}
         all_groups = [g for gs in groups.values() for g in gs]
@@ -586,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
                                                            "cpu_seconds": cpu_used[n]}
                                                        for n in ("broker (tansu)", "postgresql", "redis")},
                              "postgresql_cpu_seconds_by_service": postgres_by_service,
+                             "postgresql_sessions_opened": sessions_opened,
+                             "bench_process_cpu_seconds": bench_cpu,
+                             "memory_sample_ms": 1000 * statistics.mean(sampler.memory_read_seconds or [0.0]),
                              "consumer_counters": counters, "lag_samples": len(sampler.lag_series),
                              "group_caught_up_s": {g: sampler.caught_up_at([g], published_at) for g in all_groups},
                              "load_average_after": os.getloadavg()}
@@ -683,6 +719,18 @@ def render(results: dict[str, Any]) -> list[str]:
         rows.append(("postgresql: CPU s on each service's connections",
                      ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(by_service.items(), key=lambda kv: -kv[1])),
                      "pg_stat_activity pid -> /proc CPU", ""))
+    if "bench_process_cpu_seconds" in replay:
+        total = sum(f["cpu_seconds"] for f in replay["per_service"].values()) + sum(
+            f["cpu_seconds"] for f in replay["infrastructure_pss_mb"].values())
+        cores = results.get("cores") or 1
+        rows.append(("CPU spent until lag 0: services + infrastructure; this bench",
+                     f"{total:.0f} CPU s (/ {cores} cores = {total / cores:.0f} s at best); "
+                     f"{replay['bench_process_cpu_seconds']:.0f} CPU s",
+                     "this bench: replay publisher, lag and memory samplers (a memory reading "
+                     f"{replay['memory_sample_ms']:.0f} ms on average, every {SAMPLE_RSS_SECONDS} s)", ""))
+    if "postgresql_sessions_opened" in replay:
+        rows.append(("postgresql: connections opened during the replay", f"{replay['postgresql_sessions_opened']:,}",
+                     "pg_stat_database.sessions (the bench's own readings included)", ""))
     steady = results["steady"]
     rows.append(("steady traffic after the year", f"{steady['sales']:,} sales ({steady['lines']:,} lines) in "
                  f"{steady['seconds']:.1f} s = {steady['rate_per_s']:,.0f} sales/s", "", ""))
