@@ -39,6 +39,19 @@ class StackEndpoints:
                 "CRM_REDIS_URL": self.redis_url}
 
 
+async def fresh_tables(database_url: str, schema: str, metadata: Any) -> Any:
+    """A one-connection engine on `schema` whose `metadata` tables are dropped and created anew (a
+    store-level test's starting point). The caller disposes of the engine."""
+    from crm_shared.db import ensure_schema, make_engine
+
+    engine = make_engine(database_url, schema=schema, pool_size=1, max_overflow=0)
+    await ensure_schema(engine, schema)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+    return engine
+
+
 def unique_name(stem: str) -> str:
     return f"{stem}_{uuid.uuid4().hex[:8]}"
 

@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from crm_shared.db import ensure_schema, insert_from_recordset, make_engine, recordset_rows
-from crm_shared.testing import StackEndpoints
+from crm_shared.db import insert_from_recordset, recordset_rows
+from crm_shared.testing import StackEndpoints, fresh_tables
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -71,12 +71,8 @@ ARRIVALS = [f"{(i * 7919) % 5000:04d}" for i in range(5000)]  # an order no sort
 
 
 async def scenario(database_url: str) -> tuple[list[set[uuid.UUID]], list[dict[str, Any]], int, int, int, list[str]]:
-    engine = make_engine(database_url, schema=SCHEMA, pool_size=1, max_overflow=0)
+    engine = await fresh_tables(database_url, SCHEMA, metadata)
     try:
-        await ensure_schema(engine, SCHEMA)
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-            await conn.run_sync(metadata.create_all)
         returned: list[set[uuid.UUID]] = []
         async with engine.begin() as conn:
             for batch in ([row(1)], [row(i) for i in range(1, 8)], [row(i) for i in range(5, 305)]):

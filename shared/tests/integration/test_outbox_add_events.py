@@ -10,11 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from crm_shared.db import ensure_schema, make_engine
 from crm_shared.events import MemberErased, member_event
 from crm_shared.outbox import add_events, outbox_table
 from crm_shared.serde import encode
-from crm_shared.testing import StackEndpoints
+from crm_shared.testing import StackEndpoints, fresh_tables
 from sqlalchemy import MetaData, select, text
 
 pytestmark = pytest.mark.integration
@@ -35,12 +34,8 @@ def events(n: int, offset: int) -> list[Any]:
 
 
 async def scenario(database_url: str) -> tuple[list[tuple[uuid.UUID, str, bytes, bytes]], list[Any], int]:
-    engine = make_engine(database_url, schema=SCHEMA, pool_size=1, max_overflow=0)
+    engine = await fresh_tables(database_url, SCHEMA, metadata)
     try:
-        await ensure_schema(engine, SCHEMA)
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-            await conn.run_sync(metadata.create_all)
         queued: list[Any] = []
         async with engine.begin() as conn:
             for n, offset in ((1, 0), (7, 1), (2500, 8)):
