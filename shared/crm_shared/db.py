@@ -101,6 +101,13 @@ def insert_from_recordset(table: Any, columns: Sequence[str], *, tail: str = "ON
             f"FROM {recordset('rows', quoted, numbered=True)} ORDER BY rows.row_number {tail}")
 
 
+def upsert_tail(key: Sequence[str], columns: Iterable[str], *, also: str = "") -> str:
+    """`ON CONFLICT (key) DO UPDATE SET` every non-key column of `columns` to the incoming row's
+    value (and `also`, say `updated_at = now()`): the `tail` of an `insert_from_recordset` upsert."""
+    sets = [f'"{c}" = excluded."{c}"' for c in columns if c not in key]
+    return f'ON CONFLICT ({", ".join(key)}) DO UPDATE SET {", ".join([*sets, also] if also else sets)}'
+
+
 def recordset_rows(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
     """The value of a `recordset` parameter: the rows' `columns` as a JSON array of objects (dates and
     times as ISO 8601, Decimals as strings, floats exactly: orjson writes the shortest round trip)."""

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, insert_from_recordset, recordset_rows
+from crm_shared.db import any_of, insert_from_recordset, recordset_rows, upsert_tail
 from crm_shared.events import Envelope, MemberSegmentChanged, Product, Sale, TierChanged, member_event
 from crm_shared.outbox import outbox_table
 from sqlalchemy import (
@@ -250,9 +250,7 @@ async def record_purchases(conn: AsyncConnection, events: list[Envelope[Sale]], 
 PROFILE_COLUMNS = tuple(c.name for c in profiles.columns if c.name != "updated_at")
 # One upsert whatever the number of profiles (an executemany ran it once per member).
 _SAVE_PROFILES_SQL = insert_from_recordset(
-    profiles, PROFILE_COLUMNS,
-    tail="ON CONFLICT (member_id) DO UPDATE SET "
-         + ", ".join(f'"{c}" = excluded."{c}"' for c in PROFILE_COLUMNS if c != "member_id") + ", updated_at = now()")
+    profiles, PROFILE_COLUMNS, tail=upsert_tail(["member_id"], PROFILE_COLUMNS, also="updated_at = now()"))
 
 
 async def save_profiles(conn: AsyncConnection, changed: Iterable[Profile]) -> None:

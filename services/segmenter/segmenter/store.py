@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, insert_from_recordset, recordset_rows
+from crm_shared.db import any_of, insert_from_recordset, recordset_rows, upsert_tail
 from crm_shared.outbox import outbox_table
 from crm_shared.serde import encode_key
 from sqlalchemy import (
@@ -164,10 +164,7 @@ async def erased_among(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
 MEMBER_COLUMNS = tuple(c.name for c in members.columns)
 # One statement whatever the number of rows (`insert_from_recordset` says why): an executemany ran the
 # upsert once per member, a sweep's page (thousands) at a time.
-_SAVE_MEMBERS_SQL = insert_from_recordset(
-    members, MEMBER_COLUMNS,
-    tail="ON CONFLICT (member_id) DO UPDATE SET "
-         + ", ".join(f'"{c}" = excluded."{c}"' for c in MEMBER_COLUMNS if c != "member_id"))
+_SAVE_MEMBERS_SQL = insert_from_recordset(members, MEMBER_COLUMNS, tail=upsert_tail(["member_id"], MEMBER_COLUMNS))
 
 
 async def save_members(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:

@@ -42,7 +42,7 @@ async def scenario(database_url: str) -> tuple[list[tuple[uuid.UUID, str, bytes,
                 batch = events(n, offset)
                 await add_events(conn, outbox, "crm.member.erased.v1", batch)
                 queued += batch
-            await add_events(conn, outbox, "crm.member.erased.v1", [])  # nothing to queue: no statement
+            await add_events(conn, outbox, "crm.member.erased.v1", [])  # nothing to queue: no error, no row
             statements = await conn.scalar(text("SELECT count(*) FROM pg_prepared_statements "
                                                 "WHERE statement LIKE 'INSERT INTO outbox%unnest%'"))
             stored = [(r.event_id, r.topic, r.key, r.value) for r in await conn.execute(
