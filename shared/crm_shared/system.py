@@ -20,7 +20,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -101,7 +101,8 @@ def _canonical(value: Any) -> Any:
 #   to the members whose habits the notifier holds when the launch comes (as far as it has read
 #   member.profiles.v1). Run-out and after-sale care are dated by the clock reading that reached them
 #   and hold the same whatever the batches (the notifier's test_batch_cuts), but not against another
-#   topic's timing. So runs that compare offers enable `EXACT_TRIGGERS` only.
+#   topic's timing. So runs that compare offers enable `EXACT_TRIGGERS` only, or add run-out and
+#   after-sale care in a system without replenishment (tests/e2e/test_system_drills.py, `PRODUCT_TRIGGERS`).
 # One race is left within them: the daily and weekly caps count a member's sends from every trigger,
 # and triggers read from different topics take turns in the order they are read, so a third send on
 # one day could be capped in one run and not in another. No drill run has differed on it so far.
@@ -310,13 +311,18 @@ class System:
 
     # -- input --------------------------------------------------------------------------------
 
-    def publish_catalog(self, sales: Sequence[Sale], timeout: float = 120.0) -> int:
+    def publish_catalog(self, sales: Sequence[Sale], timeout: float = 120.0,
+                        category: Callable[[str], str | None] | None = None) -> int:
         """Products seen in the sales, with supplier terms generated from a seed (as `crm demo` does),
-        taken in by every catalog consumer before the first sale arrives."""
+        taken in by every catalog consumer before the first sale arrives; each in the `category` its
+        description gives, when that is asked for (Online Retail has none)."""
         from crm_shared.replay import publish_catalog
         from crm_shared.supplier_terms import products_from_sales
 
-        listed = asyncio.run(publish_catalog(products_from_sales(sales), bootstrap=self.endpoints.kafka_bootstrap,
+        products = products_from_sales(sales)
+        if category is not None:
+            products = [p.model_copy(update={"category": category(p.description or "")}) for p in products]
+        listed = asyncio.run(publish_catalog(products, bootstrap=self.endpoints.kafka_bootstrap,
                                              topic_prefix=self.prefix, progress=False))
         self.wait_until_quiet(timeout=timeout, settle=0.5)
         return listed
