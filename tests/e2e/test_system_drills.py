@@ -278,18 +278,25 @@ def replay_killing_in_turn(system: System, sales: Sequence[Sale], victims: Seque
     return kills
 
 
+def assert_killed_run_matches(reference: Reference, endpoints: StackEndpoints, work: Path, victims: Sequence[str], *,
+                              products: bool = False) -> None:
+    """The reference's sales again with `victims` killed in turn: the same final state as the reference,
+    and every decided offer published once."""
+    system = prepared(endpoints, work, reference.sales, products=products)
+    try:
+        kills = replay_killing_in_turn(system, reference.sales, victims)
+        snapshot = system.snapshot()
+        what = f"{'offers of products, ' if products else ''}killed {kills}"
+        assert_same_final_state(snapshot, reference, what)
+        assert_offers_published_once(system, snapshot, what)
+    finally:
+        system.stop()
+
+
 @pytest.mark.parametrize("drill", SIZES)
 def test_each_consumer_service_killed_mid_replay_loses_nothing_and_applies_nothing_twice(
         drill: Drill, references: References, crm_stack: StackEndpoints, tmp_path: Path) -> None:
-    reference = references.get(drill)
-    system = prepared(crm_stack, tmp_path / "killed", reference.sales)
-    try:
-        kills = replay_killing_in_turn(system, reference.sales, drill.victims)
-        snapshot = system.snapshot()
-        assert_same_final_state(snapshot, reference, f"killed {kills}")
-        assert_offers_published_once(system, snapshot, f"killed {kills}")
-    finally:
-        system.stop()
+    assert_killed_run_matches(references.get(drill), crm_stack, tmp_path / "killed", drill.victims)
 
 
 @pytest.mark.parametrize("drill", SIZES)
@@ -308,14 +315,7 @@ def test_run_out_and_after_sale_offers_survive_the_notifier_killed_mid_replay(
     of_products = [o for o in offers if o["trigger"] in PRODUCT_TRIGGERS]
     assert sum(o["withheld"] for o in of_products) >= 10, "too few control-group offers of products"
     assert sum(o["redeemed_by"] is not None for o in of_products) >= 10, "too few redeemed offers of products"
-    system = prepared(crm_stack, tmp_path / "killed-products", reference.sales, products=True)
-    try:
-        kills = replay_killing_in_turn(system, reference.sales, drill.product_victims)
-        snapshot = system.snapshot()
-        assert_same_final_state(snapshot, reference, f"offers of products, killed {kills}")
-        assert_offers_published_once(system, snapshot, f"offers of products, killed {kills}")
-    finally:
-        system.stop()
+    assert_killed_run_matches(reference, crm_stack, tmp_path / "killed-products", drill.product_victims, products=True)
 
 
 # ---------------------------------------------------------------------------------------------
