@@ -211,7 +211,8 @@ class WatchedLags:
 
 @dataclass
 class Sampler:
-    """Memory (PSS) per process tree every 0.5 s and consumer lag per group every second, in threads."""
+    """Memory (PSS) per process tree every `SAMPLE_RSS_SECONDS` (PostgreSQL's every `SAMPLE_POSTGRES_EVERY`th
+    reading) and consumer lag per group every second, in threads."""
 
     pids: dict[str, int]
     lag_reader: Any

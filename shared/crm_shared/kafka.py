@@ -112,6 +112,16 @@ async def dead_letter(producer: AIOKafkaProducer, dlq_topic: str, record: Consum
                                                 "offset": record.offset, "reason": reason, "dlq": dlq_topic})
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The topic's partitions as the consumer's cluster metadata knows them, refreshed once when it does
+    not know the topic yet; none for a topic the broker does not have."""
+    partitions = consumer.partitions_for_topic(topic)
+    if partitions is None:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
 async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str], timeout: float = 10.0) -> dict[str, int]:
     """Messages not yet committed by a consumer group, per topic.
 
@@ -125,12 +135,7 @@ async def consumer_lag(bootstrap: str, group_id: str, topics: Sequence[str], tim
     try:
         committed: dict[TopicPartition, int] = {}
         for topic in topics:
-            partitions = group.partitions_for_topic(topic)
-            if partitions is None:
-                await group._client.force_metadata_update()
-                partitions = group.partitions_for_topic(topic) or set()
-            for partition in sorted(partitions):
-                tp = TopicPartition(topic, partition)
+            for tp in await topic_partitions(group, topic):
                 committed[tp] = (await group.committed(tp)) or 0
         if not committed:
             return {}
@@ -183,11 +188,7 @@ class LagWatch:
         await asyncio.gather(self._reader.start(), *(c.start() for c in self._committers.values()))
         topics = sorted({t for topics in self.groups.values() for t in topics})
         for topic in topics:
-            partitions = self._reader.partitions_for_topic(topic)
-            if partitions is None:
-                await self._reader._client.force_metadata_update()
-                partitions = self._reader.partitions_for_topic(topic) or set()
-            self._partitions[topic] = [TopicPartition(topic, p) for p in sorted(partitions)]
+            self._partitions[topic] = await topic_partitions(self._reader, topic)
         assigned = [tp for tps in self._partitions.values() for tp in tps]
         self._reader.assign(assigned)
         if assigned:

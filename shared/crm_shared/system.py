@@ -167,6 +167,10 @@ class Snapshot:
         index = self.columns[table].index(name)
         return [row[index] for row in self.tables[table]]
 
+    def records(self, table: str) -> list[dict[str, Any]]:
+        """The table's rows as dicts of column name to value."""
+        return [dict(zip(self.columns[table], row, strict=True)) for row in self.tables[table]]
+
     def comparable(self) -> Snapshot:
         """What any correct run of the same sales in the same order must reproduce exactly (`COMPARED`)."""
         return self.projected(COMPARED)

@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from crm_shared.datasets.online_retail import load_sales
+from crm_shared.datasets.online_retail import category_of_description, load_sales
 from crm_shared.embedded import EmbeddedStack
 from crm_shared.events import Sale, SaleLine, SaleRecorded, sale_recorded
 from crm_shared.kafka import make_producer
@@ -123,12 +123,6 @@ PRODUCT_DRILL_ENV = {**DRILL_ENV, "notifier": {
 MARKETING = {"x-api-key": "dev-marketing"}
 
 
-def category(description: str) -> str | None:
-    """Online Retail has no categories: the last word of a description ("... T-LIGHT HOLDER") will do."""
-    words = description.split()
-    return words[-1] if words else None
-
-
 def prepared(endpoints: StackEndpoints, work: Path, sales: Sequence[Sale], *, products: bool = False) -> System:
     """All five services, the catalog taken in, every member of the slice enrolled with consent. With
     `products`, the system of the drill of product offers: no replenishment, the catalog in categories,
@@ -136,10 +130,10 @@ def prepared(endpoints: StackEndpoints, work: Path, sales: Sequence[Sale], *, pr
     system = System.start(endpoints, work, extra_env=PRODUCT_DRILL_ENV if products else DRILL_ENV,
                           partitions=PARTITIONS, only=WITHOUT_REPLENISHMENT if products else None)
     try:
-        system.publish_catalog(sales, category=category if products else None)
+        system.publish_catalog(sales, category=category_of_description if products else None)
         system.enrol(s.member_id for s in sales if s.member_id)
         if products:
-            common = Counter(category(line.description or "") for sale in sales for line in sale.lines)
+            common = Counter(category_of_description(line.description or "") for sale in sales for line in sale.lines)
             care = {"name": "Drill care", "trigger": "after_sale", "channel": "push", "delay_days": 2,
                     "categories": [name for name, _ in common.most_common(5) if name],
                     "template": "How is your {product}? {discount}% off your next one until {valid_to}."}
@@ -310,9 +304,7 @@ def test_run_out_and_after_sale_offers_survive_the_notifier_killed_mid_replay(
     # The check must reach what it is about: many offers of both product triggers, some withheld (the
     # control group), some redeemed by a later sale (the reduced slice gives 71 run-out, 1,302 after-sale).
     assert decided["run_out"] >= 20 and decided["after_sale"] >= 200, f"too few product offers to compare: {decided}"
-    offers = [dict(zip(reference.snapshot.columns["notifier.offers"], row, strict=True))
-              for row in reference.snapshot.tables["notifier.offers"]]
-    of_products = [o for o in offers if o["trigger"] in PRODUCT_TRIGGERS]
+    of_products = [o for o in reference.snapshot.records("notifier.offers") if o["trigger"] in PRODUCT_TRIGGERS]
     assert sum(o["withheld"] for o in of_products) >= 10, "too few control-group offers of products"
     assert sum(o["redeemed_by"] is not None for o in of_products) >= 10, "too few redeemed offers of products"
     assert_killed_run_matches(reference, crm_stack, tmp_path / "killed-products", drill.product_victims, products=True)

@@ -164,6 +164,13 @@ class ReplaySummary:
         ]
 
 
+def category_of_description(description: str) -> str | None:
+    """Online Retail has no product categories: the last word of a description ("... T-LIGHT HOLDER")
+    stands in for one where a test needs categories (after-sale care, category habits)."""
+    words = description.split()
+    return words[-1] if words else None
+
+
 def store_for_country(country: str) -> str:
     """The store standing for one country's customers: "United Kingdom" -> "or-united-kingdom"."""
     ascii_name = unicodedata.normalize("NFKD", country).encode("ascii", "ignore").decode("ascii")

@@ -18,11 +18,10 @@ import zlib
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from crm_shared.datasets.online_retail import load_sales
+from crm_shared.datasets.online_retail import category_of_description, load_sales
 from crm_shared.events import MemberContactability, Product, Sale, contactability_event, product_listed
 from crm_shared.kafka import make_producer
 from crm_shared.processes import ServiceProcess
@@ -41,18 +40,12 @@ LISTED_AT = datetime(2010, 11, 30, tzinfo=UTC)
 TABLES = ["notifier.offers", "notifier.suppressions"]
 
 
-def category(product_description: str) -> str | None:
-    """Online Retail has no categories: the last word of a description ("... T-LIGHT HOLDER") will do."""
-    words = product_description.split()
-    return words[-1] if words else None
-
-
 def birthday(member: str) -> str:
     return f"12-{zlib.crc32(member.encode()) % 28 + 1:02d}"
 
 
 async def publish_facts(bootstrap: str, prefix: str, sales: list[Sale]) -> None:
-    products = {line.sku: category(line.description or "") for sale in sales for line in sale.lines}
+    products = {line.sku: category_of_description(line.description or "") for sale in sales for line in sale.lines}
     members = sorted({sale.member_id for sale in sales if sale.member_id})
     producer = make_producer(bootstrap, client_id="batch-cuts")
     await producer.start()
@@ -75,7 +68,7 @@ def run(crm_stack: StackEndpoints, tmp: Path, sales: list[Sale], batch: int) -> 
     service = start_service("notifier", crm_stack, tmp, prefix=prefix, partitions=1, extra_env={
         "NOTIFIER_SCHEMA_NAME": schema, "NOTIFIER_CONSUMER_BATCH": str(batch), "NOTIFIER_CAMPAIGN_CACHE_SECONDS": "0",
         "NOTIFIER_TRIGGERS": "run_out,birthday,after_sale", "NOTIFIER_RUN_OUT_MIN_PURCHASES": "2"})
-    common = Counter(category(line.description or "") for sale in sales for line in sale.lines)
+    common = Counter(category_of_description(line.description or "") for sale in sales for line in sale.lines)
     care = {"name": "Care", "trigger": "after_sale", "channel": "push", "delay_days": 2, "control_share": 0.1,
             "categories": [name for name, _ in common.most_common(5) if name],
             "template": "How is your {product}? {discount}% off your next one until {valid_to}."}
@@ -110,8 +103,7 @@ def test_batches_of_3_and_of_1000_make_the_same_offers(crm_stack: StackEndpoints
     finally:
         big.stop()
         small.stop()
-    columns = big_state.columns["notifier.offers"]
-    offers: list[dict[str, Any]] = [dict(zip(columns, row, strict=True)) for row in big_state.tables["notifier.offers"]]
+    offers = big_state.records("notifier.offers")
     triggers = Counter(o["trigger"] for o in offers)
     # The check must exercise what batches used to change: each trigger dated by the clock, and redemptions.
     assert triggers["birthday"] > 50 and triggers["after_sale"] > 50 and triggers["run_out"] > 5, triggers
