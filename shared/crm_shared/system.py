@@ -101,8 +101,9 @@ def _canonical(value: Any) -> Any:
 #   to the members whose habits the notifier holds when the launch comes (as far as it has read
 #   member.profiles.v1). Run-out and after-sale care are dated by the clock reading that reached them
 #   and hold the same whatever the batches (the notifier's test_batch_cuts), but not against another
-#   topic's timing. So runs that compare offers enable `EXACT_TRIGGERS` only, or add run-out and
-#   after-sale care in a system without replenishment (tests/e2e/test_system_drills.py, `PRODUCT_TRIGGERS`).
+#   topic's timing. So runs that compare offers enable `EXACT_TRIGGERS` only, or add run-out,
+#   after-sale care and cross-sell in a system without replenishment whose basket rules are fixed
+#   before the replay (tests/e2e/test_system_drills.py, `PRODUCT_TRIGGERS`).
 # One race is left within them: the daily and weekly caps count a member's sends from every trigger,
 # and triggers read from different topics take turns in the order they are read, so a third send on
 # one day could be capped in one run and not in another. No drill run has differed on it so far.

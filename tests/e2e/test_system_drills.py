@@ -24,8 +24,9 @@ every 10 s of wall time (the drills run the notifier with `EXACT_TRIGGERS` only)
 must also be on `marketing.offers.v1` under exactly one event id, and every sale applied exactly
 once. Replenishment runs with `UNITS_PER_OFFER=0` (offers would feed its forecasts).
 
-One drill compares offers of products: run-out reminders and after-sale care, in a system without
-replenishment (its low-stock holds are what depends on timing), with the notifier killed mid-replay
+One drill compares offers of products: run-out reminders, after-sale care and cross-sell, in a system
+without replenishment (its low-stock holds are what depends on timing) and with basket rules fixed
+before the replay (the segmenter mines none of its own), with the notifier killed mid-replay
 (`PRODUCT_TRIGGERS`).
 
 `make test` runs the reduced form (the first 800 sales of the December 2010 demo slice, two services
@@ -53,12 +54,12 @@ import orjson
 import pytest
 from crm_shared.datasets.online_retail import category_of_description, load_sales
 from crm_shared.embedded import EmbeddedStack
-from crm_shared.events import Sale, SaleLine, SaleRecorded, sale_recorded
+from crm_shared.events import AssociationRulesChanged, RuleDocument, Sale, SaleLine, SaleRecorded, sale_recorded, segmenter_event
 from crm_shared.kafka import make_producer
-from crm_shared.serde import decode
+from crm_shared.serde import decode, encode, encode_key
 from crm_shared.system import EXACT_TRIGGERS, Snapshot, System, consumer_counters
 from crm_shared.testing import REPO_ROOT, StackEndpoints, dataset, read_topic
-from crm_shared.topics import ALL_TOPICS, MARKETING_OFFERS, POS_SALES
+from crm_shared.topics import ALL_TOPICS, ANALYTICS_ASSOCIATIONS, MARKETING_OFFERS, POS_SALES
 
 pytestmark = pytest.mark.e2e
 
@@ -107,19 +108,54 @@ def chunks(sales: Sequence[Sale], parts: int) -> list[list[Sale]]:
     return [list(sales[i:i + size]) for i in range(0, len(sales), size)]
 
 
-# Offers of products that the drill of product offers compares: run-out reminders and after-sale care
-# are decided from the sales alone (a member's purchase rhythm; a purchase in a followed-up category),
-# each dated by the clock reading that reached it. What keeps them out of the other drills is
-# replenishment's low-stock holds, read from another topic at its own pace: that drill runs the system
-# without replenishment (no report, no hold). Caps are lifted there, so that a tier upgrade read from
-# member-profile's topic and a reminder read from the sales cannot race for a member's last send of a
-# day (the one race `crm_shared.system` names); caps have tests of their own in the notifier.
-PRODUCT_TRIGGERS = ("run_out", "after_sale")
+# Offers of products that the drill of product offers compares: run-out reminders, after-sale care and
+# cross-sell are decided from the sales (a member's purchase rhythm; a purchase in a followed-up
+# category; a basket that holds a rule's antecedents), each dated by the clock reading or the sale that
+# reached it. What keeps them out of the other drills is input read from other topics at another
+# pace: replenishment's low-stock holds, and the basket rules the segmenter mines every 10 s of wall
+# time. That drill runs the system without replenishment (no report, no hold) and with a segmenter that
+# publishes no rules (no scope ever has enough baskets): the rules the segmenter's own miner finds in
+# the slice are published once, before the first sale. Caps are lifted there, so that a tier upgrade
+# read from member-profile's topic and a reminder read from the sales cannot race for a member's last
+# send of a day (the one race `crm_shared.system` names); caps have tests of their own in the notifier.
+PRODUCT_TRIGGERS = ("run_out", "after_sale", "cross_sell")
 WITHOUT_REPLENISHMENT = ("pos-gateway", "member-profile", "segmenter", "notifier")
 PRODUCT_DRILL_ENV = {**DRILL_ENV, "notifier": {
     **DRILL_ENV["notifier"], "NOTIFIER_TRIGGERS": ",".join(EXACT_TRIGGERS + PRODUCT_TRIGGERS),
     "NOTIFIER_RUN_OUT_MIN_PURCHASES": "2", "NOTIFIER_DAILY_CAP": "1000", "NOTIFIER_WEEKLY_CAP": "1000",
-    "NOTIFIER_CAMPAIGN_CACHE_SECONDS": "0"}}
+    "NOTIFIER_CAMPAIGN_CACHE_SECONDS": "0"},
+    "segmenter": {**DRILL_ENV["segmenter"], "SEGMENTER_RULES_MIN_SCOPE_BASKETS": str(10**9)}}
+FIXED_RULES = 200  # pair rules of the slice, strongest first: enough for many baskets to match one
+
+
+def publish_fixed_rules(system: System, sales: Sequence[Sale]) -> int:
+    """The chain's rules as the segmenter's miner finds them in all of `sales` (pairs, support >= 1%,
+    confidence >= 30%), published once on the rules topic and stored by the notifier when it returns."""
+    from segmenter.baskets import mine_rules
+
+    baskets = [sorted({line.sku for line in sale.lines}) for sale in sales if sale.kind == "sale"]
+    mined = mine_rules(baskets, 0.01, 0.3, 0.0, None, FIXED_RULES, 2)
+    latest = max(sale.occurred_at for sale in sales)
+    payload = AssociationRulesChanged(
+        scope="chain", window_start=None, window_end=latest, baskets=len(baskets), min_support=0.01,
+        min_confidence=0.3, rules=[RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent,
+                                                support=r.support, confidence=r.confidence, lift=r.lift)
+                                   for r in mined])
+    event = segmenter_event(payload, event_type="AssociationRulesChanged", key="chain", occurred_at=latest,
+                            identity=f"drill-rules/{latest.isoformat()}")
+
+    async def publish() -> None:
+        producer = make_producer(system.endpoints.kafka_bootstrap, client_id="drill-rules")
+        await producer.start()
+        try:
+            await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(system.prefix), encode(event),
+                                         key=encode_key("chain"))
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    system.wait_until_quiet(timeout=120, settle=0.5)
+    return len(mined)
 MARKETING = {"x-api-key": "dev-marketing"}
 
 
@@ -133,6 +169,7 @@ def prepared(endpoints: StackEndpoints, work: Path, sales: Sequence[Sale], *, pr
         system.publish_catalog(sales, category=category_of_description if products else None)
         system.enrol(s.member_id for s in sales if s.member_id)
         if products:
+            assert publish_fixed_rules(system, sales) >= 50, "too few basket rules in the slice to cross-sell with"
             common = Counter(category_of_description(line.description or "") for sale in sales for line in sale.lines)
             care = {"name": "Drill care", "trigger": "after_sale", "channel": "push", "delay_days": 2,
                     "categories": [name for name, _ in common.most_common(5) if name],
@@ -294,19 +331,26 @@ def test_each_consumer_service_killed_mid_replay_loses_nothing_and_applies_nothi
 
 
 @pytest.mark.parametrize("drill", SIZES)
-def test_run_out_and_after_sale_offers_survive_the_notifier_killed_mid_replay(
+def test_offers_of_products_survive_the_notifier_killed_mid_replay(
         drill: Drill, references: References, crm_stack: StackEndpoints, tmp_path: Path) -> None:
-    """Offers of products, compared offer by offer (text, window, control side, redemption) with an
-    uninterrupted run, with the notifier (and, in full, member-profile) killed mid-replay; see
-    `PRODUCT_TRIGGERS` for why without replenishment."""
+    """Run-out reminders, after-sale care and cross-sell, compared offer by offer (text, window, control
+    side, redemption) with an uninterrupted run, with the notifier (and, in full, member-profile) killed
+    mid-replay; see `PRODUCT_TRIGGERS` for why without replenishment and with rules fixed beforehand."""
     reference = references.get(drill, products=True)
     decided = Counter(reference.snapshot.column("notifier.offers", "trigger"))
-    # The check must reach what it is about: many offers of both product triggers, some withheld (the
-    # control group), some redeemed by a later sale (the reduced slice gives 71 run-out, 1,302 after-sale).
-    assert decided["run_out"] >= 20 and decided["after_sale"] >= 200, f"too few product offers to compare: {decided}"
+    # The check must reach what it is about: many offers of every product trigger, some withheld (the
+    # control group), some redeemed by a later sale (the reduced slice gives 71 run-out, 1,302 after-sale
+    # and 82 cross-sell offers, of them 14, 112 and 8 withheld, and 53 redeemed).
+    assert decided["run_out"] >= 20 and decided["after_sale"] >= 200 and decided["cross_sell"] >= 20, \
+        f"too few product offers to compare: {decided}"
+    for trigger in PRODUCT_TRIGGERS:
+        offers = [o for o in reference.snapshot.records("notifier.offers") if o["trigger"] == trigger]
+        assert sum(o["withheld"] for o in offers) >= 2, f"too few control-group offers of {trigger}"
     of_products = [o for o in reference.snapshot.records("notifier.offers") if o["trigger"] in PRODUCT_TRIGGERS]
-    assert sum(o["withheld"] for o in of_products) >= 10, "too few control-group offers of products"
     assert sum(o["redeemed_by"] is not None for o in of_products) >= 10, "too few redeemed offers of products"
+    print(f"offers of products compared: {dict(decided)}; withheld "
+          f"{Counter(o['trigger'] for o in of_products if o['withheld'])}; redeemed "
+          f"{Counter(o['trigger'] for o in of_products if o['redeemed_by'] is not None)}")
     assert_killed_run_matches(reference, crm_stack, tmp_path / "killed-products", drill.product_victims, products=True)
 
 
