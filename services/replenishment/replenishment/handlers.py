@@ -99,18 +99,25 @@ class SupplyHandlers:
         topic order (`StockLedger`), in the consumer's transaction; then purchase orders for each
         ordering cycle a sale closed, in the order they closed."""
         latest: dict[str, datetime] = {}
+        earliest: dict[str, date] = {}
         keys: dict[StockKey, None] = {}
         for event in events:
             sale = event.payload
             if sale.store_id not in latest or sale.occurred_at > latest[sale.store_id]:
                 latest[sale.store_id] = sale.occurred_at
+            day = sale.occurred_at.date()
+            if sale.store_id not in earliest or day < earliest[sale.store_id]:
+                earliest[sale.store_id] = day
             keys.update(((sale.store_id, line.sku), None) for line in sale.lines)
         days = await store.advance_stores(conn, latest)
         rows = await store.lock_stock(conn, list(keys))
-        since = min(before or after for before, after in days.values())
+        # The first ordering cycle the walk can reach per store: its day before the batch (the walk's
+        # day never goes back), or the earliest sale's day for a store seen for the first time.
+        first_cycle = {s: before if before is not None else earliest[s] for s, (before, _) in days.items()}
+        since = min(first_cycle.values())
         ledger = StockLedger(
             self.policy, rows, await store.terms_for(conn, {sku for _, sku in keys}),
-            await store.promotions_for(conn, rows, since), await store.needs_raised(conn, list(keys), since),
+            await store.promotions_for(conn, rows, since), await store.needs_raised(conn, list(keys), first_cycle),
             {store_id: before for store_id, (before, _) in days.items()},
             {key: store.model_of(row) for key, row in rows.items()})
         for event in events:

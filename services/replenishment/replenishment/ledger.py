@@ -65,7 +65,7 @@ class StockLedger:
     """The walk over one batch. `rows` are the locked stock rows of every store × sku in the batch;
     `store_days` each store's event-time day before the batch (None for a store never seen);
     `models` their demand models; `raised` the (store, sku, cycle) needs already raised for the batch's
-    keys from the oldest of those days."""
+    keys from their store's day before the batch on."""
 
     policy: Policy
     rows: dict[StockKey, dict[str, Any]]

@@ -306,15 +306,18 @@ async def add_needs(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[An
     return {row.need_id for row in result}
 
 
-async def needs_raised(conn: AsyncConnection, keys: list[tuple[str, str]], since: date) -> set[tuple[str, str, date]]:
-    """(store, sku, cycle) of the needs raised for `keys` in cycles from `since` on."""
+async def needs_raised(conn: AsyncConnection, keys: list[tuple[str, str]],
+                       since: dict[str, date]) -> set[tuple[str, str, date]]:
+    """(store, sku, cycle) of the needs raised for `keys` in cycles from their store's `since` on (one
+    day per store: with the oldest day of a batch's stores for all of them, a batch that held one
+    store quiet for months read back every need of the busy stores' skus since then)."""
     if not keys:
         return set()
     result = await conn.execute(text(
         "SELECT n.store_id, n.sku, n.cycle FROM needs n "
-        "JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS k(store_id, sku) "
-        "ON n.store_id = k.store_id AND n.sku = k.sku WHERE n.cycle >= :since"),
-        {"stores": [s for s, _ in keys], "skus": [k for _, k in keys], "since": since})
+        "JOIN unnest(CAST(:stores AS text[]), CAST(:skus AS text[]), CAST(:since AS date[])) AS k(store_id, sku, since) "
+        "ON n.store_id = k.store_id AND n.sku = k.sku AND n.cycle >= k.since"),
+        {"stores": [s for s, _ in keys], "skus": [k for _, k in keys], "since": [since[s] for s, _ in keys]})
     return {(row.store_id, row.sku, row.cycle) for row in result}
 
 
