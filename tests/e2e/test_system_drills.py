@@ -156,6 +156,8 @@ def publish_fixed_rules(system: System, sales: Sequence[Sale]) -> int:
     asyncio.run(publish())
     system.wait_until_quiet(timeout=120, settle=0.5)
     return len(mined)
+
+
 MARKETING = {"x-api-key": "dev-marketing"}
 
 
