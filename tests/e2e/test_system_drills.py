@@ -129,18 +129,21 @@ FIXED_RULES = 200  # pair rules of the slice, strongest first: enough for many b
 
 
 def publish_fixed_rules(system: System, sales: Sequence[Sale]) -> int:
-    """The chain's rules as the segmenter's miner finds them in all of `sales` (pairs, support >= 1%,
-    confidence >= 30%), published once on the rules topic and stored by the notifier when it returns."""
+    """The chain's rules as the segmenter's miner finds them in all of `sales` (pairs, at the segmenter's
+    default minimum support and confidence), published once on the rules topic and stored by the
+    notifier when it returns."""
     from segmenter.baskets import mine_rules
+    from segmenter.settings import SegmenterSettings
 
+    defaults = SegmenterSettings.model_fields
+    support, confidence = defaults["rules_min_support"].default, defaults["rules_min_confidence"].default
     baskets = [sorted({line.sku for line in sale.lines}) for sale in sales if sale.kind == "sale"]
-    mined = mine_rules(baskets, 0.01, 0.3, 0.0, None, FIXED_RULES, 2)
+    mined = mine_rules(baskets, support, confidence, 0.0, None, FIXED_RULES, 2)
     latest = max(sale.occurred_at for sale in sales)
-    payload = AssociationRulesChanged(
-        scope="chain", window_start=None, window_end=latest, baskets=len(baskets), min_support=0.01,
-        min_confidence=0.3, rules=[RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent,
-                                                support=r.support, confidence=r.confidence, lift=r.lift)
-                                   for r in mined])
+    rules = [RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent, support=r.support,
+                          confidence=r.confidence, lift=r.lift) for r in mined]
+    payload = AssociationRulesChanged(scope="chain", window_start=None, window_end=latest, baskets=len(baskets),
+                                      min_support=support, min_confidence=confidence, rules=rules)
     event = segmenter_event(payload, event_type="AssociationRulesChanged", key="chain", occurred_at=latest,
                             identity=f"drill-rules/{latest.isoformat()}")
 
