@@ -80,7 +80,7 @@ class StockLedger:
     daily: dict[tuple[str, str, date], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     lines: int = 0
     late_lines: int = 0
-    _levels: dict[StockKey, tuple[tuple[Any, ...], Levels]] = field(default_factory=dict)
+    _levels: dict[StockKey, tuple[tuple[date, int], Levels]] = field(default_factory=dict)
 
     def apply(self, sale: Sale) -> None:
         store_id, at, day = sale.store_id, sale.occurred_at, sale.occurred_at.date()
@@ -124,7 +124,7 @@ class StockLedger:
     def _decide(self, key: StockKey, row: dict[str, Any], model: DemandModel, today: date, at: datetime) -> None:
         store_id, sku = key
         sku_terms, unit_cost = self.terms.get(sku, (UNASSIGNED, None))
-        levels = self._levels_at(key, row, model, today, sku_terms)
+        levels = self._levels_at(key, row, model, sku_terms)
         if is_low(row["on_hand"], levels.forecast_daily, self.policy):
             if row["low_since"] is None:
                 row["low_since"] = today
@@ -145,17 +145,21 @@ class StockLedger:
             "on_order": row["on_order"], "forecast_daily": levels.forecast_daily, "detected_at": at})
         row["on_order"] += quantity
 
-    def _levels_at(self, key: StockKey, row: dict[str, Any], model: DemandModel, today: date, terms: Terms) -> Levels:
-        """Levels change only when the day or the learned days do (the open day's units are not learned
-        until a later day comes): computed (and written to the row) once per such change, not at every
-        sale of a busy sku."""
-        open_day = model.open_day
-        stamp = (today, model.days_learned, open_day,
-                 model.open_quantity if open_day is not None and open_day < today else None)
+    def _levels_at(self, key: StockKey, row: dict[str, Any], model: DemandModel, terms: Terms) -> Levels:
+        """Levels as of the SKU's own newest sale day (its model's open day, set by the sale just
+        recorded), from the days learned before it. A sale dated before its store's day (partitions are
+        keyed by member and drift in event time: a third of a backlog's lines) is decided on what is
+        known of its SKU at that day, not on the days up to the store's day rolled in as zeros: those
+        days may still bring the SKU's sales from a partition behind. Levels change only when the open
+        day or the learned days do: computed (and written to the row) once per such change, not at
+        every sale of a busy SKU."""
+        day = model.open_day
+        assert day is not None  # record_demand has just recorded a sale
+        stamp = (day, model.days_learned)
         known = self._levels.get(key)
         if known is not None and known[0] == stamp:
             return known[1]
-        levels = reorder_levels(model, today, terms, self.policy, self.promotions.get(key, ()))
+        levels = reorder_levels(model, day, terms, self.policy, self.promotions.get(key, ()))
         self._levels[key] = (stamp, levels)
         row["forecast_daily"], row["sigma_daily"] = levels.forecast_daily, levels.sigma_daily
         row["reorder_point"], row["order_up_to"] = levels.reorder_point, levels.order_up_to
