@@ -10,7 +10,8 @@ or end: a service killed and restarted mid-replay decides exactly what an uninte
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -27,7 +28,9 @@ from replenishment.domain import (
     Terms,
     days_of_cover,
     is_low,
+    max_order_units,
     order_quantity,
+    po_id_for,
     record_demand,
     reorder_levels,
 )
@@ -174,3 +177,57 @@ class StockLedger:
         depth = max((len(closes) for closes in per_store.values()), default=0)
         return [[closes[n] for closes in per_store.values() if n < len(closes)] for n in range(depth)]
 
+
+
+@dataclass(frozen=True)
+class PlannedOrder:
+    """A purchase order a cycle close raises: its needs oldest cycle first within a SKU."""
+
+    po_id: str
+    supplier_id: str
+    store_id: str
+    cycle: date  # the newest cycle of its needs
+    raised_at: datetime  # the time of the sale that closed the cycle
+    needs: tuple[Any, ...]
+
+
+def plan_orders(rounds: list[list[CycleClosed]], pending: Sequence[Any], taken: Collection[str]) -> list[PlannedOrder]:
+    """The purchase orders of a batch's cycle closes, round by round as they happened (`StockLedger.rounds`).
+    At each close, the store's needs of the cycles before it that no earlier close put on an order become
+    one order per supplier, its id derived from supplier, store and newest cycle (`po_id_for`). A line
+    carries at most the contract's maximum: a need that would take its SKU's line over waits for a later
+    close. An order whose id is `taken` (raised before this batch) or planned already in it is not raised,
+    and its needs wait. `pending`: the needs not on an order, by store, supplier, sku and cycle."""
+    place = {need.need_id: n for n, need in enumerate(pending)}
+    # Per store: its needs by cycle, to be taken as closes pass them, and those a close left waiting.
+    due_by_store: dict[str, deque[Any]] = defaultdict(deque)
+    for need in sorted(pending, key=lambda n: n.cycle):  # stable: pending's order within a cycle
+        due_by_store[need.store_id].append(need)
+    waiting: dict[str, list[Any]] = {}
+    ids = set(taken)
+    on_order: set[Any] = set()  # need ids a planned order carries
+    planned: list[PlannedOrder] = []
+    for closes in rounds:
+        for close in sorted(closes, key=lambda c: c.store_id):
+            due, queue = waiting.pop(close.store_id, []), due_by_store[close.store_id]
+            while queue and queue[0].cycle < close.day:
+                due.append(queue.popleft())
+            due.sort(key=lambda n: place[n.need_id])
+            groups: dict[str, list[Any]] = defaultdict(list)
+            line_units: dict[tuple[str, str], int] = defaultdict(int)
+            for need in due:
+                line = (need.supplier_id, need.sku)
+                if line_units[line] + need.quantity > max_order_units(need.pack_size):
+                    continue  # one line carries at most the contract's maximum: this need waits
+                line_units[line] += need.quantity
+                groups[need.supplier_id].append(need)
+            for supplier_id, group in groups.items():
+                cycle = max(n.cycle for n in group)
+                po_id = po_id_for(supplier_id, close.store_id, cycle)
+                if po_id in ids:
+                    continue  # an order of that cycle exists: its needs wait for the next close
+                ids.add(po_id)
+                on_order.update(n.need_id for n in group)
+                planned.append(PlannedOrder(po_id, supplier_id, close.store_id, cycle, close.at, tuple(group)))
+            waiting[close.store_id] = [n for n in due if n.need_id not in on_order]
+    return planned

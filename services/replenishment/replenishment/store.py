@@ -322,9 +322,9 @@ async def needs_raised(conn: AsyncConnection, keys: list[tuple[str, str]],
 
 
 async def needs_to_order(conn: AsyncConnection, closed: dict[str, date]) -> list[Any]:
-    """The needs not on an order yet of the cycles before each store's closing day, locked (a second
-    replica skips them), by store, supplier, sku and cycle. Only those cycles: a batch that closes a
-    store's days one after the other has the later days' needs written already."""
+    """The needs not on an order yet of the cycles before each store's (last) closing day, locked (a
+    second replica skips them), by store, supplier, sku and cycle. Only those cycles: the needs of the
+    day a batch leaves open are written already, and wait for its close."""
     if not closed:
         return []
     stores = sorted(closed)
@@ -350,6 +350,15 @@ async def add_orders(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[s
         return set()
     result = await conn.execute(text(_ADD_ORDERS_SQL), {"rows": recordset_rows(rows, ORDER_COLUMNS)})
     return {row.po_id for row in result}
+
+
+async def orders_among(conn: AsyncConnection, po_ids: Iterable[str]) -> set[str]:
+    """Which of these purchase order ids exist."""
+    ids = sorted(po_ids)
+    if not ids:
+        return set()
+    return {row.po_id for row in await conn.execute(
+        select(purchase_orders.c.po_id).where(any_of(purchase_orders.c.po_id, ids)))}
 
 
 async def add_order_lines(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:

@@ -5,7 +5,8 @@ episodes and cycle closes. (Before the ledger, needs were decided on the stock a
 from __future__ import annotations
 
 import random
-from datetime import date
+from datetime import UTC, date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,8 +14,8 @@ from crm_shared.datasets.online_retail import load_sales
 from crm_shared.events import Sale
 from crm_shared.supplier_terms import products_from_sales
 from crm_shared.testing import REPO_ROOT
-from replenishment.domain import DemandModel, Policy, Terms
-from replenishment.ledger import StockLedger
+from replenishment.domain import MAX_ORDER_QUANTITY, DemandModel, Policy, Terms, po_id_for
+from replenishment.ledger import CycleClosed, StockLedger, plan_orders
 from replenishment.store import model_columns, model_of, new_stock_row
 
 SLICE = REPO_ROOT / "deploy" / "demo-data" / "online_retail_2010-12.csv.gz"
@@ -94,3 +95,35 @@ def test_a_later_day_closes_the_cycle_and_a_late_sale_does_not() -> None:
     assert [n["cycle"] for n in ledger.needs] == [date(2011, 1, 3), date(2011, 1, 4)]  # one need per cycle
     assert rows[("s1", "A")]["on_hand"] == -12 and ledger.late_lines == 1
     assert rows[("s1", "A")]["on_order"] == sum(n["quantity"] for n in ledger.needs)
+
+
+def test_orders_are_planned_close_by_close_and_a_capped_or_taken_order_leaves_its_needs_waiting() -> None:
+    def need(name: str, store_id: str, sku: str, day: int, quantity: int, supplier: str = "sup") -> SimpleNamespace:
+        return SimpleNamespace(need_id=name, store_id=store_id, supplier_id=supplier, sku=sku,
+                               cycle=date(2011, 1, day), quantity=quantity, pack_size=1)
+
+    def close(store_id: str, day: int) -> CycleClosed:
+        return CycleClosed(store_id, date(2011, 1, day), datetime(2011, 1, day, 9, tzinfo=UTC))
+
+    # As store.needs_to_order gives them: by store, supplier, sku and cycle.
+    pending = [need("b3", "s1", "B", 3, 1, "other"), need("a3", "s1", "A", 3, 5), need("a4", "s1", "A", 4, 6),
+               need("big3", "s2", "C", 3, MAX_ORDER_QUANTITY - 10), need("big4", "s2", "C", 4, 20)]
+    rounds = [[close("s2", 4), close("s1", 4)], [close("s1", 5), close("s2", 5)]]
+    planned = plan_orders(rounds, pending, taken=set())
+    # Round 1 closes each store's cycle 3 (one order per supplier), round 2 their cycle 4: by then s2's
+    # big need of cycle 3 is on round 1's order, so cycle 4's fits on a line of its own.
+    assert [(p.store_id, p.supplier_id, p.cycle, [n.need_id for n in p.needs], p.raised_at.day) for p in planned] == [
+        ("s1", "other", date(2011, 1, 3), ["b3"], 4), ("s1", "sup", date(2011, 1, 3), ["a3"], 4),
+        ("s2", "sup", date(2011, 1, 3), ["big3"], 4),
+        ("s1", "sup", date(2011, 1, 4), ["a4"], 5), ("s2", "sup", date(2011, 1, 4), ["big4"], 5)]
+    assert [p.po_id for p in planned] == [po_id_for(p.supplier_id, p.store_id, p.cycle) for p in planned]
+
+    # Both of s2's needs due at one close: the second would take the line over the maximum and waits.
+    capped = plan_orders([[close("s2", 5)]], pending[3:], taken=set())
+    assert [[n.need_id for n in p.needs] for p in capped] == [["big3"]]
+
+    # An order of that supplier, store and cycle exists already: not raised again, its needs wait, and
+    # a later close that brings a newer need of that supplier takes them along.
+    taken = {po_id_for("sup", "s1", date(2011, 1, 3))}
+    again = plan_orders([[close("s1", 4)], [close("s1", 5)]], pending[1:3], taken)
+    assert [(p.cycle, [n.need_id for n in p.needs]) for p in again] == [(date(2011, 1, 4), ["a3", "a4"])]
