@@ -151,8 +151,8 @@ class SupplyHandlers:
         the time of the sale that closed them (`plan_orders`, round by round). A need is on one order line,
         ever: its `po_id` is set once, and the order's id is derived from supplier, store and cycle
         (unique), so a redelivery, a restart or a second replica raises nothing twice. The same few
-        statements for all of a batch's closes, whatever their number (a statement set per close was a
-        fifth of the sales consumer's time on a backlog)."""
+        statements for all of a batch's closes, whatever their number (a statement set and a savepoint per
+        close were 385 of them for ten 2,000-sale batches of a backlog)."""
         last_close = {c.store_id: c.day for closes in rounds for c in closes}  # a store's closes come in order
         pending = await store.needs_to_order(conn, last_close)
         # The id of any order the plan could raise is that of one of the needs' supplier, store and cycle.

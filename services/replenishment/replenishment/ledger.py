@@ -178,7 +178,6 @@ class StockLedger:
         return [[closes[n] for closes in per_store.values() if n < len(closes)] for n in range(depth)]
 
 
-
 @dataclass(frozen=True)
 class PlannedOrder:
     """A purchase order a cycle close raises: its needs oldest cycle first within a SKU."""
