@@ -54,7 +54,7 @@ import orjson
 import pytest
 from crm_shared.datasets.online_retail import category_of_description, load_sales
 from crm_shared.embedded import EmbeddedStack
-from crm_shared.events import AssociationRulesChanged, RuleDocument, Sale, SaleLine, SaleRecorded, sale_recorded, segmenter_event
+from crm_shared.events import AssociationRulesChanged, Sale, SaleLine, SaleRecorded, sale_recorded, segmenter_event
 from crm_shared.kafka import make_producer
 from crm_shared.serde import decode, encode, encode_key
 from crm_shared.system import EXACT_TRIGGERS, Snapshot, System, consumer_counters
@@ -140,10 +140,9 @@ def publish_fixed_rules(system: System, sales: Sequence[Sale]) -> int:
     baskets = [sorted({line.sku for line in sale.lines}) for sale in sales if sale.kind == "sale"]
     mined = mine_rules(baskets, support, confidence, 0.0, None, FIXED_RULES, 2)
     latest = max(sale.occurred_at for sale in sales)
-    rules = [RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent, support=r.support,
-                          confidence=r.confidence, lift=r.lift) for r in mined]
     payload = AssociationRulesChanged(scope="chain", window_start=None, window_end=latest, baskets=len(baskets),
-                                      min_support=support, min_confidence=confidence, rules=rules)
+                                      min_support=support, min_confidence=confidence,
+                                      rules=[r.document() for r in mined])
     event = segmenter_event(payload, event_type="AssociationRulesChanged", key="chain", occurred_at=latest,
                             identity=f"drill-rules/{latest.isoformat()}")
 

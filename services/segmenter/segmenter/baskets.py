@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from crm_shared.events import RuleDocument
 
 STATE_VERSION = 1
 ARULES_MAX_RULE_ITEMS = 10
@@ -79,6 +80,11 @@ class AssociationRule:
     confidence: float
     lift: float
     baskets: int  # baskets holding antecedents and consequent
+
+    def document(self) -> RuleDocument:
+        """The rule as `analytics.associations.v1` carries it."""
+        return RuleDocument(antecedents=sorted(self.antecedents), consequent=self.consequent, support=self.support,
+                            confidence=self.confidence, lift=self.lift)
 
 
 @dataclass(frozen=True, slots=True)

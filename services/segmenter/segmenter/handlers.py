@@ -25,7 +25,6 @@ from crm_shared.events import (
     MemberErased,
     MemberProfileUpdated,
     MemberSegmentChanged,
-    RuleDocument,
     Sale,
     segmenter_event,
 )
@@ -502,8 +501,7 @@ class SegmentHandlers:
             payload = AssociationRulesChanged(
                 scope=scope, window_start=latest - self.window, window_end=latest, baskets=size,
                 min_support=self.settings.rules_min_support, min_confidence=self.settings.rules_min_confidence,
-                rules=[RuleDocument(antecedents=sorted(r.antecedents), consequent=r.consequent, support=r.support,
-                                    confidence=r.confidence, lift=r.lift) for r in top])
+                rules=[r.document() for r in top])
             # the window's end too: top rules that come back to an earlier set are a new fact
             event = segmenter_event(payload, event_type="AssociationRulesChanged", key=scope, occurred_at=latest,
                                     identity=f"rules/{scope}/{fingerprint}/{latest.isoformat()}")
