@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crm_shared.db import asyncpg_connection
 from crm_shared.events import Envelope
+from crm_shared.kafka import send_in_batches
 from crm_shared.serde import encode, encode_key
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,8 @@ class OutboxRelay:
                 rows = await db.fetch(self._select_sql, self.batch_size)
                 if not rows:
                     return 0
-                futures = [await self._producer.send(topic, value=value, key=key) for _, topic, key, value in rows]
-                await asyncio.wait_for(asyncio.gather(*futures), 15)
+                records = [(topic, key, value) for _, topic, key, value in rows]
+                await asyncio.wait_for(send_in_batches(self._producer, records), 15)
                 # Acknowledged is not enough: a broker restarted empty acknowledges writes to topics it
                 # no longer has. The rows stay unpublished unless the broker still has the sentinel topic.
                 cluster = await self._producer.client.fetch_all_metadata()
