@@ -242,10 +242,7 @@ class SupplyHandlers:
             else:
                 after(po.status, "receive")
                 outcome = receive(ordered, received_before, dict(delivered))
-            for sku, total in outcome.received.items():
-                if sku in lines:
-                    await conn.execute(update(store.po_lines).where(store.po_lines.c.po_id == po.po_id,
-                                                                    store.po_lines.c.sku == sku).values(received=total))
+            await store.set_received(conn, po.po_id, {sku: total for sku, total in outcome.received.items() if sku in lines})
             over = bool(outcome.over_delivered or outcome.unordered)
             await conn.execute(update(store.purchase_orders).where(store.purchase_orders.c.po_id == po.po_id).values(
                 status=outcome.status, received_at=receipt.received_at,

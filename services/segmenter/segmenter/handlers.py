@@ -320,7 +320,7 @@ class SegmentHandlers:
         churn = outcome.churn or self.churn
         fitted_at = outcome.churn_fitted_at
         if fitted_at is None or clock - fitted_at >= timedelta(days=self.settings.churn_refit_days):
-            summaries = [summary for page in [p async for p in store.member_pages(conn, SWEEP_PAGE)]
+            summaries = [summary for page in [p async for p in store.member_pages(conn, SWEEP_PAGE, store.SUMMARY_COLUMNS)]
                          for summary in (summary_of_row(r, clock) for r in page) if summary is not None]
             if len(summaries) >= 50:
                 churn = ChurnModel.from_state(churn.to_state())
@@ -332,10 +332,10 @@ class SegmentHandlers:
         population = domain.population_of(await store.active_population(conn, self.settings.active_days, clock))
         outcome.population = population
         model = outcome.clusters or self.clusters
-        async for page in store.member_pages(conn, SWEEP_PAGE):
+        async for page in store.member_pages(conn, SWEEP_PAGE, store.REVIEW_COLUMNS):
             swept = await asyncio.to_thread(self._reclassify_rows, page, population, churn, clock, model,
                                             label or f"sweep/{clock.date().isoformat()}")
-            await store.save_members(conn, swept.rows)
+            await store.save_segments(conn, swept.rows)
             learned.changes += swept.changes
             learned.events += swept.events
 
@@ -365,7 +365,7 @@ class SegmentHandlers:
             moved = (held_p is None) != (new_p is None) or (
                 held_p is not None and new_p is not None and abs(held_p - new_p) >= P_ACTIVE_STEP)
             if decided.changes or moved:  # a day's drift of P(active) alone is not worth a write per member
-                learned.rows.append({**row, **columns})
+                learned.rows.append({"member_id": row["member_id"], **columns})
             self._record(learned, row["member_id"], decided, churn, clock, identity=label)
         return learned
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from crm_shared.consumer import applied_events_table
-from crm_shared.db import any_of, insert_from_recordset, recordset_rows, upsert_tail
+from crm_shared.db import any_of, column_types, insert_from_recordset, recordset, recordset_rows, upsert_tail
 from crm_shared.outbox import outbox_table
 from crm_shared.serde import encode_key
 from sqlalchemy import (
@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     delete,
     func,
     select,
@@ -140,17 +141,31 @@ async def load_members(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, d
     return {row.member_id: dict(row._mapping) for row in rows}
 
 
-async def member_pages(conn: AsyncConnection, size: int) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every member, `size` at a time, in member id order (keyset: each page starts after the last)."""
+# What a review reads of each member (`member_pages(conn, size, REVIEW_COLUMNS)`): what re-deciding its
+# segments needs. Its features (JSON, the largest column) only where no cluster is held yet (a member
+# first seen while the clusters were being seeded): the review predicts one from them.
+REVIEW_COLUMNS = (*(c for c in members.c if c.name not in ("as_of", "features", "profile_event_id")),
+                  case((members.c.cluster.is_(None), members.c.features)).label("features"))
+# What a churn refit reads of each member (`handlers.summary_of_row`): no JSON at all.
+SUMMARY_COLUMNS = tuple(members.c[name] for name in ("member_id", "first_purchase_at", "last_purchase_at", "visits",
+                                                     "interval_mean", "interval_spread"))
+
+
+async def member_pages(conn: AsyncConnection, size: int,
+                       columns: Sequence[Any] = tuple(members.c)) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every member, `size` at a time, in member id order (keyset: each page starts after the last);
+    `columns` (member_id among them) of each."""
     after: str | None = None
     while True:
-        query = select(members).order_by(members.c.member_id).limit(size)
+        query = select(*columns).order_by(members.c.member_id).limit(size)
         if after is not None:
             query = query.where(members.c.member_id > after)
         page = [dict(row._mapping) for row in await conn.execute(query)]
         if not page:
             return
         yield page
+        if len(page) < size:  # the last page: no need to ask for an empty one
+            return
         after = page[-1]["member_id"]
 
 
@@ -171,6 +186,19 @@ async def save_members(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) ->
     """Upserted in one statement; a member appears at most once in `rows` (an upsert may not touch a row twice)."""
     if rows:
         await conn.execute(text(_SAVE_MEMBERS_SQL), {"rows": recordset_rows(rows, MEMBER_COLUMNS)})
+
+
+SEGMENT_COLUMNS = ("member_id", "value_tier", "persona", "cluster", "scores", "p_active", "expected_next_visit_at")
+_SAVE_SEGMENTS_SQL = (
+    "UPDATE members SET " + ", ".join(f"{c} = rows.{c}" for c in SEGMENT_COLUMNS[1:])
+    + f" FROM {recordset('rows', column_types(members, SEGMENT_COLUMNS))} WHERE members.member_id = rows.member_id")
+
+
+async def save_segments(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """A review's decisions: the segment columns of members that exist (the rest of each row as it is),
+    in one statement."""
+    if rows:
+        await conn.execute(text(_SAVE_SEGMENTS_SQL), {"rows": recordset_rows(rows, SEGMENT_COLUMNS)})
 
 
 CHANGE_COLUMNS = ("member_id", "dimension", "old", "new", "reason", "as_of")
