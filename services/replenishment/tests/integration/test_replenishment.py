@@ -164,12 +164,17 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         assert after_first["on_hand"] == before["on_hand"] + quantity - 1
         assert after_first["on_order"] == on_order_before - (quantity - 1)
         assert after_first["received"] == quantity - 1
+        lines_after_first = {line["sku"]: line["received"] for line in
+                             httpx.get(f"{url}/v1/orders/{po}", headers=OPS).json()["lines"]}
+        assert lines_after_first == {s: (quantity - 1 if s == sku else 0) for s in ordered}
         rest = [{"sku": s, "quantity": q} for s, q in ordered.items() if s != sku] + [{"sku": sku, "quantity": 5}]
         second = httpx.post(f"{url}/v1/receipts", headers=OPS, json={
             "receipt_id": "r2", "store_id": "s1", "po_id": po, "received_at": received_at, "lines": rest})
         assert second.status_code == 201, second.text
         assert second.json()["status"] == "received" and second.json()["over_delivered"] is True
         assert second.json()["over_delivered_units"] == {sku: 4}
+        assert {line["sku"]: line["received"] for line in httpx.get(f"{url}/v1/orders/{po}", headers=OPS).json()["lines"]} \
+            == {s: (quantity + 4 if s == sku else q) for s, q in ordered.items()}
         repeat = httpx.post(f"{url}/v1/receipts", headers=OPS, json={
             "receipt_id": "r2", "store_id": "s1", "po_id": po, "received_at": received_at, "lines": rest})
         assert repeat.json()["already_recorded"] is True
