@@ -38,10 +38,11 @@ EVENTS_SKIPPED = Counter("crm_consumer_events_duplicate_total", "Redelivered eve
 EVENTS_DEAD = Counter("crm_consumer_events_dead_lettered_total", "Poison records sent to the DLQ", ["consumer"])
 
 
-def applied_events_table(metadata: MetaData) -> Table:
-    """The record of what a service has applied; add it to the service's own metadata."""
+def applied_events_table(metadata: MetaData, name: str = "applied_events") -> Table:
+    """The record of what a service has applied; add it to the service's own metadata. A second
+    consumer group of the same service on the same topic keeps its own (`name`)."""
     return Table(
-        "applied_events", metadata,
+        name, metadata,
         Column("event_id", UUID(as_uuid=True), primary_key=True),
         Column("topic", String(200), nullable=False),
         Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

@@ -35,6 +35,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
                                                  ("segmenter.sales", ("pos.sales.v1",)),
                                                  ("segmenter.erasures", ("member.erased.v1",)))),
     ServiceSpec("replenishment", "replenishment", 8004, (("replenishment.sales", ("pos.sales.v1",)),
+                                                         ("replenishment.sell-through", ("pos.sales.v1",)),
                                                          ("replenishment.catalog", ("catalog.products.v1",)),
                                                          ("replenishment.receipts", ("inventory.receipts.v1",)),
                                                          ("replenishment.acks", ("supplier.acks.v1",)),

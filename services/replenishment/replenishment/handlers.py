@@ -41,7 +41,7 @@ from replenishment.domain import (
     receive_late,
     reorder_levels,
 )
-from replenishment.ledger import UNASSIGNED, CycleClosed, StockKey, StockLedger, plan_orders
+from replenishment.ledger import UNASSIGNED, CycleClosed, StockKey, StockLedger, daily_sales, plan_orders
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,6 @@ class SupplyHandlers:
         for key, model in ledger.models.items():
             rows[key].update(store.model_columns(model))
         await store.save_stock(conn, rows.values())
-        await store.add_daily_sales(conn, [{"store_id": s, "sku": k, "day": d, "sold": v[0], "returned": v[1]}
-                                           for (s, k, d), v in ledger.daily.items()])
         rounds = ledger.rounds()
         if rounds:
             # In a savepoint: orders that cannot be built are logged and their needs stay parked for the
@@ -145,6 +143,13 @@ class SupplyHandlers:
                               extra={"stores": sorted({c.store_id for closes in rounds for c in closes})})
         await add_events(conn, store.outbox, self.low_stock_topic, ledger.low_stock)
         return outcome
+
+    async def apply_sell_through(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> None:
+        """Daily units sold and returned per store × SKU (`GET /v1/suppliers/me/sell-through`). A consumer
+        group of its own: this upsert (a row per store × SKU × day, ~300,000 over the Online Retail
+        year) ran inside the stock batches, the path every reorder decision waits on."""
+        await store.add_daily_sales(conn, [{"store_id": s, "sku": k, "day": d, "sold": v[0], "returned": v[1]}
+                                           for (s, k, d), v in daily_sales([e.payload for e in events]).items()])
 
     async def raise_orders(self, conn: AsyncConnection, rounds: list[list[CycleClosed]]) -> list[str]:
         """One purchase order per supplier × store for the needs of the cycles each close closed, raised at

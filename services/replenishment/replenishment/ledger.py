@@ -80,7 +80,6 @@ class StockLedger:
     needs: list[dict[str, Any]] = field(default_factory=list)
     low_stock: list[Envelope[Any]] = field(default_factory=list)
     closed: list[CycleClosed] = field(default_factory=list)
-    daily: dict[tuple[str, str, date], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     lines: int = 0
     late_lines: int = 0
     _levels: dict[StockKey, tuple[tuple[date, int], Levels]] = field(default_factory=dict)
@@ -94,11 +93,9 @@ class StockLedger:
             self.store_days[store_id] = today = day
         returning = sale.kind == "return"
         units: dict[str, int] = {}
-        daily = self.daily
         for line in sale.lines:
             sku, quantity = line.sku, line.quantity
             units[sku] = units.get(sku, 0) + quantity
-            daily[(store_id, sku, day)][returning] += quantity
         self.lines += len(sale.lines)
         rows, models = self.rows, self.models
         for sku, quantity in units.items():
@@ -176,6 +173,17 @@ class StockLedger:
             per_store[close.store_id].append(close)
         depth = max((len(closes) for closes in per_store.values()), default=0)
         return [[closes[n] for closes in per_store.values() if n < len(closes)] for n in range(depth)]
+
+
+def daily_sales(sales: Sequence[Sale]) -> dict[tuple[str, str, date], list[int]]:
+    """Units sold and handed back per store × SKU × the till's calendar day: the sell-through that
+    suppliers read. Kept by its own consumer group (`stream.consumers`), off the path of stock decisions."""
+    daily: dict[tuple[str, str, date], list[int]] = defaultdict(lambda: [0, 0])
+    for sale in sales:
+        store_id, day, returning = sale.store_id, sale.occurred_at.date(), sale.kind == "return"
+        for line in sale.lines:
+            daily[(store_id, line.sku, day)][returning] += line.quantity
+    return daily
 
 
 @dataclass(frozen=True)

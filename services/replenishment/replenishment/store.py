@@ -39,6 +39,8 @@ from replenishment.domain import DemandModel, Promotion, Terms
 
 metadata = MetaData()
 applied_events = applied_events_table(metadata)
+# The sell-through consumer (its own group on pos.sales.v1, `stream.consumers`) records what it applied here.
+applied_sell_through = applied_events_table(metadata, "applied_sell_through")
 outbox = outbox_table(metadata)
 
 products = Table(

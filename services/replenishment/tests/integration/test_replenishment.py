@@ -136,6 +136,7 @@ def test_stock_orders_lifecycle_and_supplier_isolation(crm_stack: StackEndpoints
         assert refused.status_code == 403 and refused.json()["detail"][0]["field"] == "po_id"
         mine = httpx.get(f"{url}/v1/suppliers/me/stock", headers=SUP_B).json()
         assert {item["sku"] for item in mine["items"]} == {"C"}
+        caught_up(bootstrap, prefix, "sell-through", POS_SALES.name)
         through = httpx.get(f"{url}/v1/suppliers/me/sell-through", headers=SUP_B).json()
         assert {d["sku"] for d in through["days"]} == {"C"} and sum(d["sold"] for d in through["days"]) == 105
         assert httpx.get(f"{url}/v1/suppliers/me/orders", headers=SUP_A).json()["orders"]
@@ -253,9 +254,25 @@ def batch_stock(sales: list[Sale]) -> dict[tuple[str, str], int]:
     return on_hand
 
 
+async def net_sold(database_url: str, schema: str) -> dict[tuple[str, str], int]:
+    """Units sold less units returned per store × SKU, from the sell-through table (`daily_sales`)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        rows = await conn.fetch(f'SELECT store_id, sku, sum(sold - returned) AS net FROM "{schema}".daily_sales '
+                                "GROUP BY store_id, sku HAVING sum(sold - returned) <> 0")
+        return {(r["store_id"], r["sku"]): int(r["net"]) for r in rows}
+    finally:
+        await conn.close()
+
+
 def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack: StackEndpoints,
                                                                        tmp_path: Path) -> None:
-    """A month of real Online Retail sales (20,000 lines), SIGKILLed mid-stream, restarted, delivered twice."""
+    """A month of real Online Retail sales (20,000 lines), SIGKILLed mid-stream, restarted, delivered twice:
+    stock and sell-through (each its own consumer group) as the batch computation gives them."""
     sales = load_sales(SLICE)[0]
     catalog = products_from_sales(sales)
     prefix, schema = f"rk{uuid.uuid4().hex[:6]}.", f"replenishment_{uuid.uuid4().hex[:8]}"
@@ -279,11 +296,14 @@ def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack
         caught_up(bootstrap, prefix, "sales", POS_SALES.name, timeout=120)
         asyncio.run(replay_kafka(sales, bootstrap=bootstrap, topic_prefix=prefix, progress=False))
         caught_up(bootstrap, prefix, "sales", POS_SALES.name, timeout=120)
+        caught_up(bootstrap, prefix, "sell-through", POS_SALES.name, timeout=120)
         expected = batch_stock(sales)
         busiest = sorted(expected, key=lambda k: expected[k])[:25] + [k for k in expected if k[0] != "or-united-kingdom"][:25]
         for store_id, sku in busiest:
             served = httpx.get(f"{service.url}/v1/stock/{store_id}/{sku}", headers=OPS).json()
             assert served["on_hand"] == expected[(store_id, sku)], (store_id, sku)
+        # Sell-through, every store × SKU: units sold less units returned, once each (the kill came mid-stream).
+        assert asyncio.run(net_sold(crm_stack.database_url, schema)) == {k: -v for k, v in expected.items() if v}
         listed = httpx.get(f"{service.url}/v1/orders", params={"limit": 1000}, headers=OPS).json()["orders"]
         orders: dict[str, Any] = {}
         # Waits for as many records as orders listed: the outbox relay publishes after each commit.
@@ -336,10 +356,14 @@ def test_poison_records_go_to_the_dead_letter_topics_and_campaigns_raise_expecte
         asyncio.run(inject())
         asyncio.run(replay_kafka(steady_sales(2), bootstrap=bootstrap, topic_prefix=prefix, progress=False))
         caught_up(bootstrap, prefix, "sales", POS_SALES.name)
+        caught_up(bootstrap, prefix, "sell-through", POS_SALES.name)
         caught_up(bootstrap, prefix, "receipts", INVENTORY_RECEIPTS.name)
-        dead_sales = asyncio.run(read_topic(bootstrap, POS_SALES.dlq(prefix), expected=1))
+        dead_sales = asyncio.run(read_topic(bootstrap, POS_SALES.dlq(prefix), expected=2))
         dead_receipts = asyncio.run(read_topic(bootstrap, INVENTORY_RECEIPTS.dlq(prefix), expected=2))
-        assert [dict(r.headers)["dlq.reason"].decode()[:14] for r in dead_sales] == ["not valid JSON"]
+        # once by each consumer group of the sales: stock and sell-through
+        assert sorted((dict(r.headers)["dlq.consumer"].decode(), dict(r.headers)["dlq.reason"].decode()[:14])
+                      for r in dead_sales) == [(f"{prefix}replenishment.sales", "not valid JSON"),
+                                               (f"{prefix}replenishment.sell-through", "not valid JSON")]
         reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in dead_receipts)
         assert reasons[0].startswith("breaks the contract") and "unknown store" in reasons[1]
         before = httpx.get(f"{service.url}/v1/stock/s1/A", headers=OPS).json()

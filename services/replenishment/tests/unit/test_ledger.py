@@ -15,7 +15,7 @@ from crm_shared.events import Sale
 from crm_shared.supplier_terms import products_from_sales
 from crm_shared.testing import REPO_ROOT
 from replenishment.domain import MAX_ORDER_QUANTITY, DemandModel, Policy, Terms, po_id_for
-from replenishment.ledger import CycleClosed, StockLedger, plan_orders
+from replenishment.ledger import CycleClosed, StockLedger, daily_sales, plan_orders
 from replenishment.store import model_columns, model_of, new_stock_row
 
 SLICE = REPO_ROOT / "deploy" / "demo-data" / "online_retail_2010-12.csv.gz"
@@ -95,6 +95,21 @@ def test_a_later_day_closes_the_cycle_and_a_late_sale_does_not() -> None:
     assert [n["cycle"] for n in ledger.needs] == [date(2011, 1, 3), date(2011, 1, 4)]  # one need per cycle
     assert rows[("s1", "A")]["on_hand"] == -12 and ledger.late_lines == 1
     assert rows[("s1", "A")]["on_order"] == sum(n["quantity"] for n in ledger.needs)
+
+
+def test_sell_through_counts_units_sold_and_returned_per_store_sku_and_till_day() -> None:
+    def sale(sale_id: str, store: str, at: str, lines: list[tuple[str, int]], kind: str = "sale") -> Sale:
+        return Sale.model_validate({
+            "sale_id": sale_id, "store_id": store, "terminal_id": "t", "occurred_at": at, "currency": "GBP",
+            "kind": kind, "lines": [{"sku": sku, "quantity": q, "unit_price": "1.00"} for sku, q in lines]})
+
+    sales = [sale("1", "s1", "2011-01-03T09:00:00+00:00", [("A", 2), ("A", 3), ("B", 1)]),
+             sale("2", "s1", "2011-01-03T18:00:00+00:00", [("A", 1)], kind="return"),
+             sale("3", "s2", "2011-01-03T10:00:00+00:00", [("A", 4)]),
+             # the till's own calendar day: 00:30 on 4 January in Paris is still 3 January in UTC
+             sale("4", "s1", "2011-01-04T00:30:00+01:00", [("A", 7)])]
+    assert dict(daily_sales(sales)) == {("s1", "A", date(2011, 1, 3)): [5, 1], ("s1", "B", date(2011, 1, 3)): [1, 0],
+                                        ("s2", "A", date(2011, 1, 3)): [4, 0], ("s1", "A", date(2011, 1, 4)): [7, 0]}
 
 
 def test_orders_are_planned_close_by_close_and_a_capped_or_taken_order_leaves_its_needs_waiting() -> None:
