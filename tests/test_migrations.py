@@ -72,3 +72,35 @@ def test_migrations_build_the_declared_schema_and_undo_cleanly(crm_stack: StackE
             map(str, differences))
     finally:
         drop_schema(crm_stack.database_url, schema)
+
+
+def test_replenishment_0006_hands_the_sales_applied_before_it_to_the_sell_through_group(
+        crm_stack: StackEndpoints) -> None:
+    """Sell-through became a consumer group of its own in revision 0006; the sales applied before it are
+    in `daily_sales` already, so their ids are copied to `applied_sell_through` (the new group, reading
+    the topic from its start, skips them), and only those: not the ids of other topics."""
+    import uuid
+
+    schema = unique_name("mig_replenishment_0006")
+    config = alembic_config(REPO_ROOT / "services" / "replenishment" / "migrations",
+                            database_url=crm_stack.database_url, schema=schema)
+    sale, receipt = uuid.uuid4(), uuid.uuid4()
+
+    async def execute(statement: str, **params: Any) -> list[Any]:
+        engine = create_async_engine(crm_stack.database_url)
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(text(statement.replace("SCHEMA", f'"{schema}"')), params)
+                return list(result) if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    try:
+        command.upgrade(config, "0005")
+        asyncio.run(execute("INSERT INTO SCHEMA.applied_events (event_id, topic) VALUES (:a, 'abc.pos.sales.v1'), "
+                            "(:b, 'abc.inventory.receipts.v1')", a=sale, b=receipt))
+        command.upgrade(config, "0006")
+        copied = asyncio.run(execute("SELECT event_id, topic FROM SCHEMA.applied_sell_through"))
+        assert [(row.event_id, row.topic) for row in copied] == [(sale, "abc.pos.sales.v1")]
+    finally:
+        drop_schema(crm_stack.database_url, schema)

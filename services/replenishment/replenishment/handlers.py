@@ -94,7 +94,7 @@ class SupplyHandlers:
     # --- the sales stream: the hot path ---------------------------------------------------------
 
     async def apply_sales(self, conn: AsyncConnection, events: list[Envelope[Sale]]) -> SalesOutcome:
-        """Stock, sell-through, forecasts, reorder points, low stock and needs, decided sale by sale in
+        """Stock, forecasts, reorder points, low stock and needs, decided sale by sale in
         topic order (`StockLedger`), in the consumer's transaction; then purchase orders for each
         ordering cycle a sale closed, in the order they closed."""
         latest: dict[str, datetime] = {}

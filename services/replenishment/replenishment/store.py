@@ -387,8 +387,8 @@ async def advance_stores(conn: AsyncConnection, latest: dict[str, Any]) -> dict[
     """Move each store's event time forward; returns (day before, day after) per store."""
     if not latest:
         return {}
-    # Rows are locked in key order everywhere (stores, then stock, then sell-through), so two replicas
-    # working on the same store wait for each other instead of deadlocking.
+    # Rows are locked in key order everywhere (stores, then stock; sell-through's own group upserts its
+    # rows in key order), so two replicas working on the same store wait for each other instead of deadlocking.
     before = {row.store_id: row.current_day for row in await conn.execute(
         select(stores.c.store_id, stores.c.current_day).where(any_of(stores.c.store_id, list(latest)))
         .order_by(stores.c.store_id).with_for_update())}

@@ -31,34 +31,34 @@ async def read_all(bootstrap: str, topic: str, partitions: int, expected: int) -
 
 
 async def scenario(bootstrap: str, prefix: str) -> None:
-    batched, single, other = f"{prefix}batched", f"{prefix}single", f"{prefix}other"
+    # Two topics of different partition counts, each beside a twin that plain `send` fills as a reference.
+    topics = {f"{prefix}batched-4": 4, f"{prefix}batched-3": 3}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(batched, 4, 1), NewTopic(single, 4, 1), NewTopic(other, 3, 1)])
+        await admin.create_topics([NewTopic(f"{name}{twin}", n, 1) for name, n in topics.items() for twin in ("", ".sent")])
     finally:
         await admin.close()
-    # 3,000 records of 1 kB over 23 keys: with max_batch_size 16 kB, each partition fills many batches
-    records = [(f"member-{i % 23}".encode(), f"{i:06d}".encode() + b"." * 1000) for i in range(3000)]
+    # 3,000 records of 1 kB over 23 keys, one in five to the 3-partition topic: with max_batch_size
+    # 16 kB, each partition fills many batches
+    records = [(f"{prefix}batched-3" if i % 5 == 0 else f"{prefix}batched-4", f"member-{i % 23}".encode(),
+                f"{i:06d}".encode() + b"." * 1000) for i in range(3000)]
     producer = make_producer(bootstrap, client_id="send-in-batches-test", max_batch_size=16 * 1024)
     await producer.start()
     try:
-        await send_in_batches(producer, [(batched if i % 5 else other, k, v)
-                                         for i, (k, v) in enumerate(records)])
-        for key, value in records:
-            await producer.send(single, value=value, key=key)
+        await send_in_batches(producer, records)
+        for topic, key, value in records:
+            await producer.send(f"{topic}.sent", value=value, key=key)
         await producer.flush()
     finally:
         await producer.stop()
 
-    other_count = sum(1 for i in range(len(records)) if i % 5 == 0)
-    in_batched = await read_all(bootstrap, batched, 4, len(records) - other_count)
-    by_send = await read_all(bootstrap, single, 4, len(records))
-    expected = {p: [r for r in rs if int(r[1][:6]) % 5] for p, rs in by_send.items()}
-    assert {p: rs for p, rs in in_batched.items() if rs} == {p: rs for p, rs in expected.items() if rs}
-    assert len({p for p, rs in in_batched.items() if rs}) > 1  # the keys did spread over partitions
-    in_other = await read_all(bootstrap, other, 3, other_count)
-    assert sorted(int(v[:6]) for rs in in_other.values() for _, v in rs) == list(range(0, len(records), 5))
+    for topic, partitions in topics.items():
+        expected = sum(1 for t, _, _ in records if t == topic)
+        batched = await read_all(bootstrap, topic, partitions, expected)
+        sent = await read_all(bootstrap, f"{topic}.sent", partitions, expected)
+        assert {p: rs for p, rs in batched.items() if rs} == {p: rs for p, rs in sent.items() if rs}, topic
+        assert len({p for p, rs in batched.items() if rs}) > 1, f"{topic}: the keys did not spread over partitions"
 
 
 def test_records_sent_in_batches_land_where_send_puts_them_in_order(crm_stack: StackEndpoints, topic_prefix: str) -> None:

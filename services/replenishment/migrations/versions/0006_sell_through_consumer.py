@@ -2,6 +2,11 @@
 what it applied in `applied_sell_through`. The sales applied before this revision are in `daily_sales`
 already: their ids are copied, so the new group, starting at the topic's beginning, skips them.
 
+Upgrade with replenishment stopped (`docker compose stop replenishment`, then migrate, then start):
+a sale that code from before this revision applies after the copy is counted in `daily_sales` by it
+and again by the new group. The new group also dead-letters the retained topic's old poison records
+once more (under its own `dlq.consumer`).
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-27
