@@ -188,14 +188,28 @@ def start_member_profile(stack: Any, work: Path, prefix: str, *, batch: int | No
 
 def consumer_counters(url: str, group: str) -> dict[str, float]:
     """The idempotent consumer's Prometheus counters for one group: applied, duplicate, dead_lettered."""
+    return groups_counters(url, [group])[group]
+
+
+def groups_counters(url: str, groups: list[str]) -> dict[str, dict[str, float]]:
+    """`consumer_counters` of several groups of one service, from one read of its `/metrics`."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    found: dict[str, float] = {}
+    found: dict[str, dict[str, float]] = {group: {} for group in groups}
     for line in text.splitlines():
-        if line.startswith("crm_consumer_events_") and f'consumer="{group}"' in line:
-            name = line.split("{", 1)[0].removeprefix("crm_consumer_events_")
-            if name.endswith("_total"):  # not the `_created` timestamps
-                found[name.removesuffix("_total")] = float(line.rsplit(" ", 1)[-1])
+        if not line.startswith("crm_consumer_events_"):
+            continue
+        name = line.split("{", 1)[0].removeprefix("crm_consumer_events_")
+        if not name.endswith("_total"):  # not the `_created` timestamps
+            continue
+        for group in groups:
+            if f'consumer="{group}"' in line:
+                found[group][name.removesuffix("_total")] = float(line.rsplit(" ", 1)[-1])
     return found
+
+
+def records_seen(counters: dict[str, float]) -> float:
+    """Records a group is done with: applied, skipped as duplicates or dead-lettered."""
+    return counters.get("applied", 0.0) + counters.get("duplicate", 0.0) + counters.get("dead_lettered", 0.0)
 
 
 def wait_for_lag_zero(bootstrap: str, group: str, topic: str, timeout: float) -> float:

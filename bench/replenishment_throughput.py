@@ -37,7 +37,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from member_profile_throughput import raw_consume  # noqa: E402
-from profile_exactness import DATASET, consumer_counters, require_dataset, start_stack, wait_for_lag_zero  # noqa: E402
+from profile_exactness import (  # noqa: E402
+    DATASET,
+    groups_counters,
+    records_seen,
+    require_dataset,
+    start_stack,
+    wait_for_lag_zero,
+)
 
 RESULTS = HERE / "results" / "replenishment_throughput.json"
 TARGET_LINES_PER_S = 10_000.0
@@ -101,18 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         first_applied: float | None = None
         applied_at_first = 0.0
         stock_done: float | None = None
-
-        def seen_by(counters: dict[str, float]) -> float:
-            return counters.get("applied", 0.0) + counters.get("duplicate", 0.0) + counters.get("dead_lettered", 0.0)
-
         try:
             while True:
                 now = time.perf_counter()
-                counters = consumer_counters(service.url, group)
-                seen = min(seen_by(counters), seen_by(consumer_counters(service.url, through_group)))
+                both = groups_counters(service.url, [group, through_group])  # one /metrics read a poll
+                counters = both[group]
+                seen = min(records_seen(counters), records_seen(both[through_group]))
                 if seen > 0 and first_applied is None:
                     first_applied, applied_at_first = now, seen
-                if stock_done is None and seen_by(counters) >= len(sales):
+                if stock_done is None and records_seen(counters) >= len(sales):
                     stock_done = now
                 if seen >= len(sales):
                     break

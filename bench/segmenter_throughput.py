@@ -40,7 +40,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from e2e import tree_cpu_seconds  # noqa: E402
-from profile_exactness import DATASET, consumer_counters, require_dataset, start_stack, wait_for_lag_zero  # noqa: E402
+from profile_exactness import (  # noqa: E402
+    DATASET,
+    consumer_counters,
+    records_seen,
+    require_dataset,
+    start_stack,
+    wait_for_lag_zero,
+)
 
 RESULTS = HERE / "results" / "segmenter_throughput.json"
 TARGET_PER_S = 5_000.0
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             while True:
                 counters = consumer_counters(service.url, group)
-                seen = counters.get("applied", 0.0) + counters.get("duplicate", 0.0) + counters.get("dead_lettered", 0.0)
+                seen = records_seen(counters)
                 now = time.perf_counter()
                 if seen and first is None:
                     first, at_first = now, seen
