@@ -187,7 +187,7 @@ def start_member_profile(stack: Any, work: Path, prefix: str, *, batch: int | No
 
 
 def consumer_counters(url: str, group: str) -> dict[str, float]:
-    """The idempotent consumer's Prometheus counters for one group: applied, duplicate, dead_lettered."""
+    """The idempotent consumer's Prometheus counters for one group: applied, duplicate, dead_lettered, batches."""
     return groups_counters(url, [group])[group]
 
 
@@ -196,9 +196,9 @@ def groups_counters(url: str, groups: list[str]) -> dict[str, dict[str, float]]:
     text = httpx.get(f"{url}/metrics", timeout=5).text
     found: dict[str, dict[str, float]] = {group: {} for group in groups}
     for line in text.splitlines():
-        if not line.startswith("crm_consumer_events_"):
+        if not line.startswith(("crm_consumer_events_", "crm_consumer_batches_")):
             continue
-        name = line.split("{", 1)[0].removeprefix("crm_consumer_events_")
+        name = line.split("{", 1)[0].removeprefix("crm_consumer_events_").removeprefix("crm_consumer_")
         if not name.endswith("_total"):  # not the `_created` timestamps
             continue
         for group in groups:

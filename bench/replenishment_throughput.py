@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 "lines_per_s_from_healthz": lines / (done - healthy),
                 "lines_per_s_steady": steady_lines / (done - first_applied) if done > first_applied else None,
                 "stock_group_done_from_healthz_s": stock_done - healthy,
-                "dead_lettered": counters.get("dead_lettered", 0.0), "batch": args.batch}
+                "dead_lettered": counters.get("dead_lettered", 0.0), "batch": args.batch,
+                "batches": {"stock": counters.get("batches", 0.0), "sell_through": both[through_group].get("batches", 0.0)}}
             # Exactness: on hand per store x SKU against the file, every pair.
             expected: dict[tuple[str, str], int] = defaultdict(int)
             for sale in sales:
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(steady from the first batch {svc['lines_per_s_steady'] or 0:,.0f}/s; from process start "
           f"{lines / svc['from_process_start_s']:,.0f}/s; the stock group alone done after "
           f"{svc['stock_group_done_from_healthz_s']:.1f} s, sell-through's group after {svc['from_healthz_s']:.1f} s)")
+    print(f"  records per batch: stock {len(sales) / max(svc['batches']['stock'], 1):,.0f}, sell-through "
+          f"{len(sales) / max(svc['batches']['sell_through'], 1):,.0f} (batch maximum {args.batch or 2000:,})")
     print(f"  raw aiokafka consume (no processing)     {raw['from_start_s']:6.1f} s  {raw['lines_per_s']:>9,.0f} lines/s"
           f"   -> service = {rate / raw['lines_per_s']:.0%} of it")
     print(f"  exactness: on hand of {results['exactness']['pairs']:,} store x SKU pairs, "

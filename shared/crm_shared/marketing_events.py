@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from crm_shared.events import EVENT_NAMESPACE, PRINTABLE, AnyEnvelope, Envelope, Identifier
+from crm_shared.events import PRINTABLE, AnyEnvelope, Envelope, Identifier, event_uuid
 from crm_shared.money import Money
 
 OfferChannel = Literal["email", "sms", "push"]
@@ -67,7 +67,7 @@ class OfferIssued(BaseModel):
 
 def offer_event(offer: OfferIssued) -> Envelope[Any]:
     """One offer id, one event id: a recomputed or redelivered decision publishes the same event."""
-    return AnyEnvelope(event_id=uuid.uuid5(EVENT_NAMESPACE, f"offer/{offer.offer_id}"),
+    return AnyEnvelope(event_id=event_uuid(f"offer/{offer.offer_id}"),
                        event_type="OfferWithheld" if offer.withheld else "OfferIssued",
                        schema_version=MARKETING_SCHEMA_VERSION, occurred_at=offer.valid_from, source="notifier",
                        key=offer.member_id, payload=offer)
@@ -91,6 +91,6 @@ class OfferDeliveryFailed(BaseModel):
 
 
 def delivery_failed_event(failure: OfferDeliveryFailed) -> Envelope[Any]:
-    return AnyEnvelope(event_id=uuid.uuid5(EVENT_NAMESPACE, f"offer-webhook-failed/{failure.offer_id}"),
+    return AnyEnvelope(event_id=event_uuid(f"offer-webhook-failed/{failure.offer_id}"),
                        event_type="OfferDeliveryFailed", schema_version=MARKETING_SCHEMA_VERSION,
                        occurred_at=failure.failed_at, source="notifier", key=failure.offer_id, payload=failure)

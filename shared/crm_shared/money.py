@@ -50,13 +50,37 @@ def parse_money(value: Any) -> Decimal:
     return candidate
 
 
+_NON_NEGATIVE: dict[str, Decimal] = {}
+
+
+def parse_non_negative_money(value: Any) -> Decimal:
+    """`parse_money`, refusing an amount below zero (a price, a discount): one call per field rather
+    than a parse and a separate sign check (sale lines are decoded by every consuming service)."""
+    if type(value) is str:
+        accepted = _NON_NEGATIVE.get(value)
+        if accepted is not None:
+            return accepted
+    candidate = parse_money(value)
+    if candidate < 0:
+        raise ValueError("must not be negative")
+    if type(value) is str:
+        if len(_NON_NEGATIVE) >= _ACCEPTED_MAX:
+            _NON_NEGATIVE.clear()
+        _NON_NEGATIVE[value] = candidate
+    return candidate
+
+
 def format_money(value: Decimal) -> str:
     return format(value, "f")
 
 
+MONEY_SERIALIZER = PlainSerializer(format_money, return_type=str, when_used="always")
 Money = Annotated[
     Decimal,
     BeforeValidator(parse_money),
-    PlainSerializer(format_money, return_type=str, when_used="always"),
+    MONEY_SERIALIZER,
     WithJsonSchema({"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,4})?$", "examples": ["2.55"]}),
 ]
+NON_NEGATIVE_MONEY_SCHEMA = WithJsonSchema({"type": "string", "pattern": r"^\d{1,12}(\.\d{1,4})?$", "examples": ["2.55"]})
+NonNegativeMoney = Annotated[Decimal, BeforeValidator(parse_non_negative_money), MONEY_SERIALIZER,
+                             NON_NEGATIVE_MONEY_SCHEMA]

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from crm_shared.events import EVENT_NAMESPACE, MAX_QUANTITY, PRINTABLE, AnyEnvelope, Envelope, Identifier
+from crm_shared.events import MAX_QUANTITY, PRINTABLE, AnyEnvelope, Envelope, Identifier, event_uuid
 from crm_shared.money import Money
 
 Sku = Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=64,
@@ -112,7 +112,7 @@ LowStockDetected = Envelope[LowStock]
 
 
 def supply_event_id(identity: str) -> uuid.UUID:
-    return uuid.uuid5(EVENT_NAMESPACE, identity)
+    return event_uuid(identity)
 
 
 def _envelope(payload: BaseModel, *, event_type: str, identity: str, occurred_at: datetime, key: str,

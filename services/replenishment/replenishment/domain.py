@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, Literal, NamedTuple
 
 from crm_shared.events import MAX_QUANTITY
@@ -102,11 +102,13 @@ def roll_to(model: DemandModel, day: date) -> DemandModel:
     open_day = model.open_day
     if open_day is None or day <= open_day:
         return model
-    state = _learned(model[:6], open_day, (model.open_quantity,))
     gap = (day - open_day).days - 1
-    if gap > 0:
-        start = open_day + timedelta(days=1) if gap <= MAX_GAP_DAYS else day - timedelta(days=MAX_GAP_DAYS)
-        state = _learned(state, start, repeat(0.0, min(gap, MAX_GAP_DAYS)))
+    if gap <= MAX_GAP_DAYS:  # the open day and the quiet days after it, in one pass (every new day of a SKU)
+        state = _learned(model[:6], open_day, chain((model.open_quantity,), repeat(0.0, gap)) if gap > 0
+                         else (model.open_quantity,))
+    else:
+        state = _learned(_learned(model[:6], open_day, (model.open_quantity,)), day - timedelta(days=MAX_GAP_DAYS),
+                         repeat(0.0, MAX_GAP_DAYS))
     return DemandModel(*state, day, 0.0)
 
 

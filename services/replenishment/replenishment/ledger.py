@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from crm_shared.events import EVENT_NAMESPACE, Envelope, Sale
+from crm_shared.events import Envelope, Sale, event_uuid
 from crm_shared.supply_events import LowStock, low_stock_detected
 
 from replenishment import SERVICE_NAME
@@ -40,7 +40,7 @@ StockKey = tuple[str, str]  # store, sku
 
 
 def need_id_for(store_id: str, sku: str, cycle: date) -> uuid.UUID:
-    return uuid.uuid5(EVENT_NAMESPACE, f"need/{store_id}/{sku}/{cycle.isoformat()}")
+    return event_uuid(f"need/{store_id}/{sku}/{cycle.isoformat()}")
 
 
 def low_stock_event(row: dict[str, Any], as_of: datetime, trigger: datetime) -> Envelope[Any]:

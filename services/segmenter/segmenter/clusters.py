@@ -133,7 +133,14 @@ class OnlineClusters:
         return dict(self.scaler.transform_one(x))
 
     def distances(self, scaled: Mapping[str, float]) -> dict[int, float]:
-        return {c: SequentialKMeans._distance(scaled, center) for c, center in self.centers().items()}
+        """Euclidean distance to every centre (every profile update asks: one pass, C-speed `math.dist`
+        on the values whenever a centre has the point's features, the usual case)."""
+        centers: dict[Any, dict[str, float]] = getattr(self.model, "centers", {})
+        keys = scaled.keys()
+        point = list(scaled.values())
+        dist, fallback = math.dist, SequentialKMeans._distance
+        return {int(c): dist(point, [center[k] for k in keys]) if center.keys() == keys else fallback(scaled, center)
+                for c, center in centers.items()}
 
     def predict_one(self, x: dict[str, float]) -> int | None:
         distances = self.distances(self.scale(x))

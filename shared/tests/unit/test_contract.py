@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
-from crm_shared.events import MAX_LINES_PER_SALE, Envelope, Sale, SaleLine, sale_event_id, sale_recorded
+from crm_shared.events import (
+    EVENT_NAMESPACE,
+    MAX_LINES_PER_SALE,
+    Envelope,
+    Sale,
+    SaleLine,
+    event_uuid,
+    sale_event_id,
+    sale_recorded,
+)
 from crm_shared.serde import PoisonMessage, decode, encode
 from crm_shared.topics import POS_SALES, all_topic_names
 from pydantic import ValidationError
@@ -238,6 +248,14 @@ def test_a_return_original_id_with_a_slash_is_refused() -> None:
 
 
 # --- identity, key, totals ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("identity", ["", "sale/uk-01/till-3/536365", "need/uk-01/85123A/2011-03-04",
+                                      "offer/café-ü-€", "x" * 5000])
+def test_event_ids_are_rfc_4122_version_5_ids_in_the_event_namespace(identity: str) -> None:
+    # event_uuid is a faster uuid5: the ids already in every database and topic must not change.
+    assert event_uuid(identity) == uuid.uuid5(EVENT_NAMESPACE, identity)
+    assert event_uuid(identity).version == 5
 
 
 def test_the_same_sale_always_gets_the_same_event_id() -> None:
