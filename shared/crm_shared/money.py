@@ -40,6 +40,8 @@ def parse_money(value: Any) -> Decimal:
         raise ValueError("must be a decimal string such as \"2.55\", not a JSON number")
     else:
         raise ValueError("must be a decimal string such as \"2.55\"")
+    if not candidate.is_finite():  # a Decimal from our own code: NaN or Infinity is no amount of money
+        raise ValueError("must be a finite amount")
     exponent = candidate.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > MAX_MONEY_DECIMALS:
         raise ValueError(f"has more than {MAX_MONEY_DECIMALS} decimal places")

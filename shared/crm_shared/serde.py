@@ -1,4 +1,4 @@
-"""One serde for every producer and consumer: pydantic models to orjson bytes, and back through pydantic."""
+"""One serde for every producer and consumer: pydantic models to orjson bytes and back."""
 
 from __future__ import annotations
 
@@ -36,13 +36,12 @@ def decode(model_type: type[M], raw: bytes | None) -> M:
     if raw is None:
         raise PoisonMessage("empty value (tombstone) where an event was expected")
     try:
-        # pydantic's own JSON parser: no dict of the whole event built first (~13 % less per sale line
-        # than orjson.loads + model_validate; every consuming service decodes every line).
-        return model_type.model_validate_json(raw)
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonMessage(f"not valid JSON: {exc}") from exc
+    try:
+        return model_type.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.error_count() else None
-        if first is not None and first["type"] == "json_invalid":
-            raise PoisonMessage(f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}") from exc
         raise PoisonMessage("breaks the contract: " + describe_validation_error(exc)) from exc
 
 

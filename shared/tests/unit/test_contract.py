@@ -136,6 +136,16 @@ def test_a_negative_price_is_refused() -> None:
     assert refused_at(with_line(unit_price="-1.50")) == [("lines", 0, "unit_price")]
 
 
+@pytest.mark.parametrize("field", ["unit_price", "discount"])
+@pytest.mark.parametrize("amount", [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity")])
+def test_a_decimal_that_is_no_amount_is_refused_where_it_is(field: str, amount: Decimal) -> None:
+    # Amounts handed over as Decimals by our own code: refused as a validation error on the field,
+    # never an arithmetic exception from the sign or line-value checks.
+    with pytest.raises(ValidationError) as caught:
+        SaleLine.model_validate({**line_body(quantity=2, unit_price="1.50"), field: amount})
+    assert [error["loc"] for error in caught.value.errors()] == [(field,)]
+
+
 def test_a_negative_discount_is_refused() -> None:
     assert refused_at(with_line(discount="-0.50")) == [("lines", 0, "discount")]
 
