@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_shared.consumer import IdempotentConsumer, consumer_for, sale_from_the_future
+from crm_shared.consumer import IdempotentConsumer, consumer_for, profile_with_non_finite_numbers, sale_from_the_future
 from crm_shared.events import (
     AssociationRulesChanged,
     Envelope,
@@ -51,8 +51,13 @@ CONSUMERS: tuple[tuple[str, Topic, Any, str, str | None], ...] = (
 )
 
 
+# Sales dated far ahead of their record would move event time; profiles with NaN or infinite numbers
+# would reach purchase rhythms and reminder dates.
+SCREENS = {POS_SALES.name: sale_from_the_future, MEMBER_PROFILES.name: profile_with_non_finite_numbers}
+
+
 def consumers(common: CommonSettings, engine: Any, handlers: NotifierHandlers, *, batch: int) -> list[IdempotentConsumer[Any]]:
     return [consumer_for(common, engine, applied_events, service=SERVICE_NAME, part=part, topic=topic, model=model,
                          handle=getattr(handlers, handle), after_commit=getattr(handlers, after) if after else None,
-                         screen=sale_from_the_future if topic is POS_SALES else None, batch=batch)
+                         screen=SCREENS.get(topic.name), batch=batch)
             for part, topic, model, handle, after in CONSUMERS]

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from crm_shared.datasets.online_retail import load_sales
-from crm_shared.events import MemberErased, Sale, member_event
+from crm_shared.events import MemberErased, MemberProfileUpdated, Sale, member_event
 from crm_shared.kafka import consumer_lag
 from crm_shared.processes import ServiceProcess
 from crm_shared.replay import replay_kafka
@@ -239,6 +239,21 @@ def test_top_products_and_seasonality_equal_a_plain_sum(pipeline: tuple[str, Ser
     assert bad.status_code == 422 and "from" in bad.text
 
 
+def nan_profile() -> bytes:
+    """A profile update whose discount share is the JSON string "NaN"."""
+    profile = MemberProfileUpdated.model_validate({
+        "member_id": "nan-1", "as_of": "2010-12-20T12:00:00+00:00", "first_purchase_at": "2010-12-01T10:00:00+00:00",
+        "last_purchase_at": "2010-12-20T10:00:00+00:00", "recency_days": 0.1, "frequency": 2, "returns": 0,
+        "monetary": "40.00", "average_basket_value": "20.00", "average_basket_size": 4.0, "returns_rate": 0.0,
+        "discount_share": 0.0, "preferred_store": None, "hour_of_day": {"10": 2}, "weekday": {"0": 2},
+        "visit_rhythm": {"intervals": 1, "mean_days": 19.0, "spread_days": 0.0, "days_overdue": None},
+        "tier": "member", "points_balance": 40})
+    document = orjson.loads(encode(member_event(profile, event_type="MemberProfileUpdated", member_id="nan-1",
+                                                occurred_at=profile.as_of, source="test", identity="profile/nan-1/1")))
+    document["payload"]["discount_share"] = "NaN"
+    return orjson.dumps(document)
+
+
 def test_second_delivery_changes_nothing_poison_goes_to_dlq_and_erasure_forgets(
         crm_stack: StackEndpoints, pipeline: tuple[str, ServiceProcess], slice_sales: list[Sale]) -> None:
     prefix, segmenter = pipeline
@@ -255,6 +270,8 @@ def test_second_delivery_changes_nothing_poison_goes_to_dlq_and_erasure_forgets(
         try:
             await producer.send_and_wait(MEMBER_PROFILES.qualified(prefix), b"{not json", key=b"x")
             await producer.send_and_wait(MEMBER_PROFILES.qualified(prefix), orjson.dumps({"event_id": "nope"}), key=b"y")
+            # Within the contract (its floats take the string "NaN"), but the clusters would learn NaN for good.
+            await producer.send_and_wait(MEMBER_PROFILES.qualified(prefix), nan_profile(), key=b"nan-1")
             erased = member_event(MemberErased(member_id=member, erased_at=datetime(2010, 12, 24, tzinfo=UTC),
                                                requested_by="test"), event_type="MemberErased", member_id=member,
                                   occurred_at=datetime(2010, 12, 24, tzinfo=UTC), source="test",
@@ -264,8 +281,9 @@ def test_second_delivery_changes_nothing_poison_goes_to_dlq_and_erasure_forgets(
             await producer.stop()
 
     asyncio.run(send())
-    dead = asyncio.run(read_topic(crm_stack.kafka_bootstrap, MEMBER_PROFILES.dlq(prefix), expected=2, timeout=30))
-    assert len(dead) == 2 and all(dict(r.headers).get("dlq.reason") for r in dead)
+    dead = asyncio.run(read_topic(crm_stack.kafka_bootstrap, MEMBER_PROFILES.dlq(prefix), expected=3, timeout=30))
+    assert len(dead) == 3 and all(dict(r.headers).get("dlq.reason") for r in dead)
+    assert dict(next(r for r in dead if r.key == b"nan-1").headers)["dlq.reason"] == b"not a finite number: discount_share"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if httpx.get(f"{segmenter.url}/v1/members/{member}/segments", headers=OPS).status_code == 404:
@@ -275,6 +293,7 @@ def test_second_delivery_changes_nothing_poison_goes_to_dlq_and_erasure_forgets(
     for segment in ("champions", "loyal", "regular", "cluster-0"):
         listed = httpx.get(f"{segmenter.url}/v1/segments/{segment}/members", headers=OPS, params={"limit": 5000}).json()
         assert member not in listed["members"]
+    assert httpx.get(f"{segmenter.url}/v1/members/nan-1/segments", headers=OPS).status_code == 404
     # the consumer went on: the rest are still served
     other = sorted(members_of(slice_sales))[1]
     assert httpx.get(f"{segmenter.url}/v1/members/{other}/segments", headers=OPS).status_code == 200
