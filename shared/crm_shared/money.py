@@ -52,23 +52,12 @@ def parse_money(value: Any) -> Decimal:
     return candidate
 
 
-_NON_NEGATIVE: dict[str, Decimal] = {}
-
-
 def parse_non_negative_money(value: Any) -> Decimal:
-    """`parse_money`, refusing an amount below zero (a price, a discount): one call per field rather
-    than a parse and a separate sign check (sale lines are decoded by every consuming service)."""
-    if type(value) is str:
-        accepted = _NON_NEGATIVE.get(value)
-        if accepted is not None:
-            return accepted
+    """`parse_money` (and its cache), refusing an amount below zero (a price): one call per field rather
+    than a parse and a separate field validator (sale lines are decoded by every consuming service)."""
     candidate = parse_money(value)
     if candidate < 0:
         raise ValueError("must not be negative")
-    if type(value) is str:
-        if len(_NON_NEGATIVE) >= _ACCEPTED_MAX:
-            _NON_NEGATIVE.clear()
-        _NON_NEGATIVE[value] = candidate
     return candidate
 
 
