@@ -60,6 +60,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from crm_shared.system import records_seen  # noqa: E402
 from profile_exactness import (  # noqa: E402  (bench scripts import each other by file)
     DATASET,
     anchor_from_csv,
@@ -627,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "pos-gateway":
                 records = len(sales)  # its live-stats group reads every sale (its counters are Redis, not these)
             else:
-                records = int(sum(sum(counters.get(g, {}).values()) - sum(counters_before.get(g, {}).values())
+                records = int(sum(records_seen(counters.get(g, {})) - records_seen(counters_before.get(g, {}))
                                   for g in service_groups))
             per_service[name] = {"consumes": bool(service_groups), "caught_up_s": done, "records": records,
                                  "records_per_s": records / done,

@@ -193,23 +193,10 @@ def consumer_counters(url: str, group: str) -> dict[str, float]:
 
 def groups_counters(url: str, groups: list[str]) -> dict[str, dict[str, float]]:
     """`consumer_counters` of several groups of one service, from one read of its `/metrics`."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    found: dict[str, dict[str, float]] = {group: {} for group in groups}
-    for line in text.splitlines():
-        if not line.startswith(("crm_consumer_events_", "crm_consumer_batches_")):
-            continue
-        name = line.split("{", 1)[0].removeprefix("crm_consumer_events_").removeprefix("crm_consumer_")
-        if not name.endswith("_total"):  # not the `_created` timestamps
-            continue
-        for group in groups:
-            if f'consumer="{group}"' in line:
-                found[group][name.removesuffix("_total")] = float(line.rsplit(" ", 1)[-1])
-    return found
+    from crm_shared.system import consumer_counters as every_group
 
-
-def records_seen(counters: dict[str, float]) -> float:
-    """Records a group is done with: applied, skipped as duplicates or dead-lettered."""
-    return counters.get("applied", 0.0) + counters.get("duplicate", 0.0) + counters.get("dead_lettered", 0.0)
+    found = every_group(url)
+    return {group: found.get(group, {}) for group in groups}
 
 
 def wait_for_lag_zero(bootstrap: str, group: str, topic: str, timeout: float) -> float:

@@ -36,11 +36,11 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from crm_shared.system import records_seen  # noqa: E402
 from member_profile_throughput import raw_consume  # noqa: E402
 from profile_exactness import (  # noqa: E402
     DATASET,
     groups_counters,
-    records_seen,
     require_dataset,
     start_stack,
     wait_for_lag_zero,

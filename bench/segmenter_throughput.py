@@ -39,11 +39,11 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from crm_shared.system import records_seen  # noqa: E402
 from e2e import tree_cpu_seconds  # noqa: E402
 from profile_exactness import (  # noqa: E402
     DATASET,
     consumer_counters,
-    records_seen,
     require_dataset,
     start_stack,
     wait_for_lag_zero,

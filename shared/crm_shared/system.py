@@ -253,15 +253,23 @@ async def group_lags(bootstrap: str, prefix: str, specs: Sequence[ServiceSpec]) 
 
 
 def consumer_counters(url: str) -> dict[str, dict[str, float]]:
-    """The idempotent consumers' Prometheus counters, per group: applied, duplicate, dead_lettered."""
+    """The idempotent consumers' Prometheus counters, per group: applied, duplicate, dead_lettered
+    (records; `records_seen` adds them up) and batches."""
     found: dict[str, dict[str, float]] = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if not line.startswith("crm_consumer_events_") or "_total{" not in line:
+        if not line.startswith(("crm_consumer_events_", "crm_consumer_batches_")) or "_total{" not in line:
             continue
-        name = line.split("{", 1)[0].removeprefix("crm_consumer_events_").removesuffix("_total")
+        name = (line.split("{", 1)[0].removeprefix("crm_consumer_events_").removeprefix("crm_consumer_")
+                .removesuffix("_total"))
         group = line.split('consumer="', 1)[1].split('"', 1)[0]
         found.setdefault(group, {})[name] = float(line.rsplit(" ", 1)[-1])
     return found
+
+
+def records_seen(counters: dict[str, float]) -> float:
+    """Records a group is done with (of `consumer_counters`' for one group): applied, skipped as
+    duplicates or dead-lettered."""
+    return counters.get("applied", 0.0) + counters.get("duplicate", 0.0) + counters.get("dead_lettered", 0.0)
 
 
 @dataclass
