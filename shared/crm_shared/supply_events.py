@@ -111,13 +111,9 @@ SupplierAcknowledged = Envelope[SupplierAck]
 LowStockDetected = Envelope[LowStock]
 
 
-def supply_event_id(identity: str) -> uuid.UUID:
-    return event_uuid(identity)
-
-
 def _envelope(payload: BaseModel, *, event_type: str, identity: str, occurred_at: datetime, key: str,
               source: str) -> Envelope[Any]:
-    return AnyEnvelope(event_id=supply_event_id(identity), event_type=event_type,
+    return AnyEnvelope(event_id=event_uuid(identity), event_type=event_type,
                        schema_version=SUPPLY_SCHEMA_VERSION, occurred_at=occurred_at, source=source, key=key,
                        payload=payload)
 
