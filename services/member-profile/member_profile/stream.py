@@ -14,9 +14,10 @@ from member_profile.store import applied_events
 
 
 def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:
+    """On event time: the watermark that expires points and rolls tier spend moves with the sales' time."""
     return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="sales", topic=POS_SALES,
                         model=SaleRecorded, handle=handlers.apply_sales, after_commit=handlers.after_commit,
-                        screen=sale_from_the_future, batch=batch)
+                        screen=sale_from_the_future, batch=batch, on_event_time=True)
 
 
 def catalog_consumer(common: CommonSettings, engine: Any, handle: Any) -> IdempotentConsumer[Any]:

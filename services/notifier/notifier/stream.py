@@ -54,10 +54,13 @@ CONSUMERS: tuple[tuple[str, Topic, Any, str, str | None], ...] = (
 # Sales dated far ahead of their record would move event time; profiles with NaN or infinite numbers
 # would reach purchase rhythms and reminder dates.
 SCREENS = {POS_SALES.name: sale_from_the_future, MEMBER_PROFILES.name: profile_with_non_finite_numbers}
+# Groups whose handlers run a clock on event time (the sales clock's follow-ups, dormancy, tier and segment
+# campaigns) read in event-time order across partitions; the rest record facts at their own time.
+ON_EVENT_TIME = frozenset({POS_SALES.name, MEMBER_SEGMENTS.name, MEMBER_TIER_CHANGED.name, MEMBER_PROFILES.name})
 
 
 def consumers(common: CommonSettings, engine: Any, handlers: NotifierHandlers, *, batch: int) -> list[IdempotentConsumer[Any]]:
     return [consumer_for(common, engine, applied_events, service=SERVICE_NAME, part=part, topic=topic, model=model,
                          handle=getattr(handlers, handle), after_commit=getattr(handlers, after) if after else None,
-                         screen=SCREENS.get(topic.name), batch=batch)
+                         screen=SCREENS.get(topic.name), batch=batch, on_event_time=topic.name in ON_EVENT_TIME)
             for part, topic, model, handle, after in CONSUMERS]

@@ -1,0 +1,112 @@
+"""`crm_shared.consumer.EventTimeAligner`: records go on in event-time order across partitions, never past
+what a partition that is behind has shown, each partition's own order kept; patience ends a stall."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+from crm_shared.consumer import Decoded, EventTimeAligner
+
+TOPIC = "crm.member.profiles.v1"
+T0 = datetime(2010, 12, 1, tzinfo=UTC)
+
+
+def tp(partition: int) -> TopicPartition:
+    return TopicPartition(TOPIC, partition)
+
+
+def records(partition: int, days: list[int], first_offset: int = 0) -> list[Decoded[Any]]:
+    """One partition's records, in its own order, each dated `T0 + day`."""
+    return [Decoded(uuid.uuid4(), SimpleNamespace(occurred_at=T0 + timedelta(days=day), day=day, partition=partition),
+                    SimpleNamespace(topic=TOPIC, partition=partition, offset=first_offset + i))  # type: ignore[arg-type]
+            for i, day in enumerate(days)]
+
+
+def aligner() -> EventTimeAligner[Any]:
+    return EventTimeAligner(lambda event: event.occurred_at, patience_s=5.0)
+
+
+def days_of(released: list[Decoded[Any]]) -> list[tuple[int, int]]:
+    return [(item.event.partition, item.event.day) for item in released]
+
+
+def test_nothing_behind_everything_goes_in_event_time_order() -> None:
+    a = aligner()
+    a.add(records(0, [300, 301, 302]))
+    a.add(records(1, [1, 2, 303]))
+    a.add(records(2, [150]))
+    released, unaligned = a.release(behind=[], limit=100, now=0.0)
+    assert days_of(released) == [(1, 1), (1, 2), (2, 150), (0, 300), (0, 301), (0, 302), (1, 303)]
+    assert not unaligned and a.count() == 0
+
+
+def test_a_partition_behind_holds_back_what_is_later_than_it_has_shown() -> None:
+    """Partition 0's whole year was read first (one fetch drained); partition 1 has shown day 10 and has
+    more on the broker: only what is not later than day 10 may go."""
+    a = aligner()
+    a.add(records(0, list(range(0, 365, 5))))
+    a.add(records(1, [3, 10]))
+    released, _ = a.release(behind=[tp(1)], limit=100, now=0.0)
+    assert days_of(released) == [(0, 0), (1, 3), (0, 5), (0, 10), (1, 10)]
+    assert a.count(tp(0)) == 73 - 3 and a.first_held_offset(tp(0)) == 3
+    # partition 1's next fetch: day 40; it is no longer behind (it holds a record), so the merge goes on
+    # to the end of what is held, in order
+    a.add(records(1, [40], first_offset=2))
+    released, _ = a.release(behind=[], limit=100, now=0.1)
+    assert [d for _, d in days_of(released)] == sorted(d for _, d in days_of(released))
+    assert days_of(released)[:6] == [(0, 15), (0, 20), (0, 25), (0, 30), (0, 35), (0, 40)]
+    assert (1, 40) in days_of(released) and a.count() == 0
+
+
+def test_a_partition_behind_that_has_shown_nothing_holds_everything() -> None:
+    a = aligner()
+    a.add(records(0, [1, 2, 3]))
+    released, unaligned = a.release(behind=[tp(1)], limit=100, now=0.0)
+    assert released == [] and not unaligned and a.count() == 3
+
+
+def test_each_partitions_own_order_is_kept_even_when_its_times_go_back() -> None:
+    a = aligner()
+    a.add(records(0, [5, 2, 8]))  # a till's clock that went back: the partition's order still wins
+    a.add(records(1, [3, 4]))
+    released, _ = a.release(behind=[], limit=100, now=0.0)
+    assert days_of(released) == [(1, 3), (1, 4), (0, 5), (0, 2), (0, 8)]
+
+
+def test_limit_and_ties_go_by_partition() -> None:
+    a = aligner()
+    a.add(records(2, [7, 7]))
+    a.add(records(0, [7]))
+    a.add(records(1, [7]))
+    released, _ = a.release(behind=[], limit=3, now=0.0)
+    assert days_of(released) == [(0, 7), (1, 7), (2, 7)]
+    assert a.count() == 1 and a.first_held_offset(tp(2)) == 1
+
+
+def test_patience_ends_a_stall_in_merge_order() -> None:
+    a = aligner()
+    a.add(records(0, [9, 1]))
+    a.add(records(2, [4]))
+    assert a.release(behind=[tp(1)], limit=100, now=100.0) == ([], False)
+    assert a.release(behind=[tp(1)], limit=100, now=104.9) == ([], False)
+    released, unaligned = a.release(behind=[tp(1)], limit=100, now=105.0)
+    assert unaligned and days_of(released) == [(2, 4), (0, 9), (0, 1)]
+    # released records reset the wait: the next stall waits its whole patience again
+    a.add(records(0, [20], first_offset=2))
+    assert a.release(behind=[tp(1)], limit=100, now=106.0) == ([], False)
+    assert a.release(behind=[tp(1)], limit=100, now=110.0) == ([], False)
+    assert a.release(behind=[tp(1)], limit=100, now=111.0)[1]
+
+
+def test_partitions_no_longer_assigned_are_forgotten() -> None:
+    a = aligner()
+    a.add(records(0, [1, 2]))
+    a.add(records(1, [3]))
+    a.keep_only({tp(1)})
+    assert a.count() == 1 and a.first_held_offset(tp(0)) is None
+    released, _ = a.release(behind=[], limit=100, now=0.0)
+    assert days_of(released) == [(1, 3)]
