@@ -60,7 +60,8 @@ class OfferIssued(BaseModel):
     discount_percent: Money = Field(description="Percent off the offered products, a decimal string")
     reason: OfferReason
     store_id: Identifier | None = None
-    valid_from: AwareDatetime = Field(description="Event time the offer starts (the triggering event's time)")
+    valid_from: AwareDatetime = Field(description="Event time the offer starts and may be sent: the triggering "
+                                      "event's time, or the end of the quiet hours it fell in")
     valid_to: AwareDatetime
     withheld: bool = Field(default=False, description="Control group: recorded, not sent")
 

@@ -125,6 +125,8 @@ class Policy:
     weekly_cap: int = 5
     quiet_start_hour: int = 21  # local hour at which quiet hours begin
     quiet_end_hour: int = 8  # local hour at which they end
+    # "defer": an offer triggered in quiet hours goes out when they end (dated then); "suppress": it is dropped
+    quiet_hours: Literal["defer", "suppress"] = "defer"
     default_time_zone: str = "UTC"
     store_time_zones: Mapping[str, str] = field(default_factory=dict)
 
@@ -378,6 +380,22 @@ def in_quiet_hours(local: datetime, policy: Policy) -> bool:
     if start == end:
         return False
     return start <= hour < end if start < end else hour >= start or hour < end
+
+
+def quiet_hours_end(local: datetime, policy: Policy) -> datetime:
+    """The first end of quiet hours after `local` (a time inside them), in `local`'s zone."""
+    end = local.replace(hour=policy.quiet_end_hour, minute=0, second=0, microsecond=0)
+    return end if end > local else end + timedelta(days=1)  # wall-clock day: 08:00 across a DST change too
+
+
+def deliverable_at(proposal: Proposal, preferred_store: str | None, policy: Policy) -> datetime:
+    """When an offer may go out: its trigger's time, or, with `quiet_hours="defer"`, the end of the quiet
+    hours (in the store's time zone) that time falls in. A weekly review at Monday 00:00 makes its
+    dormant wake-ups at 08:00, instead of losing every one of them to quiet hours."""
+    local = local_time(proposal.at, proposal.store_id or preferred_store, policy)
+    if policy.quiet_hours != "defer" or not in_quiet_hours(local, policy):
+        return proposal.at
+    return quiet_hours_end(local, policy).astimezone(proposal.at.tzinfo)
 
 
 def targeted(definition: CampaignDefinition, member: MemberFacts, store_id: str | None) -> bool:

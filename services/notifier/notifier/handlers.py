@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -603,6 +604,10 @@ class NotifierHandlers:
         else:  # a budget is counted against the sends committed so far, by any replica
             campaigns = {r["campaign_id"]: campaign_of(r) for r in await store.load_campaigns(conn, campaign_ids)}
         members = await store.load_members(conn, member_ids)
+        # Triggered in quiet hours: out when they end (`domain.deliverable_at`), every guard judged then.
+        proposals = sorted((replace(p, at=domain.deliverable_at(p, (members.get(p.member_id) or {}).get("preferred_store"),
+                                                                self.policy)) for p in proposals),
+                           key=lambda p: (p.at, p.member_id, p.campaign_id))
         erased = await store.erased_among(conn, member_ids)
         history: dict[str, list[domain.PastOffer]] = {}
         for row in await store.history(conn, member_ids, earliest - timedelta(days=7)):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from crm_shared.service_main import migrations_dir_beside
 from pydantic import Field, field_validator
@@ -32,6 +33,8 @@ class NotifierSettings(BaseSettings):
     weekly_cap: int = Field(default=5, ge=0)
     quiet_start_hour: int = Field(default=21, ge=0, le=23)
     quiet_end_hour: int = Field(default=8, ge=0, le=23)
+    # An offer triggered in quiet hours: "defer" = out when they end, dated then; "suppress" = dropped.
+    quiet_hours: Literal["defer", "suppress"] = "defer"
     default_time_zone: str = "UTC"
     store_time_zones: str = Field(default="{}", description='JSON {"store id": "Europe/London", ...}')
     run_out_lead_days: float = Field(default=2.0, ge=0, description="Remind this long before the predicted re-purchase")
@@ -103,7 +106,8 @@ class NotifierSettings(BaseSettings):
 
     def policy(self) -> Policy:
         return Policy(daily_cap=self.daily_cap, weekly_cap=self.weekly_cap, quiet_start_hour=self.quiet_start_hour,
-                      quiet_end_hour=self.quiet_end_hour, default_time_zone=self.default_time_zone,
+                      quiet_end_hour=self.quiet_end_hour, quiet_hours=self.quiet_hours,
+                      default_time_zone=self.default_time_zone,
                       store_time_zones=json.loads(self.store_time_zones))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from notifier import domain
@@ -129,6 +131,34 @@ def test_quiet_hours_window_that_does_not_cross_midnight() -> None:
     policy = Policy(quiet_start_hour=12, quiet_end_hour=14)
     assert domain.in_quiet_hours(NOON, policy) and not domain.in_quiet_hours(NOON + timedelta(hours=2), policy)
     assert not domain.in_quiet_hours(NOON, Policy(quiet_start_hour=0, quiet_end_hour=0))
+
+
+def test_an_offer_triggered_in_quiet_hours_goes_out_when_they_end_in_the_stores_zone() -> None:
+    deferring = replace(POLICY, quiet_hours="defer")
+    late_utc = datetime(2026, 3, 4, 22, 30, tzinfo=UTC)
+    assert domain.deliverable_at(proposal(at=late_utc, store="s1"), None, deferring) == datetime(2026, 3, 5, 8, tzinfo=UTC)
+    # a Monday 00:00 review's wake-up: 08:00 the same morning
+    monday = datetime(2026, 3, 2, tzinfo=UTC)
+    assert domain.deliverable_at(proposal(at=monday, store="s1"), None, deferring) == monday + timedelta(hours=8)
+    # 22:30 UTC is 07:30 in Tokyo: out at 08:00 Tokyo = 23:00 UTC, the same instant in the trigger's zone
+    assert domain.deliverable_at(proposal(at=late_utc, store="tokyo-1"), None, deferring) == late_utc + timedelta(minutes=30)
+    # no store on the proposal: the member's preferred store's zone
+    assert domain.deliverable_at(proposal(at=late_utc, store=None), "tokyo-1", deferring) == late_utc + timedelta(minutes=30)
+    # outside quiet hours, or with quiet_hours="suppress": the trigger's time, unchanged
+    assert domain.deliverable_at(proposal(at=NOON, store="s1"), None, deferring) == NOON
+    suppressing = replace(POLICY, quiet_hours="suppress")
+    assert domain.deliverable_at(proposal(at=late_utc, store="s1"), None, suppressing) == late_utc
+    # deferred, every guard passes quiet hours
+    deferred = proposal(at=domain.deliverable_at(proposal(at=late_utc, store="s1"), None, deferring), store="s1")
+    assert decide(deferred).action == "send"
+
+
+def test_quiet_hours_end_across_a_daylight_saving_change() -> None:
+    london = ZoneInfo("Europe/London")
+    # the night the clocks go forward (2026-03-29 01:00 -> 02:00): 08:00 local is 07:00 UTC
+    night = datetime(2026, 3, 28, 23, 30, tzinfo=london)
+    assert domain.quiet_hours_end(night, POLICY) == datetime(2026, 3, 29, 8, tzinfo=london)
+    assert domain.quiet_hours_end(night, POLICY).astimezone(UTC) == datetime(2026, 3, 29, 7, tzinfo=UTC)
 
 
 def sent_at(*hours_ago: float, campaign_id: str = "other", withheld: bool = False) -> list[PastOffer]:
