@@ -89,11 +89,12 @@ class EventTimeAligner(Generic[E]):
     partitions' older events were still unread, and those were then decided at a clock up to months
     late. The segmenter, replaying the Online Retail year from six partitions, skipped the weekly
     reviews of five members in six that way: 14,106 value-tier changes against 30,544 from one
-    partition. Here an event is handed on only when no partition that is behind (records unread on the
-    broker, none held here) can still bring an older one: the earliest held head first (a k-way merge:
-    each partition's own order is kept, whatever its event times), up to the latest event time read from
-    any partition that is behind. A group that keeps up with live traffic has no partition behind and
-    holds nothing back.
+    partition. Here records go on in the order of a merge of the partitions read to their end: by event
+    time, ties by partition number, each partition's own order kept whatever its event times. A held
+    record goes only when no partition that is behind (records unread on the broker, none held here) can
+    still bring one that comes before it in that order: its (event time, partition) is below the
+    (latest event time read, partition) of every partition behind. A group that keeps up with live
+    traffic has no partition behind and holds nothing back.
 
     `add` what was read (decoded), `release` what may go on; a partition with nothing held and records
     unread is `behind` (the caller asks the consumer). If the same partitions stay behind for
@@ -133,15 +134,12 @@ class EventTimeAligner(Generic[E]):
             del self.latest[tp]
 
     def release(self, behind: Collection[TopicPartition], limit: int, now: float) -> tuple[list[Decoded[E]], bool]:
-        """Up to `limit` held records in event-time order, none later than the latest event time read
-        from a partition that is `behind`; and whether they went on out of order (patience ran out)."""
-        seen = [self.latest.get(tp) for tp in behind]
-        if not behind:
-            out = self._merge(limit, None)
-        elif any(at is None for at in seen):
-            out = []  # a partition behind has shown nothing yet: anything held could be later than its records
+        """Up to `limit` held records in merge order, each before what any partition `behind` may still
+        bring; and whether they went on out of order (patience ran out)."""
+        if any(tp not in self.latest for tp in behind):
+            out: list[Decoded[E]] = []  # a partition behind has shown nothing yet: anything held could come after it
         else:
-            out = self._merge(limit, min(at for at in seen if at is not None))
+            out = self._merge(limit, min(((self.latest[tp], tp.partition) for tp in behind), default=None))
         if out or not self.count():
             self._waiting_since = None
             return out, False
@@ -152,13 +150,13 @@ class EventTimeAligner(Generic[E]):
         self._waiting_since = None
         return self._merge(limit, None), True
 
-    def _merge(self, limit: int, bound: datetime | None) -> list[Decoded[E]]:
-        """The earliest held head first, while it is not later than `bound` (None: no bound)."""
+    def _merge(self, limit: int, bound: tuple[datetime, int] | None) -> list[Decoded[E]]:
+        """The first held head by (event time, partition) first, while it comes before `bound` (None: no bound)."""
         out: list[Decoded[E]] = []
         queues = [queue for queue in self.held.values() if queue]
         while queues and len(out) < limit:
             first = min(queues, key=lambda queue: (queue[0][0], queue[0][1].record.partition))
-            if bound is not None and first[0][0] > bound:
+            if bound is not None and (first[0][0], first[0][1].record.partition) >= bound:
                 break
             out.append(first.popleft()[1])
             if not first:
