@@ -94,7 +94,7 @@ class EventTimeAligner(Generic[E]):
     record goes only when no partition that is behind (records unread on the broker, none held here) can
     still bring one that comes before it in that order: its (event time, partition) is below the
     (latest event time read, partition) of every partition behind. A group that keeps up with live
-    traffic has no partition behind and holds nothing back.
+    traffic has a partition behind only between a fetch and its hand-out, and holds little back.
 
     `add` what was read (decoded), `release` what may go on; a partition with nothing held and records
     unread is `behind` (the caller asks the consumer). If the same partitions stay behind for
