@@ -153,15 +153,24 @@ class EventTimeAligner(Generic[E]):
     def _merge(self, limit: int, bound: tuple[datetime, int] | None) -> list[Decoded[E]]:
         """The first held head by (event time, partition) first, while it comes before `bound` (None: no bound)."""
         out: list[Decoded[E]] = []
+        def head(queue: deque[tuple[datetime, Decoded[E]]]) -> tuple[datetime, int]:
+            return queue[0][0], queue[0][1].record.partition
+
         queues = [queue for queue in self.held.values() if queue]
         while queues and len(out) < limit:
-            first = min(queues, key=lambda queue: (queue[0][0], queue[0][1].record.partition))
-            if bound is not None and (first[0][0], first[0][1].record.partition) >= bound:
+            first = min(queues, key=head)
+            if bound is not None and head(first) >= bound:
                 break
             out.append(first.popleft()[1])
             if not first:
                 queues.remove(first)
         return out
+
+
+def unread(consumer: AIOKafkaConsumer, tp: TopicPartition, position: int) -> bool:
+    """The broker holds records of `tp` from `position` on (or has not said yet how many it holds)."""
+    highwater = consumer.highwater(tp)
+    return highwater is None or position < highwater
 
 
 @dataclass
@@ -238,7 +247,9 @@ class IdempotentConsumer(Generic[E]):
                 aligner.add(await self._decode(records, producer))
             assigned = consumer.assignment()
             aligner.keep_only(assigned)
-            behind = [tp for tp in assigned if not aligner.count(tp) and await self._unread(consumer, tp)]
+            # where each partition's next fetch starts (only getmany moves it): for "behind" and the commit
+            positions = {tp: await consumer.position(tp) for tp in assigned}
+            behind = [tp for tp in assigned if not aligner.count(tp) and unread(consumer, tp, positions[tp])]
             batch, unaligned = aligner.release(behind, self.max_records, time.monotonic())
             if unaligned:
                 UNALIGNED.labels(self.name).inc()
@@ -250,7 +261,7 @@ class IdempotentConsumer(Generic[E]):
             offsets: dict[TopicPartition, int] = {}
             for tp in assigned:
                 first = aligner.first_held_offset(tp)
-                offset = first if first is not None else await consumer.position(tp)
+                offset = first if first is not None else positions[tp]
                 if committed.get(tp) != offset:
                     offsets[tp] = offset
             if offsets:
@@ -265,12 +276,6 @@ class IdempotentConsumer(Generic[E]):
             if (paused - full) & assigned:
                 consumer.resume(*((paused - full) & assigned))
             paused = full
-
-    @staticmethod
-    async def _unread(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
-        """The broker holds records of `tp` this consumer has not read (or has not said yet how many)."""
-        highwater = consumer.highwater(tp)
-        return highwater is None or await consumer.position(tp) < highwater
 
     async def process(self, records: Sequence[ConsumerRecord[bytes, bytes]], producer: AIOKafkaProducer) -> list[E]:
         """Apply one fetched batch; returns the events that were new."""

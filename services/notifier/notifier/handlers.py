@@ -592,9 +592,8 @@ class NotifierHandlers:
         transaction. `locked`: the caller holds the proposals' members' locks already."""
         if not proposals:
             return 0
-        proposals.sort(key=lambda p: (p.at, p.member_id, p.campaign_id))
         member_ids = sorted({p.member_id for p in proposals})
-        earliest = proposals[0].at
+        earliest = min(p.at for p in proposals)  # deferral below only moves times later
         if not locked:
             await store.lock_members(conn, member_ids)  # before reading their sends: the caps hold across consumers
         campaign_ids = sorted({p.campaign_id for p in proposals})
