@@ -93,14 +93,15 @@ class EventTimeAligner(Generic[E]):
     time, ties by partition number, each partition's own order kept whatever its event times. A held
     record goes only when no partition that is behind (records unread on the broker, none held here) can
     still bring one that comes before it in that order: its (event time, partition) is below the
-    (latest event time read, partition) of every partition behind. A group that keeps up with live
-    traffic has a partition behind only between a fetch and its hand-out, and holds little back.
+    (latest event time read, partition) of every partition behind. A partition whose held records run
+    out during a release while it has records unread is behind from that record on: the merge stops
+    there too. A group that keeps up with live traffic has a partition behind only between a fetch and
+    its hand-out, and holds little back.
 
-    `add` what was read (decoded), `release` what may go on; a partition with nothing held and records
-    unread is `behind` (the caller asks the consumer). If the same partitions stay behind for
-    `patience_s` while records are held (a broker that stops serving a partition), the held records go
-    on in merge order anyway, counted in `crm_consumer_unaligned_releases_total`: better late order than
-    a stalled group."""
+    `add` what was read (decoded), `release` what may go on, told which partitions have records `unread`
+    on the broker (the caller asks the consumer). If partitions stay behind for `patience_s` while
+    records are held (a broker that stops serving a partition), the held records go on in merge order
+    anyway, counted in `crm_consumer_unaligned_releases_total`: better late order than a stalled group."""
 
     def __init__(self, event_time: Callable[[E], datetime], *, patience_s: float = 5.0) -> None:
         self.event_time = event_time
@@ -133,13 +134,10 @@ class EventTimeAligner(Generic[E]):
         for tp in [tp for tp in self.latest if tp not in assigned]:
             del self.latest[tp]
 
-    def release(self, behind: Collection[TopicPartition], limit: int, now: float) -> tuple[list[Decoded[E]], bool]:
-        """Up to `limit` held records in merge order, each before what any partition `behind` may still
-        bring; and whether they went on out of order (patience ran out)."""
-        if any(tp not in self.latest for tp in behind):
-            out: list[Decoded[E]] = []  # a partition behind has shown nothing yet: anything held could come after it
-        else:
-            out = self._merge(limit, min(((self.latest[tp], tp.partition) for tp in behind), default=None))
+    def release(self, unread: Collection[TopicPartition], limit: int, now: float) -> tuple[list[Decoded[E]], bool]:
+        """Up to `limit` held records in merge order, each before what any partition with records
+        `unread` may still bring; and whether they went on out of order (patience ran out)."""
+        out = self._merge(limit, unread)
         if out or not self.count():
             self._waiting_since = None
             return out, False
@@ -150,20 +148,38 @@ class EventTimeAligner(Generic[E]):
         self._waiting_since = None
         return self._merge(limit, None), True
 
-    def _merge(self, limit: int, bound: tuple[datetime, int] | None) -> list[Decoded[E]]:
-        """The first held head by (event time, partition) first, while it comes before `bound` (None: no bound)."""
+    def behind(self, unread: Collection[TopicPartition]) -> list[TopicPartition]:
+        """The partitions that hold the merge back: records unread, none held."""
+        return [tp for tp in unread if not self.count(tp)]
+
+    def _merge(self, limit: int, unread: Collection[TopicPartition] | None) -> list[Decoded[E]]:
+        """The first held head by (event time, partition) first, while it comes before the bound set by
+        the partitions behind (None: no bound). A partition whose queue runs dry here with records unread
+        joins them: what it brings next comes after its latest record read."""
         out: list[Decoded[E]] = []
+        bound: tuple[datetime, int] | None = None
+        if unread is not None:
+            behind = self.behind(unread)
+            if any(tp not in self.latest for tp in behind):
+                return out  # a partition behind has shown nothing yet: anything held could come after it
+            bound = min(((self.latest[tp], tp.partition) for tp in behind), default=None)
+            unread = set(unread)
+
         def head(queue: deque[tuple[datetime, Decoded[E]]]) -> tuple[datetime, int]:
             return queue[0][0], queue[0][1].record.partition
 
-        queues = [queue for queue in self.held.values() if queue]
+        queues = {tp: queue for tp, queue in self.held.items() if queue}
         while queues and len(out) < limit:
-            first = min(queues, key=head)
+            tp = min(queues, key=lambda tp: head(queues[tp]))
+            first = queues[tp]
             if bound is not None and head(first) >= bound:
                 break
             out.append(first.popleft()[1])
             if not first:
-                queues.remove(first)
+                del queues[tp]
+                if unread is not None and tp in unread:  # dry, with more on the broker: behind from here
+                    dry = (self.latest[tp], tp.partition)
+                    bound = dry if bound is None else min(bound, dry)
         return out
 
 
@@ -249,8 +265,9 @@ class IdempotentConsumer(Generic[E]):
             aligner.keep_only(assigned)
             # where each partition's next fetch starts (only getmany moves it): for "behind" and the commit
             positions = {tp: await consumer.position(tp) for tp in assigned}
-            behind = [tp for tp in assigned if not aligner.count(tp) and unread(consumer, tp, positions[tp])]
-            batch, unaligned = aligner.release(behind, self.max_records, time.monotonic())
+            not_read = [tp for tp in assigned if unread(consumer, tp, positions[tp])]
+            behind = aligner.behind(not_read)
+            batch, unaligned = aligner.release(not_read, self.max_records, time.monotonic())
             if unaligned:
                 UNALIGNED.labels(self.name).inc()
                 log.warning("held records handed on out of event-time order: partitions stayed behind",

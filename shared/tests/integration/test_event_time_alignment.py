@@ -26,11 +26,18 @@ T0 = datetime(2010, 12, 1, 8, tzinfo=UTC)
 PER_PARTITION = 240
 
 
+STEP_HOURS = (1, 2, 5)  # each partition at its own pace: one drains its held records while others hold more
+
+
+def at(partition: int, i: int) -> datetime:
+    """Partition p's i-th event: the three interleave in time, partition 0 densest, 2 sparsest."""
+    return T0 + timedelta(hours=STEP_HOURS[partition] * i, minutes=partition)
+
+
 def event(partition: int, i: int) -> Any:
-    # partition p's i-th event at hour 3*i + p: the three partitions interleave in time
-    at = T0 + timedelta(hours=3 * i + partition)
-    return member_event(MemberErased(member_id=f"m{partition}-{i}", erased_at=at, requested_by="test"),
-                        event_type="MemberErased", member_id=f"m{partition}-{i}", occurred_at=at, source="test",
+    at_ = at(partition, i)
+    return member_event(MemberErased(member_id=f"m{partition}-{i}", erased_at=at_, requested_by="test"),
+                        event_type="MemberErased", member_id=f"m{partition}-{i}", occurred_at=at_, source="test",
                         identity=f"aligned/{partition}/{i}")
 
 
@@ -90,7 +97,7 @@ async def scenario(endpoints: StackEndpoints, prefix: str) -> tuple[list[datetim
 def test_a_backlog_reaches_the_handler_in_event_time_order_across_partitions(
         crm_stack: StackEndpoints, topic_prefix: str) -> None:
     aligned, unaligned = asyncio.run(asyncio.wait_for(scenario(crm_stack, topic_prefix), 180))
-    everything = sorted(T0 + timedelta(hours=3 * i + p) for p in range(3) for i in range(PER_PARTITION))
+    everything = sorted(at(p, i) for p in range(3) for i in range(PER_PARTITION))
     assert aligned == everything, "not in event-time order (or not each event once)"
     # the control: the same backlog read as fetched comes partition by partition, so the test can fail
     assert sorted(unaligned) == everything and unaligned != everything
