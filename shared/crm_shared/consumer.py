@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import traceback
 import uuid
@@ -407,24 +406,6 @@ def sale_from_the_future(event: Any, record: ConsumerRecord[bytes, bytes]) -> st
     if event.payload.occurred_at > produced + MAX_AHEAD_OF_RECORD:
         return f"occurred_at {event.payload.occurred_at.isoformat()} is more than 24 h after the record was written"
     return None
-
-
-def profile_with_non_finite_numbers(event: Any, _: ConsumerRecord[bytes, bytes]) -> str | None:
-    """A screen for consumers of `member.profiles.v1` that learn from its numbers. The contract's float
-    fields take the JSON strings "NaN" and "inf" (pydantic's lax floats); one such profile would turn
-    the segmenter's online scaler and cluster centres to NaN for good (they are snapshotted)."""
-    profile = event.payload
-    rhythm = profile.visit_rhythm
-    numbers: dict[str, float | None] = {
-        "recency_days": profile.recency_days, "average_basket_size": profile.average_basket_size,
-        "returns_rate": profile.returns_rate, "discount_share": profile.discount_share,
-        "visit_rhythm.mean_days": rhythm.mean_days, "visit_rhythm.spread_days": rhythm.spread_days,
-        "visit_rhythm.days_overdue": rhythm.days_overdue,
-        **{f"categories.{name}": share for name, share in profile.categories.items()},
-        **{f"brands.{name}": share for name, share in profile.brands.items()},
-    }
-    bad = [name for name, value in numbers.items() if value is not None and not math.isfinite(value)]
-    return f"not a finite number: {', '.join(bad)}" if bad else None
 
 
 def envelope_time(event: Any) -> datetime:

@@ -60,7 +60,7 @@ P = TypeVar("P", bound=BaseModel)
 class Envelope(BaseModel, Generic[P]):
     """What every event on every topic looks like on the wire."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     event_id: uuid.UUID
     event_type: str
@@ -88,7 +88,7 @@ LineDiscount = Annotated[Decimal, BeforeValidator(_line_discount), MONEY_SERIALI
 
 
 class SaleLine(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sku: Annotated[str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=64,
                                           pattern=PRINTABLE)]
@@ -113,7 +113,7 @@ class SaleLine(BaseModel):
 class Sale(BaseModel):
     """A sale or a return as a terminal rings it up. Payload of `pos.sales.v1`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sale_id: Identifier
     store_id: Identifier
@@ -216,7 +216,7 @@ class MemberErased(BaseModel):
     """A member asked to be forgotten. Payload of `member.erased.v1`: every service erases what it
     holds about them (personal data, contact history); pseudonymous aggregates may stay."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     member_id: Identifier
     erased_at: AwareDatetime
@@ -233,7 +233,7 @@ class MemberContactability(BaseModel):
     Only what a marketing service needs to decide whether and when to contact: consent per channel,
     the home store, and the birthday as month-day (never the year, never a name or address)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     member_id: Identifier
     as_of: AwareDatetime = Field(description="When member-profile recorded the change (wall clock of the desk)")
@@ -248,7 +248,7 @@ class MemberContactability(BaseModel):
 class TierChanged(BaseModel):
     """Payload of `member.tier_changed.v1`: an upgrade or a downgrade, evaluated in event time."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     member_id: Identifier
     old_tier: Tier
@@ -258,7 +258,7 @@ class TierChanged(BaseModel):
 
 
 class VisitRhythm(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     intervals: int
     mean_days: float
@@ -270,7 +270,7 @@ class MemberProfileUpdated(BaseModel):
     """Payload of the compacted `member.profiles.v1` (key = member id): the latest profile, for the
     segmenter and the notifier. Personal data never travels here."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     member_id: Identifier
     as_of: AwareDatetime
@@ -315,7 +315,7 @@ class Product(BaseModel):
     """Payload of the compacted `catalog.products.v1` (key = sku). Supplier terms are optional here;
     replenishment adds them."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sku: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=PRINTABLE)]
     description: Annotated[str, StringConstraints(max_length=300, pattern=PRINTABLE)] = ""
@@ -360,7 +360,7 @@ class MemberSegmentChanged(BaseModel):
     the member's own rhythm — is the notifier's wake-up trigger) or `cluster` (learned online).
     `current` is the member's whole segment set after the change, so a consumer needs no other state."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     member_id: Identifier
     dimension: SegmentDimension
@@ -374,7 +374,7 @@ class MemberSegmentChanged(BaseModel):
 
 
 class RuleDocument(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     antecedents: list[str]
     consequent: str
@@ -387,7 +387,7 @@ class AssociationRulesChanged(BaseModel):
     """Payload of `analytics.associations.v1` (key = scope): the top rules of a scope (`chain` or a
     store id) over its event-time window, published when they change."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     scope: str
     window_start: AwareDatetime | None

@@ -30,7 +30,7 @@ MARKETING_SCHEMA_VERSION = 1
 class OfferReason(BaseModel):
     """Why this member got this offer, in terms a marketer can check."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     trigger: TriggerKind
     detail: Annotated[str, StringConstraints(max_length=500, pattern=PRINTABLE)] = Field(
@@ -47,7 +47,7 @@ class OfferReason(BaseModel):
 class OfferIssued(BaseModel):
     """Payload of `marketing.offers.v1` (key = member id): one personalised offer, or its withheld twin."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     offer_id: Identifier
     member_id: Identifier
@@ -81,7 +81,7 @@ class OfferDeliveryFailed(BaseModel):
     """Payload of `marketing.offer_webhooks.dlq`: an offer the marketing tool's webhook never accepted
     after every retry. The offer is still on `marketing.offers.v1`; this says the tool did not get it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     offer_id: Identifier
     member_id: Identifier

@@ -29,7 +29,7 @@ SUPPLY_SCHEMA_VERSION = 1
 
 
 class ReceiptLine(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sku: Sku
     quantity: int = Field(strict=True, gt=0, le=MAX_QUANTITY, description="Units received; always positive")
@@ -38,7 +38,7 @@ class ReceiptLine(BaseModel):
 class GoodsReceipt(BaseModel):
     """Goods arrived at a store, against a purchase order or not. Payload of `inventory.receipts.v1`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     receipt_id: Identifier
     store_id: Identifier
@@ -48,7 +48,7 @@ class GoodsReceipt(BaseModel):
 
 
 class OrderLine(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     sku: Sku
     quantity: int = Field(strict=True, gt=0, le=MAX_QUANTITY, description="Units ordered: whole packs, at least the MOQ")
@@ -67,7 +67,7 @@ class OrderLine(BaseModel):
 class PurchaseOrder(BaseModel):
     """One order per supplier × store × ordering cycle (an event-time day). Payload of `supplier.reorders.v1`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     po_id: Identifier
     supplier_id: Identifier
@@ -81,7 +81,7 @@ class PurchaseOrder(BaseModel):
 class SupplierAck(BaseModel):
     """A supplier accepts or rejects a purchase order. Payload of `supplier.acks.v1`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     po_id: Identifier
     supplier_id: Identifier
@@ -94,7 +94,7 @@ class LowStock(BaseModel):
     """A SKU at a store has fewer days of cover than the threshold. Payload of `inventory.low_stock.v1`:
     the notifier stops promoting what cannot be sold."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     store_id: Identifier
     sku: Sku

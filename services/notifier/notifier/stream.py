@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_shared.consumer import IdempotentConsumer, consumer_for, profile_with_non_finite_numbers, sale_from_the_future
+from crm_shared.consumer import IdempotentConsumer, consumer_for, sale_from_the_future
 from crm_shared.events import (
     AssociationRulesChanged,
     Envelope,
@@ -51,9 +51,9 @@ CONSUMERS: tuple[tuple[str, Topic, Any, str, str | None], ...] = (
 )
 
 
-# Sales dated far ahead of their record would move event time; profiles with NaN or infinite numbers
-# would reach purchase rhythms and reminder dates.
-SCREENS = {POS_SALES.name: sale_from_the_future, MEMBER_PROFILES.name: profile_with_non_finite_numbers}
+# Sales dated far ahead of their record would move event time. (A profile with a NaN or infinite
+# number breaks the contract: it never reaches purchase rhythms and reminder dates.)
+SCREENS = {POS_SALES.name: sale_from_the_future}
 # Groups whose handlers run a clock on event time (the sales clock's follow-ups, dormancy, tier and segment
 # campaigns) read in event-time order across partitions; the rest record facts at their own time.
 ON_EVENT_TIME = frozenset({POS_SALES.name, MEMBER_SEGMENTS.name, MEMBER_TIER_CHANGED.name, MEMBER_PROFILES.name})

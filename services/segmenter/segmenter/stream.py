@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crm_shared.consumer import (
-    IdempotentConsumer,
-    consumer_for,
-    profile_with_non_finite_numbers,
-    sale_from_the_future,
-)
+from crm_shared.consumer import IdempotentConsumer, consumer_for, sale_from_the_future
 from crm_shared.events import Envelope, MemberErased, MemberProfileUpdated, SaleRecorded
 from crm_shared.settings import CommonSettings
 from crm_shared.topics import MEMBER_ERASED, MEMBER_PROFILES, POS_SALES
@@ -19,11 +14,11 @@ from segmenter.store import applied_events
 
 
 def profiles_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:
-    """A profile with a NaN or infinite number is dead-lettered: the clusters would learn it for good.
-    On event time: the reviews fall due as the profiles' time passes each review midnight."""
+    """A profile with a NaN or infinite number breaks the contract and is dead-lettered (the clusters
+    would learn it for good). On event time: the reviews fall due as the profiles' time passes each review midnight."""
     return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="profiles", topic=MEMBER_PROFILES,
                         model=Envelope[MemberProfileUpdated], handle=handlers.apply_profiles,
-                        after_commit=handlers.after_profiles, screen=profile_with_non_finite_numbers, batch=batch,
+                        after_commit=handlers.after_profiles, batch=batch,
                         on_event_time=True)
 
 

@@ -402,3 +402,64 @@ def test_the_gateways_one_dump_envelope_is_byte_identical_to_the_models() -> Non
         payload = sale.model_dump(mode="json")
         assert encode_document(sale_recorded_document(sale, source="pos-gateway", payload=payload)) == \
             encode(sale_recorded(sale, source="pos-gateway"))
+
+
+def contract_models() -> list[type[Any]]:
+    import inspect
+
+    from crm_shared import events, marketing_events, supply_events
+    from pydantic import BaseModel
+
+    return [model for module in (events, marketing_events, supply_events)
+            for _, model in inspect.getmembers(module, inspect.isclass)
+            if issubclass(model, BaseModel) and model.__module__ == module.__name__]
+
+
+def test_every_contract_refuses_nan_and_infinity() -> None:
+    """pydantic's lax floats take the JSON strings "NaN" and "inf"; a consumer that learns or ranks by one
+    would carry it for good. Every contract model says no, so a new one cannot forget it."""
+    models = contract_models()
+    assert len(models) >= 20
+    assert [m.__name__ for m in models if m.model_config.get("allow_inf_nan", True)] == []
+
+
+FLOAT_CASES = {
+    "LowStock": ({"store_id": "s1", "sku": "A", "on_hand": 2, "on_order": 0, "forecast_daily": 1.5,
+                  "days_of_cover": 1.3, "as_of": "2011-06-01T12:00:00+00:00"}, ["forecast_daily", "days_of_cover"]),
+    "OrderLine": ({"sku": "A", "quantity": 12, "pack_size": 6, "need_id": str(uuid.UUID(int=1)), "reorder_point": 4,
+                   "order_up_to": 20, "on_hand": 2, "on_order": 0, "forecast_daily": 1.5}, ["forecast_daily"]),
+    "OfferReason": ({"trigger": "cross_sell", "detail": "A -> B", "source_event_id": str(uuid.UUID(int=2)),
+                     "rule_confidence": 0.6, "rule_lift": 3.2}, ["rule_confidence", "rule_lift"]),
+    "VisitRhythm": ({"intervals": 3, "mean_days": 7.0, "spread_days": 1.0, "days_overdue": None},
+                    ["mean_days", "spread_days", "days_overdue"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOAT_CASES))
+@pytest.mark.parametrize("value", ["NaN", "inf", "-inf", "Infinity"])
+def test_a_nan_or_infinite_number_is_refused_naming_the_field(name: str, value: str) -> None:
+    model = next(m for m in contract_models() if m.__name__ == name)
+    payload, fields = FLOAT_CASES[name]
+    model.model_validate(payload)  # the case itself is valid
+    for field in fields:
+        with pytest.raises(ValidationError) as refused:
+            model.model_validate({**payload, field: value})
+        assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [((field,), "Input should be a finite number")]
+
+
+def test_a_profile_with_nan_in_a_share_is_dead_letter_material_naming_the_field() -> None:
+    from crm_shared.events import MemberProfileUpdated, member_event
+
+    profile = MemberProfileUpdated.model_validate({
+        "member_id": "m1", "as_of": "2011-06-01T12:00:00+00:00", "first_purchase_at": "2011-01-03T10:00:00+00:00",
+        "last_purchase_at": "2011-05-30T10:00:00+00:00", "recency_days": 2.1, "frequency": 5, "returns": 0,
+        "monetary": "120.50", "average_basket_value": "24.10", "average_basket_size": 7.5, "returns_rate": 0.0,
+        "discount_share": 0.1, "preferred_store": "s1", "hour_of_day": {"10": 5}, "weekday": {"0": 5},
+        "visit_rhythm": {"intervals": 4, "mean_days": 36.5, "spread_days": 4.0, "days_overdue": None},
+        "tier": "member", "points_balance": 120, "categories": {"home": 0.6}, "brands": {}})
+    document = orjson.loads(encode(member_event(profile, event_type="MemberProfileUpdated", member_id="m1",
+                                                occurred_at=profile.as_of, source="test", identity="profile/m1/1")))
+    document["payload"]["categories"] = {"home": "NaN"}
+    with pytest.raises(PoisonMessage) as poison:
+        decode(Envelope[MemberProfileUpdated], orjson.dumps(document))
+    assert poison.value.reason == "breaks the contract: payload.categories.home: Input should be a finite number"
