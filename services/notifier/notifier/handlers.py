@@ -652,7 +652,10 @@ class NotifierHandlers:
         fresh = [events[r["offer_id"]] for r in rows if r["offer_id"] in new_ids]
         await add_events(conn, store.outbox, self.offers_topic, fresh)
         if self.settings.webhook_url:
-            await store.enqueue_webhooks(conn, [{"offer_id": e.payload.offer_id, "body": encode(e).decode()}
+            # First posted at the offer's `valid_from` on the wall clock: one deferred out of quiet hours
+            # waits for their end (one valid from the past, a replay's, goes at once).
+            await store.enqueue_webhooks(conn, [{"offer_id": e.payload.offer_id, "body": encode(e).decode(),
+                                                 "next_attempt_at": e.payload.valid_from}
                                                 for e in fresh if not e.payload.withheld])
         await store.count_sent(conn, dict(Tally(r["campaign_id"] for r in rows
                                                if r["offer_id"] in new_ids and not r["withheld"])))

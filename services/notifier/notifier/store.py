@@ -581,13 +581,15 @@ async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, An
 
 # --- webhook deliveries --------------------------------------------------------------------------
 
-_ENQUEUE_WEBHOOKS_SQL = insert_from_recordset(webhook_deliveries, ("offer_id", "body"))
+_WEBHOOK_COLUMNS = ("offer_id", "body", "next_attempt_at")
+_ENQUEUE_WEBHOOKS_SQL = insert_from_recordset(webhook_deliveries, _WEBHOOK_COLUMNS)
 
 
 async def enqueue_webhooks(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """One delivery per offer (`offer_id`, `body`), in one statement."""
+    """One delivery per offer (`offer_id`, `body`, `next_attempt_at`: its first post not before then), in
+    one statement."""
     if rows:
-        await conn.execute(text(_ENQUEUE_WEBHOOKS_SQL), {"rows": recordset_rows(rows, ("offer_id", "body"))})
+        await conn.execute(text(_ENQUEUE_WEBHOOKS_SQL), {"rows": recordset_rows(rows, _WEBHOOK_COLUMNS)})
 
 
 async def claim_webhooks(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:

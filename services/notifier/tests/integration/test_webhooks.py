@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -176,3 +177,86 @@ def test_offers_are_posted_signed_retried_dead_lettered_and_never_twice_across_r
     finally:
         first.stop()
         second.stop()
+
+
+def zone_at_local_hour(hour: int, now: datetime) -> str:
+    """A fixed-offset zone whose local hour is `hour` at `now` (Etc/GMT-3 is UTC+3)."""
+    offset = (hour - now.hour + 12) % 24 - 12  # -12..+11
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
+def test_an_offer_deferred_out_of_quiet_hours_is_posted_when_they_end_not_before(
+        crm_stack: StackEndpoints, tool: MarketingTool, tmp_path: Any) -> None:
+    """Live traffic: a sale at 23:00 in its store's zone gets an offer valid from 08:00 (quiet hours
+    deferred); the tool gets no post before then, while a sale in a store where it is noon is posted at once."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    prefix = f"nq{uuid.uuid4().hex[:6]}."
+    schema = f"nq_{uuid.uuid4().hex[:8]}"
+    zones = {"night": zone_at_local_hour(23, now), "noon": zone_at_local_hour(12, now)}
+    env = {"NOTIFIER_SCHEMA_NAME": schema, "NOTIFIER_TRIGGERS": "cross_sell", "NOTIFIER_WEBHOOK_URL": tool.url,
+           "NOTIFIER_WEBHOOK_SECRET": SECRET, "NOTIFIER_WEBHOOK_IDLE_POLL_SECONDS": "0.1",
+           "NOTIFIER_STORE_TIME_ZONES": orjson.dumps(zones).decode()}
+    notifier = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env=env)
+    night_owl, lunch = treated("owl"), treated("noon")
+    try:
+        async def publish() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=crm_stack.kafka_bootstrap)
+            await producer.start()
+            try:
+                for member in (night_owl, lunch):
+                    consent = contactability_event(MemberContactability(
+                        member_id=member, as_of=now - timedelta(days=1), enrolled=True, consents={"push": True}))
+                    await producer.send(MEMBER_CONSENTS.qualified(prefix), encode(consent), key=member.encode())
+                rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=now - timedelta(hours=1),
+                                                baskets=100, min_support=0.01, min_confidence=0.3, rules=[RuleDocument(
+                                                    antecedents=["diapers"], consequent="beer", support=0.05,
+                                                    confidence=0.6, lift=2.4)])
+                event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain",
+                                        occurred_at=now - timedelta(hours=1), identity=f"rules/{prefix}")
+                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
+                deadline = time.monotonic() + 90
+                for part, topic in (("rules", ANALYTICS_ASSOCIATIONS), ("consents", MEMBER_CONSENTS)):
+                    name = topic.qualified(prefix)
+                    while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.{part}", [name])).get(name) != 0:
+                        assert time.monotonic() < deadline, f"the notifier did not take the {part}"
+                        await asyncio.sleep(0.2)
+                for n, (member, store_id) in enumerate(((night_owl, "night"), (lunch, "noon"))):
+                    sale = Sale(sale_id=f"q{n}-{prefix}", store_id=store_id, terminal_id="t1", member_id=member,
+                                occurred_at=now, currency="EUR",
+                                lines=[SaleLine(sku="diapers", quantity=1, unit_price=Decimal("9.99"))])
+                    recorded = sale_recorded(sale, source="test-till")
+                    await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+        asyncio.run(publish())
+        offers = asyncio.run(read_topic(crm_stack.kafka_bootstrap, f"{prefix}marketing.offers.v1", expected=2,
+                                        timeout=60, settle=1.0))
+        by_member = {orjson.loads(r.value)["payload"]["member_id"]: orjson.loads(r.value)["payload"] for r in offers}
+        assert set(by_member) == {night_owl, lunch}, (by_member, notifier.tail())
+        morning = datetime.fromisoformat(by_member[night_owl]["valid_from"])
+        local = now.astimezone(ZoneInfo(zones["night"]))
+        assert local.hour == 23 and morning == (local + timedelta(days=1)).replace(hour=8, minute=0, second=0)
+        assert timedelta(hours=8) < morning - now <= timedelta(hours=9), "23:xx local: deferred to 08:00"
+        assert datetime.fromisoformat(by_member[lunch]["valid_from"]) == now
+        deadline = time.monotonic() + 30
+        while not tool.accepted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # the sender polls every 0.1 s: a post of the deferred offer would have come by now
+        assert set(tool.accepted) == {by_member[lunch]["offer_id"]}, (tool.posts, notifier.tail())
+
+        async def queued() -> list[Any]:
+            import asyncpg
+
+            conn = await asyncpg.connect(crm_stack.database_url.replace("postgresql+asyncpg", "postgresql"))
+            try:
+                return [tuple(r) for r in await conn.fetch(
+                    f"SELECT offer_id, status, attempts, next_attempt_at FROM {schema}.webhook_deliveries ORDER BY 4")]
+            finally:
+                await conn.close()
+
+        assert asyncio.run(queued()) == [(by_member[lunch]["offer_id"], "delivered", 1, now),
+                                         (by_member[night_owl]["offer_id"], "pending", 0, morning)]
+    finally:
+        notifier.stop()
