@@ -380,12 +380,19 @@ async def add_product_sales(conn: AsyncConnection, rows: Iterable[tuple[str, str
         await conn.execute(text(_ADD_PRODUCT_SALES_SQL), {"rows": recordset_rows(values, PRODUCT_SALES_COLUMNS)})
 
 
+# A batch names every product it sold; most are named already, and the same: no write for those
+# (an update per product per batch was a dead row each, and an executemany of ~2,000 rows a batch).
+_NAME_PRODUCTS_SQL = insert_from_recordset(
+    products, ("sku", "description"),
+    tail="ON CONFLICT (sku) DO UPDATE SET description = excluded.description "
+         "WHERE products.description IS DISTINCT FROM excluded.description")
+
+
 async def name_products(conn: AsyncConnection, names: dict[str, str]) -> None:
+    """Products' latest descriptions, in one statement."""
     if names:
-        statement = insert(products)
-        await conn.execute(statement.on_conflict_do_update(index_elements=[products.c.sku],
-                                                           set_={"description": statement.excluded.description}),
-                           [{"sku": k, "description": v[:300]} for k, v in sorted(names.items())])
+        rows = [{"sku": sku, "description": description[:300]} for sku, description in sorted(names.items())]
+        await conn.execute(text(_NAME_PRODUCTS_SQL), {"rows": recordset_rows(rows, ("sku", "description"))})
 
 
 async def descriptions(conn: AsyncConnection, skus: Sequence[str]) -> dict[str, str]:
