@@ -32,9 +32,8 @@ from crm_shared.events import (
     sale_recorded,
     segmenter_event,
 )
-from crm_shared.kafka import consumer_lag
 from crm_shared.serde import encode
-from crm_shared.testing import StackEndpoints, read_topic, start_service
+from crm_shared.testing import StackEndpoints, read_topic, start_service, wait_until_caught_up
 from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFER_WEBHOOKS_DLQ, MEMBER_CONSENTS, POS_SALES
 from notifier.domain import in_control_group
 
@@ -114,6 +113,41 @@ def treated(stem: str) -> str:
     raise AssertionError("unreachable")
 
 
+def diapers(sale_id: str, member: str, at: datetime, store_id: str = "s1") -> Sale:
+    return Sale(sale_id=sale_id, store_id=store_id, terminal_id="t1", member_id=member, occurred_at=at, currency="EUR",
+                lines=[SaleLine(sku="diapers", quantity=1, unit_price=Decimal("9.99"))])
+
+
+async def send(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def ring_after_rules_and_consents(bootstrap: str, prefix: str, members: list[str], sales: list[Sale],
+                                  at: datetime) -> None:
+    """Push consent for `members` and the chain's rule diapers -> beer, both as of `at`; once the notifier
+    has taken them, `sales` on the tills."""
+    consents = [contactability_event(MemberContactability(member_id=m, as_of=at - timedelta(days=1), enrolled=True,
+                                                          consents={"push": True})) for m in members]
+    rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=at, baskets=100, min_support=0.01,
+                                    min_confidence=0.3, rules=[RuleDocument(antecedents=["diapers"], consequent="beer",
+                                                                            support=0.05, confidence=0.6, lift=2.4)])
+    event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain", occurred_at=at,
+                            identity=f"rules/{prefix}")
+    asyncio.run(send(bootstrap, [(MEMBER_CONSENTS.qualified(prefix), c.key.encode(), encode(c)) for c in consents]
+                     + [(ANALYTICS_ASSOCIATIONS.qualified(prefix), b"chain", encode(event))]))
+    for part, topic in (("rules", ANALYTICS_ASSOCIATIONS), ("consents", MEMBER_CONSENTS)):
+        wait_until_caught_up(bootstrap, f"{prefix}notifier.{part}", topic.qualified(prefix), timeout=90)
+    recorded = [sale_recorded(sale, source="test-till") for sale in sales]
+    asyncio.run(send(bootstrap, [(POS_SALES.qualified(prefix), r.key.encode(), encode(r)) for r in recorded]))
+
+
 def test_offers_are_posted_signed_retried_dead_lettered_and_never_twice_across_replicas(
         crm_stack: StackEndpoints, tool: MarketingTool, tmp_path: Any) -> None:
     prefix = f"nw{uuid.uuid4().hex[:6]}."
@@ -125,38 +159,8 @@ def test_offers_are_posted_signed_retried_dead_lettered_and_never_twice_across_r
     second = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env=env)
     members = [treated("ok") for _ in range(30)] + [treated("flaky") for _ in range(3)] + [treated("refused")]
     try:
-        async def publish() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=crm_stack.kafka_bootstrap)
-            await producer.start()
-            try:
-                for member in members:
-                    consent = contactability_event(MemberContactability(
-                        member_id=member, as_of=DAY - timedelta(days=1), enrolled=True, consents={"push": True}))
-                    await producer.send(MEMBER_CONSENTS.qualified(prefix), encode(consent), key=member.encode())
-                rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=DAY, baskets=100,
-                                                min_support=0.01, min_confidence=0.3, rules=[RuleDocument(
-                                                    antecedents=["diapers"], consequent="beer", support=0.05,
-                                                    confidence=0.6, lift=2.4)])
-                event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain", occurred_at=DAY,
-                                        identity=f"rules/{prefix}")
-                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
-                deadline = time.monotonic() + 90
-                for part, topic in (("rules", ANALYTICS_ASSOCIATIONS), ("consents", MEMBER_CONSENTS)):
-                    name = topic.qualified(prefix)
-                    while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.{part}", [name])).get(name) != 0:
-                        assert time.monotonic() < deadline, f"the notifier did not take the {part}"
-                        await asyncio.sleep(0.2)
-                for n, member in enumerate(members):
-                    sale = Sale(sale_id=f"w{n}", store_id="s1", terminal_id="t1", member_id=member,
-                                occurred_at=DAY + timedelta(minutes=n), currency="EUR",
-                                lines=[SaleLine(sku="diapers", quantity=1, unit_price=Decimal("9.99"))])
-                    recorded = sale_recorded(sale, source="test-till")
-                    await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())
-                await producer.flush()
-            finally:
-                await producer.stop()
-
-        asyncio.run(publish())
+        sales = [diapers(f"w{n}", member, DAY + timedelta(minutes=n)) for n, member in enumerate(members)]
+        ring_after_rules_and_consents(crm_stack.kafka_bootstrap, prefix, members, sales, DAY)
         deliverable = len(members) - 1
         deadline = time.monotonic() + 90
         while len(tool.accepted) < deliverable and time.monotonic() < deadline:
@@ -199,38 +203,10 @@ def test_an_offer_deferred_out_of_quiet_hours_is_posted_when_they_end_not_before
     notifier = start_service("notifier", crm_stack, tmp_path, prefix=prefix, extra_env=env)
     night_owl, lunch = treated("owl"), treated("noon")
     try:
-        async def publish() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=crm_stack.kafka_bootstrap)
-            await producer.start()
-            try:
-                for member in (night_owl, lunch):
-                    consent = contactability_event(MemberContactability(
-                        member_id=member, as_of=now - timedelta(days=1), enrolled=True, consents={"push": True}))
-                    await producer.send(MEMBER_CONSENTS.qualified(prefix), encode(consent), key=member.encode())
-                rules = AssociationRulesChanged(scope="chain", window_start=None, window_end=now - timedelta(hours=1),
-                                                baskets=100, min_support=0.01, min_confidence=0.3, rules=[RuleDocument(
-                                                    antecedents=["diapers"], consequent="beer", support=0.05,
-                                                    confidence=0.6, lift=2.4)])
-                event = segmenter_event(rules, event_type="AssociationRulesChanged", key="chain",
-                                        occurred_at=now - timedelta(hours=1), identity=f"rules/{prefix}")
-                await producer.send_and_wait(ANALYTICS_ASSOCIATIONS.qualified(prefix), encode(event), key=b"chain")
-                deadline = time.monotonic() + 90
-                for part, topic in (("rules", ANALYTICS_ASSOCIATIONS), ("consents", MEMBER_CONSENTS)):
-                    name = topic.qualified(prefix)
-                    while (await consumer_lag(crm_stack.kafka_bootstrap, f"{prefix}notifier.{part}", [name])).get(name) != 0:
-                        assert time.monotonic() < deadline, f"the notifier did not take the {part}"
-                        await asyncio.sleep(0.2)
-                for n, (member, store_id) in enumerate(((night_owl, "night"), (lunch, "noon"))):
-                    sale = Sale(sale_id=f"q{n}-{prefix}", store_id=store_id, terminal_id="t1", member_id=member,
-                                occurred_at=now, currency="EUR",
-                                lines=[SaleLine(sku="diapers", quantity=1, unit_price=Decimal("9.99"))])
-                    recorded = sale_recorded(sale, source="test-till")
-                    await producer.send(POS_SALES.qualified(prefix), encode(recorded), key=recorded.key.encode())
-                await producer.flush()
-            finally:
-                await producer.stop()
-
-        asyncio.run(publish())
+        sales = [diapers(f"q{n}-{prefix}", member, now, store_id=store_id)
+                 for n, (member, store_id) in enumerate(((night_owl, "night"), (lunch, "noon")))]
+        ring_after_rules_and_consents(crm_stack.kafka_bootstrap, prefix, [night_owl, lunch], sales,
+                                      now - timedelta(hours=1))
         offers = asyncio.run(read_topic(crm_stack.kafka_bootstrap, f"{prefix}marketing.offers.v1", expected=2,
                                         timeout=60, settle=1.0))
         by_member = {orjson.loads(r.value)["payload"]["member_id"]: orjson.loads(r.value)["payload"] for r in offers}
