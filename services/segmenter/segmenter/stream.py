@@ -18,8 +18,7 @@ def profiles_consumer(common: CommonSettings, engine: Any, handlers: Any, *, bat
     would learn it for good). On event time: the reviews fall due as the profiles' time passes each review midnight."""
     return consumer_for(common, engine, applied_events, service=SERVICE_NAME, part="profiles", topic=MEMBER_PROFILES,
                         model=Envelope[MemberProfileUpdated], handle=handlers.apply_profiles,
-                        after_commit=handlers.after_profiles, batch=batch,
-                        on_event_time=True)
+                        after_commit=handlers.after_profiles, batch=batch, on_event_time=True)
 
 
 def sales_consumer(common: CommonSettings, engine: Any, handlers: Any, *, batch: int) -> IdempotentConsumer[Any]:

@@ -33,6 +33,7 @@ from crm_shared.events import (
     segmenter_event,
 )
 from crm_shared.serde import encode
+from crm_shared.system import asyncpg_dsn
 from crm_shared.testing import StackEndpoints, read_topic, start_service, wait_until_caught_up
 from crm_shared.topics import ANALYTICS_ASSOCIATIONS, MARKETING_OFFER_WEBHOOKS_DLQ, MEMBER_CONSENTS, POS_SALES
 from notifier.domain import in_control_group
@@ -225,7 +226,7 @@ def test_an_offer_deferred_out_of_quiet_hours_is_posted_when_they_end_not_before
         async def queued() -> list[Any]:
             import asyncpg
 
-            conn = await asyncpg.connect(crm_stack.database_url.replace("postgresql+asyncpg", "postgresql"))
+            conn = await asyncpg.connect(asyncpg_dsn(crm_stack.database_url))
             try:
                 return [tuple(r) for r in await conn.fetch(
                     f"SELECT offer_id, status, attempts, next_attempt_at FROM {schema}.webhook_deliveries ORDER BY 4")]

@@ -256,32 +256,27 @@ def batch_stock(sales: list[Sale]) -> dict[tuple[str, str], int]:
     return on_hand
 
 
-async def net_sold(database_url: str, schema: str) -> dict[tuple[str, str], int]:
-    """Units sold less units returned per store × SKU, from the sell-through table (`daily_sales`)."""
+async def fetch(database_url: str, sql: str) -> list[Any]:
     import asyncpg
-    from sqlalchemy.engine import make_url
+    from crm_shared.system import asyncpg_dsn
 
-    url = make_url(database_url).set(drivername="postgresql")
-    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
-        rows = await conn.fetch(f'SELECT store_id, sku, sum(sold - returned) AS net FROM "{schema}".daily_sales '
-                                "GROUP BY store_id, sku HAVING sum(sold - returned) <> 0")
-        return {(r["store_id"], r["sku"]): int(r["net"]) for r in rows}
+        return list(await conn.fetch(sql))
     finally:
         await conn.close()
+
+
+async def net_sold(database_url: str, schema: str) -> dict[tuple[str, str], int]:
+    """Units sold less units returned per store × SKU, from the sell-through table (`daily_sales`)."""
+    rows = await fetch(database_url, f'SELECT store_id, sku, sum(sold - returned) AS net FROM "{schema}".daily_sales '
+                                     "GROUP BY store_id, sku HAVING sum(sold - returned) <> 0")
+    return {(r["store_id"], r["sku"]): int(r["net"]) for r in rows}
 
 
 async def order_ids(database_url: str, schema: str) -> set[str]:
     """Every purchase order raised, from the `purchase_orders` table."""
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url).set(drivername="postgresql")
-    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
-        return {r["po_id"] for r in await conn.fetch(f'SELECT po_id FROM "{schema}".purchase_orders')}
-    finally:
-        await conn.close()
+    return {r["po_id"] for r in await fetch(database_url, f'SELECT po_id FROM "{schema}".purchase_orders')}
 
 
 def test_killed_mid_batch_gives_the_batch_stock_and_one_order_per_need(crm_stack: StackEndpoints,
