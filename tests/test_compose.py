@@ -210,6 +210,21 @@ def check_dockerfiles_exist(compose: dict) -> list[str]:
     return problems
 
 
+def check_postgres_tuning(compose: dict) -> list[str]:
+    """PostgreSQL in production runs with the settings the embedded stack's figures were measured with
+    (`crm_shared.embedded.POSTGRES_TUNING`: checkpoints by time, fresh tables analysed within seconds)."""
+    from crm_shared.embedded import POSTGRES_TUNING
+
+    service = services_of(compose).get("postgres")
+    if service is None:
+        return ["no postgres service"]
+    command = service.get("command") or []
+    words = shlex.split(command) if isinstance(command, str) else [str(w) for w in command]
+    given = {words[i + 1] for i, word in enumerate(words[:-1]) if word == "-c"}
+    return [f"postgres: runs without -c {name}={value} (the embedded stack's)" for name, value in POSTGRES_TUNING
+            if f"{name}={value}" not in given]
+
+
 def check_kafka_kraft(compose: dict) -> list[str]:
     svcs = services_of(compose)
     kafkas = [n for n, s in svcs.items() if n == "kafka" or str(s.get("image", "")).startswith("apache/kafka")]
@@ -537,6 +552,10 @@ def test_build_dockerfiles_exist(compose):
     assert check_dockerfiles_exist(compose) == []
 
 
+def test_postgres_runs_with_the_embedded_stack_s_tuning(compose):
+    assert check_postgres_tuning(compose) == []
+
+
 def test_kafka_is_kraft_without_auto_topic_creation(compose):
     assert check_kafka_kraft(compose) == []
 
@@ -628,6 +647,10 @@ def _auto_create(c):
     c["services"]["kafka"]["environment"] = {**c["services"]["kafka"]["environment"], "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "true"}
 
 
+def _default_naptime(c):
+    c["services"]["postgres"]["command"] = ["postgres", "-c", "max_wal_size=4GB"]
+
+
 def _no_image(c):
     del c["services"]["postgres"]["image"]
 
@@ -680,6 +703,7 @@ def _edge_publishes_less(c):
         (_missing_dockerfile, check_dockerfiles_exist),
         (_zookeeper_mode, check_kafka_kraft),
         (_auto_create, check_kafka_kraft),
+        (_default_naptime, check_postgres_tuning),
         (_no_image, check_build_or_image),
         (_no_gateway_block, lambda c: check_service_folders(c, service_folders())),
         (_fixed_port, check_scalable),

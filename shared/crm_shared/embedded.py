@@ -28,6 +28,9 @@ from pathlib import Path
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 LOOPBACK = "127.0.0.1"
+# PostgreSQL settings the embedded server and docker-compose.yml's both run with (EmbeddedPostgres.start
+# says why; tests/test_compose.py keeps the two in step).
+POSTGRES_TUNING: tuple[tuple[str, str], ...] = (("max_wal_size", "4GB"), ("autovacuum_naptime", "5s"))
 
 
 def free_port() -> int:
@@ -171,13 +174,18 @@ class EmbeddedPostgres:
                 check=True, capture_output=True, user=self._system_user,
             )
         log_path = self.data_dir / "postgres.log"
-        # max_wal_size: every consumer writes all the time, so with the default 1 GB a checkpoint starts
-        # every ~530 MB of WAL (a few dozen seconds of a replay) and each page touched after it is written
+        # POSTGRES_TUNING. max_wal_size: every consumer writes all the time, so with the default 1 GB a
+        # checkpoint starts every ~530 MB of WAL (a few dozen seconds of a replay) and each page touched after it is written
         # whole into the WAL again. With 4 GB checkpoints come from checkpoint_timeout (5 min); in
         # bench/e2e.py, PostgreSQL's CPU on replenishment's connections went from 17.5-20.0 to 14.4 s.
+        # autovacuum_naptime: a fresh schema's tables have no planner statistics until autovacuum first
+        # analyses them, up to a minute (the default naptime) after they start to fill. Meanwhile the
+        # planner, taking them for small, reads them whole: the notifier's per-member offer lookups went
+        # by sequential scans of the growing offers table, and bench/offer_latency.py measured p99
+        # 270-410 ms at 1,000 sales/s; with statistics after 5 s, 95-120 ms.
         command = [self._bin("postgres"), "-D", str(self.data_dir), "-h", LOOPBACK, "-p", str(self.port),
                    "-k", str(self.data_dir), "-c", "max_connections=300", "-c", "shared_buffers=256MB",
-                   "-c", "max_wal_size=4GB"]
+                   *(arg for name, value in POSTGRES_TUNING for arg in ("-c", f"{name}={value}"))]
         # A root-owned guard runs PostgreSQL as its own user and stops it if we die (see _guard.py).
         guard = [sys.executable, "-m", "crm_shared._guard", self._system_user or "-", "SIGINT", "--", *command]
         with open(log_path, "ab") as log:
