@@ -365,10 +365,20 @@ async def load_lots(conn: AsyncConnection, member_ids: Iterable[str], *, lock: b
     return lots
 
 
+_TAKE_POINTS_SQL = ("UPDATE points_lots SET remaining = points_lots.remaining - taken.points "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:points AS bigint[])) AS taken(id, points) "
+                    "WHERE points_lots.id = taken.id")
+
+
 async def take_points(conn: AsyncConnection, taken: list[tuple[int, int]]) -> None:
+    """Take points from lots, in one statement (a statement per lot was 2,646 round trips over the
+    Online Retail year). A lot named twice loses the sum: an UPDATE ... FROM applies one row per lot."""
+    per_lot: dict[int, int] = {}
     for lot_id, points in taken:
-        await conn.execute(points_lots.update().where(points_lots.c.id == lot_id)
-                           .values(remaining=points_lots.c.remaining - points))
+        per_lot[lot_id] = per_lot.get(lot_id, 0) + points
+    if per_lot:
+        ids = sorted(per_lot)
+        await conn.execute(text(_TAKE_POINTS_SQL), {"ids": ids, "points": [per_lot[i] for i in ids]})
 
 
 LEDGER_COLUMNS = ("member_id", "kind", "points", "cause", "occurred_at")

@@ -568,15 +568,23 @@ async def save_redemptions(conn: AsyncConnection, changed: Sequence[dict[str, An
     """rows: offer_id, `held_by` (its `redeemed_by` when loaded) and the four redemption columns (all
     None: the redemption was undone). A row is written only if the offer is still as loaded; returns
     the offer ids written."""
-    saved = set()
-    for row in changed:
-        result = await conn.execute(
-            update(offers).where(offers.c.offer_id == row["offer_id"],
-                                 offers.c.redeemed_by.is_not_distinct_from(row["held_by"]))
-            .values(**{k: v for k, v in row.items() if k not in ("offer_id", "held_by")}))
-        if result.rowcount:
-            saved.add(row["offer_id"])
-    return saved
+    if not changed:
+        return set()
+    if len({row["offer_id"] for row in changed}) != len(changed):
+        raise ValueError("an offer's redemption changed twice in one save")
+    result = await conn.execute(text(_SAVE_REDEMPTIONS_SQL), {"changed": recordset_rows(changed, _REDEMPTION_TYPES)})
+    return {row.offer_id for row in result}
+
+
+# One statement for a batch's redemptions (a statement per offer was 2,233 round trips over the year).
+_REDEMPTION_TYPES = {"offer_id": "text", "held_by": "text", "redeemed_at": "timestamptz", "redeemed_revenue": "numeric",
+                     "redeemed_by": "text", "redeemed_by_code": "boolean"}
+_SAVE_REDEMPTIONS_SQL = (
+    "UPDATE offers SET redeemed_at = changed.redeemed_at, redeemed_revenue = changed.redeemed_revenue, "
+    "redeemed_by = changed.redeemed_by, redeemed_by_code = changed.redeemed_by_code "
+    f"FROM {recordset('changed', _REDEMPTION_TYPES)} "
+    "WHERE offers.offer_id = changed.offer_id AND offers.redeemed_by IS NOT DISTINCT FROM changed.held_by "
+    "RETURNING offers.offer_id")
 
 
 # --- webhook deliveries --------------------------------------------------------------------------
