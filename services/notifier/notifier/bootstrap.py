@@ -11,11 +11,12 @@ from crm_shared.consumer import IdempotentConsumer
 from crm_shared.db import make_engine
 from crm_shared.outbox import OutboxRelay, relay_for
 from crm_shared.settings import CommonSettings
-from crm_shared.topics import MARKETING_OFFER_WEBHOOKS_DLQ
+from crm_shared.topics import MARKETING_OFFER_WEBHOOKS_DLQ, MARKETING_OFFERS
 from crm_shared.web import database_check
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifier import SERVICE_NAME
+from notifier.deferred import DeferredOffers
 from notifier.handlers import NotifierHandlers
 from notifier.settings import NotifierSettings
 from notifier.store import outbox
@@ -35,11 +36,13 @@ class NotifierService:
     consumers: list[IdempotentConsumer[Any]]
     relay: OutboxRelay
     webhooks: WebhookSender
+    deferred: DeferredOffers
 
     async def start(self) -> None:
         await self.handlers.restore()
         self.relay.start()
         self.webhooks.start()
+        self.deferred.start()
         if self.settings.consumer_enabled:
             for consumer in self.consumers:
                 consumer.start()
@@ -47,6 +50,7 @@ class NotifierService:
     async def stop(self) -> None:
         for consumer in self.consumers:
             await consumer.stop()
+        await self.deferred.stop()
         await self.webhooks.stop()
         await self.relay.stop()
         await self.engine.dispose()
@@ -73,5 +77,7 @@ def build(common: CommonSettings | None = None, settings: NotifierSettings | Non
                              wake_relay=relay.wake)
     handlers = NotifierHandlers(engine, settings, topic_prefix=prefix, wake_relay=relay.wake,
                                 wake_webhooks=webhooks.wake)
+    deferred = DeferredOffers(engine, topic=MARKETING_OFFERS.qualified(prefix), poll_seconds=settings.deferred_poll_seconds,
+                              wake_relay=relay.wake)
     return NotifierService(common, settings, KeyRing.from_settings(common.api_keys, common.env), engine, handlers,
-                           consumers(common, engine, handlers, batch=settings.consumer_batch), relay, webhooks)
+                           consumers(common, engine, handlers, batch=settings.consumer_batch), relay, webhooks, deferred)

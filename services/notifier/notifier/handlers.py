@@ -11,7 +11,7 @@ import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -650,7 +650,11 @@ class NotifierHandlers:
         if new_ids:
             await self._redeem_late(conn, [r for r in rows if r["offer_id"] in new_ids])
         fresh = [events[r["offer_id"]] for r in rows if r["offer_id"] in new_ids]
-        await add_events(conn, store.outbox, self.offers_topic, fresh)
+        # Deferred out of quiet hours in live traffic: held until `valid_from` on the wall clock (a tool
+        # reading the topic never gets a 23:00 push before 08:00); one valid from the past, a replay's, goes now.
+        now = datetime.now(UTC)
+        await add_events(conn, store.outbox, self.offers_topic, [e for e in fresh if e.payload.valid_from <= now])
+        await store.defer_offers(conn, [e for e in fresh if e.payload.valid_from > now])
         if self.settings.webhook_url:
             # First posted at the offer's `valid_from` on the wall clock: one deferred out of quiet hours
             # waits for their end (one valid from the past, a replay's, goes at once).

@@ -23,6 +23,8 @@ class NotifierSettings(BaseSettings):
     consumer_batch: int = Field(default=2000, ge=1)
     db_pool_size: int = 10
     relay_idle_poll_seconds: float = 0.05
+    # How often offers deferred out of quiet hours are checked for their time (valid_from, wall clock).
+    deferred_poll_seconds: float = Field(default=5.0, gt=0)
     # Triggers: a comma-separated subset of cross_sell, dormant_wakeup, tier_upgrade, welcome, birthday,
     # new_arrival, run_out, after_sale ("" = none). run_out is opt-in: it keeps a purchase rhythm per
     # member x product, a write per sale line; after_sale is opt-in: a campaign names its categories.

@@ -8,7 +8,9 @@ from typing import Any
 
 from crm_shared.consumer import applied_events_table
 from crm_shared.db import any_of, insert_from_recordset, recordset, recordset_rows
+from crm_shared.events import Envelope
 from crm_shared.outbox import outbox_table
+from crm_shared.serde import encode, encode_key
 from sqlalchemy import (
     CHAR,
     BigInteger,
@@ -31,7 +33,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = MetaData()
@@ -134,6 +136,19 @@ clocks = Table(
     "clocks", metadata,
     Column("name", String(32), primary_key=True),
     Column("at", DateTime(timezone=True), nullable=False),
+)
+
+# Offers deferred out of quiet hours, held until their `valid_from` by the wall clock, then moved to the
+# outbox (`release_deferred`): a tool reading `marketing.offers.v1` never gets a 23:00 push before 08:00.
+deferred_offers = Table(
+    "deferred_offers", metadata,
+    Column("offer_id", String(64), primary_key=True),
+    Column("member_id", String(64), nullable=False, doc="for erasure: the event names the member"),
+    Column("not_before", DateTime(timezone=True), nullable=False, doc="the offer's valid_from"),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("key", LargeBinary, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    Index("ix_deferred_offers_due", "not_before"),
 )
 
 webhook_deliveries = Table(
@@ -445,6 +460,7 @@ async def erase(conn: AsyncConnection, member_id: str, at: datetime, pseudonym: 
     await conn.execute(member_purchases.delete().where(member_purchases.c.member_id == member_id))  # what they bought
     await conn.execute(contacts.delete().where(contacts.c.member_id == member_id))  # consents and birthday
     await conn.execute(scheduled.delete().where(scheduled.c.member_id == member_id, scheduled.c.fired_at.is_(None)))
+    await conn.execute(deferred_offers.delete().where(deferred_offers.c.member_id == member_id))  # never sent now
     await conn.execute(webhook_deliveries.delete().where(webhook_deliveries.c.offer_id.in_(
         select(offers.c.offer_id).where(offers.c.member_id == member_id))))  # bodies name the member
     await conn.execute(update(offers).where(offers.c.member_id == member_id).values(member_id=pseudonym, text=""))
@@ -585,6 +601,37 @@ _SAVE_REDEMPTIONS_SQL = (
     f"FROM {recordset('changed', _REDEMPTION_TYPES)} "
     "WHERE offers.offer_id = changed.offer_id AND offers.redeemed_by IS NOT DISTINCT FROM changed.held_by "
     "RETURNING offers.offer_id")
+
+
+# --- offers deferred out of quiet hours ---------------------------------------------------------
+
+async def defer_offers(conn: AsyncConnection, events: Sequence[Envelope[Any]]) -> None:
+    """Hold offer events until their `valid_from` (one statement; released by `release_deferred`)."""
+    if events:
+        await conn.execute(text(
+            "INSERT INTO deferred_offers (offer_id, member_id, not_before, event_id, key, value) "
+            "SELECT * FROM unnest(CAST(:offer_ids AS text[]), CAST(:member_ids AS text[]), "
+            "CAST(:not_before AS timestamptz[]), CAST(:event_ids AS uuid[]), CAST(:keys AS bytea[]), "
+            "CAST(:values AS bytea[])) ON CONFLICT DO NOTHING"),
+            {"offer_ids": [e.payload.offer_id for e in events], "member_ids": [e.payload.member_id for e in events],
+             "not_before": [e.payload.valid_from for e in events], "event_ids": [e.event_id for e in events],
+             "keys": [encode_key(e.key) for e in events], "values": [encode(e) for e in events]})
+
+
+async def release_deferred(conn: AsyncConnection, topic: str, limit: int) -> int:
+    """Move the deferred offers whose time has come (wall clock) to the outbox, earliest first; replicas
+    skip each other's rows. Returns how many moved."""
+    result = await conn.execute(text(
+        "WITH due AS (DELETE FROM deferred_offers WHERE offer_id IN ("
+        "  SELECT offer_id FROM deferred_offers WHERE not_before <= now() ORDER BY not_before, offer_id "
+        "  LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING offer_id, not_before, event_id, key, value) "
+        "INSERT INTO outbox (event_id, topic, key, value) "
+        "SELECT event_id, :topic, key, value FROM due ORDER BY not_before, offer_id"), {"topic": topic, "limit": limit})
+    return int(result.rowcount or 0)
+
+
+async def deferred_count(conn: AsyncConnection) -> int:
+    return int(await conn.scalar(select(func.count()).select_from(deferred_offers)) or 0)
 
 
 # --- webhook deliveries --------------------------------------------------------------------------
