@@ -10,7 +10,6 @@ Replicas share the table: each pass claims due rows with `FOR UPDATE SKIP LOCKED
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -42,8 +41,7 @@ class DeferredOffers:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
     async def release_due(self) -> int:
