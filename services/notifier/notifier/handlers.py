@@ -777,6 +777,7 @@ class NotifierHandlers:
                                domain.Arm(control["members"], control["converted"], Decimal(control["revenue"])))
         return {"campaign_id": campaign_id, "status": found["status"],
                 "sent": treated["offers"], "withheld": control["offers"],
+                "waiting_for_quiet_hours_end": figures["waiting"],
                 "suppressed": figures["suppressed"], "suppressed_total": sum(figures["suppressed"].values()),
                 "redeemed": {"treated": treated["redeemed"], "control": control["redeemed"]},
                 "members": {"treated": treated["members"], "control": control["members"]},

@@ -715,7 +715,8 @@ async def member_offers(conn: AsyncConnection, member_id: str, limit: int = 100)
 
 
 async def campaign_figures(conn: AsyncConnection, campaign_id: str) -> dict[str, Any]:
-    """Per arm: members offered, members who redeemed, redeemed revenue; and suppressions by reason."""
+    """Per arm: members offered, members who redeemed, redeemed revenue; suppressions by reason; and the
+    offers held until quiet hours end (decided, not yet published)."""
     arm = (select(offers.c.withheld, func.count(func.distinct(offers.c.member_id)).label("members"),
                   func.count(func.distinct(offers.c.member_id)).filter(offers.c.redeemed_at.is_not(None)).label("converted"),
                   func.count().label("offers"),
@@ -725,7 +726,10 @@ async def campaign_figures(conn: AsyncConnection, campaign_id: str) -> dict[str,
     arms = {bool(row.withheld): dict(row._mapping) for row in await conn.execute(arm)}
     reasons = await conn.execute(select(suppressions.c.reason, suppressions.c["count"])
                                  .where(suppressions.c.campaign_id == campaign_id))
-    return {"arms": arms, "suppressed": {row.reason: int(row[1]) for row in reasons}}
+    waiting = await conn.scalar(select(func.count()).select_from(
+        deferred_offers.join(offers, offers.c.offer_id == deferred_offers.c.offer_id))
+        .where(offers.c.campaign_id == campaign_id))
+    return {"arms": arms, "suppressed": {row.reason: int(row[1]) for row in reasons}, "waiting": int(waiting or 0)}
 
 
 # --- rules and stock --------------------------------------------------------------------------

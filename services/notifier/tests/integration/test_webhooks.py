@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -245,5 +246,8 @@ def test_an_offer_deferred_out_of_quiet_hours_is_posted_when_they_end_not_before
         assert len(asyncio.run(fetch(f"SELECT 1 FROM {schema}.deferred_offers"))) == 1
         assert len(asyncio.run(read_topic(crm_stack.kafka_bootstrap, f"{prefix}marketing.offers.v1", expected=1,
                                           timeout=10, settle=1.0))) == 1
+        report = httpx.get(f"{notifier.url}/v1/campaigns/auto-cross-sell/report",
+                           headers={"x-api-key": "dev-marketing"}, timeout=10).json()
+        assert (report["sent"], report["waiting_for_quiet_hours_end"]) == (2, 1), report
     finally:
         notifier.stop()
