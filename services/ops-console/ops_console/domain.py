@@ -140,7 +140,8 @@ def orders_panel(orders: Answer, shown: int) -> dict[str, Any]:
 
 
 def campaigns_panel(campaigns: Answer, reports: Mapping[str, Answer]) -> dict[str, Any]:
-    """Each campaign's report (sent, withheld, suppressed by reason, uplift with its interval) and the totals."""
+    """Each campaign's report (sent, still held for the end of quiet hours, withheld, suppressed by reason,
+    uplift with its interval) and the totals."""
     if isinstance(campaigns, Unavailable):
         return unavailable_panel(campaigns)
     rows = []
@@ -155,7 +156,7 @@ def campaigns_panel(campaigns: Answer, reports: Mapping[str, Answer]) -> dict[st
             row["reason"] = report.reason if isinstance(report, Unavailable) else "no report asked"
         else:
             row["report"] = {key: report.get(key) for key in (
-                "sent", "withheld", "suppressed", "suppressed_total", "redeemed", "conversion", "uplift",
+                "sent", "waiting_for_quiet_hours_end", "withheld", "suppressed", "suppressed_total", "redeemed", "conversion", "uplift",
                 "uplift_ci95", "incremental_revenue")}
         rows.append(row)
     return {"available": True, "campaigns": rows, "totals": offer_totals(
@@ -163,15 +164,17 @@ def campaigns_panel(campaigns: Answer, reports: Mapping[str, Answer]) -> dict[st
 
 
 def offer_totals(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Offers sent and withheld (control group) and suppressions by reason, over campaigns."""
-    sent = withheld = 0
+    """Offers sent (and of those, still held until quiet hours end), withheld (control group) and
+    suppressions by reason, over campaigns."""
+    sent = waiting = withheld = 0
     suppressed: dict[str, int] = {}
     for report in reports:
         sent += int(report.get("sent") or 0)
+        waiting += int(report.get("waiting_for_quiet_hours_end") or 0)
         withheld += int(report.get("withheld") or 0)
         for reason, count in (report.get("suppressed") or {}).items():
             suppressed[reason] = suppressed.get(reason, 0) + int(count)
-    return {"sent": sent, "withheld": withheld,
+    return {"sent": sent, "waiting_for_quiet_hours_end": waiting, "withheld": withheld,
             "suppressed": dict(sorted(suppressed.items(), key=lambda kv: (-kv[1], kv[0]))),
             "suppressed_total": sum(suppressed.values())}
 

@@ -59,15 +59,18 @@ def test_campaign_totals_add_sent_withheld_and_each_suppression_reason() -> None
     reports = {
         "auto-welcome": {"sent": 10, "withheld": 1, "suppressed": {"no_consent": 7, "quiet_hours": 2}, "uplift": 0.1,
                          "uplift_ci95": [-0.05, 0.25]},
-        "auto-cross_sell": {"sent": 5, "withheld": 2, "suppressed": {"no_consent": 3, "daily_cap": 1}},
+        "auto-cross_sell": {"sent": 5, "waiting_for_quiet_hours_end": 2, "withheld": 2,
+                            "suppressed": {"no_consent": 3, "daily_cap": 1}},
         "broken": Unavailable("notifier", "notifier answered 500: boom"),
     }
     panel = domain.campaigns_panel(campaigns, reports)
-    assert panel["totals"] == {"sent": 15, "withheld": 3, "suppressed_total": 13,
+    assert panel["totals"] == {"sent": 15, "waiting_for_quiet_hours_end": 2, "withheld": 3, "suppressed_total": 13,
                                "suppressed": {"no_consent": 10, "quiet_hours": 2, "daily_cap": 1}}
     assert list(panel["totals"]["suppressed"]) == ["no_consent", "quiet_hours", "daily_cap"]  # most first
     rows = {r["campaign_id"]: r for r in panel["campaigns"]}
     assert rows["auto-welcome"]["report"]["uplift_ci95"] == [-0.05, 0.25]
+    assert rows["auto-cross_sell"]["report"]["waiting_for_quiet_hours_end"] == 2
+    assert rows["auto-welcome"]["report"]["waiting_for_quiet_hours_end"] is None  # an older notifier's report
     assert rows["broken"]["report"] is None and "500" in rows["broken"]["reason"]
 
 
