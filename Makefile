@@ -55,6 +55,9 @@ bench: install
 	$(BIN)/python bench/forecast_accuracy.py
 	$(BIN)/python bench/replenishment_policy.py
 	$(BIN)/python bench/replenishment_throughput.py
+	$(BIN)/python bench/offer_latency.py
+	$(BIN)/python bench/offer_chooser.py
+	$(BIN)/python bench/redemption_counts.py
 	$(BIN)/python bench/e2e.py
 
 # Every fault drill in full: the services' own, and tests/e2e/test_system_drills.py's whole-system

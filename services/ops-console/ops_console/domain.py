@@ -156,8 +156,8 @@ def campaigns_panel(campaigns: Answer, reports: Mapping[str, Answer]) -> dict[st
             row["reason"] = report.reason if isinstance(report, Unavailable) else "no report asked"
         else:
             row["report"] = {key: report.get(key) for key in (
-                "sent", "waiting_for_quiet_hours_end", "withheld", "suppressed", "suppressed_total", "redeemed", "conversion", "uplift",
-                "uplift_ci95", "incremental_revenue")}
+                "sent", "waiting_for_quiet_hours_end", "withheld", "suppressed", "suppressed_total", "redeemed",
+                "conversion", "uplift", "uplift_ci95", "incremental_revenue")}
         rows.append(row)
     return {"available": True, "campaigns": rows, "totals": offer_totals(
         [r for r in reports.values() if not isinstance(r, Unavailable)])}
