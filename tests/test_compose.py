@@ -171,6 +171,23 @@ def check_production_keys(compose: dict) -> list[str]:
     return problems
 
 
+# Settings a service refuses in production while they keep their dev default (each bootstrap's check):
+# compose must take them from the host (`${VAR:?...}`), or the service cannot start.
+PRODUCTION_SECRETS = {"notifier": ("NOTIFIER_WEBHOOK_SECRET", "NOTIFIER_PSEUDONYM_KEY"),
+                      "ops-console": ("OPS_CONSOLE_UPSTREAM_API_KEY",)}
+
+
+def check_production_secrets(compose: dict) -> list[str]:
+    problems = []
+    svcs = services_of(compose)
+    for name, variables in PRODUCTION_SECRETS.items():
+        env = environment(svcs.get(name, {}))
+        for var in variables:
+            if not str(env.get(var, "")).startswith(f"${{{var}:?"):
+                problems.append(f"{name}: {var} is not required from the host (its dev default is refused in production)")
+    return problems
+
+
 def check_port_clashes(compose: dict) -> list[str]:
     seen: dict[tuple[int, str], str] = {}
     problems = []
@@ -509,6 +526,16 @@ def test_app_services_run_production_with_keys_from_host(compose):
     assert check_production_keys(compose) == []
 
 
+def test_production_secrets_come_from_the_host(compose):
+    assert check_production_secrets(compose) == []
+
+
+def test_the_notifier_refuses_the_dev_defaults_compose_must_replace():
+    """The list above is what the notifier's bootstrap refuses: a setting added there must be added here."""
+    source = (REPO / "services/notifier/notifier/bootstrap.py").read_text(encoding="utf-8")
+    assert 'for name in ("pseudonym_key", "webhook_secret")' in source
+
+
 def test_host_ports_do_not_clash(compose):
     assert (8001, "tcp") in published_ports(services_of(compose)["edge"])
     assert check_port_clashes(compose) == []
@@ -683,6 +710,12 @@ def _no_migrate_job(c):
     c["services"]["replenishment"]["depends_on"] = deps
 
 
+def _default_pseudonym_key(c):
+    env = dict(c["services"]["notifier"]["environment"])
+    del env["NOTIFIER_PSEUDONYM_KEY"]
+    c["services"]["notifier"]["environment"] = env
+
+
 def _no_edge(c):
     del c["services"]["edge"]
 
@@ -698,6 +731,7 @@ def _edge_publishes_less(c):
         (_drop_redis_url, check_app_env),
         (_wrong_db_host, check_app_env),
         (_hardcoded_keys, check_production_keys),
+        (_default_pseudonym_key, check_production_secrets),
         (_port_clash, check_port_clashes),
         (_ghost_dependency, check_depends_on),
         (_missing_dockerfile, check_dockerfiles_exist),
