@@ -171,16 +171,34 @@ def check_production_keys(compose: dict) -> list[str]:
     return problems
 
 
-# Settings a service refuses in production while they keep their dev default (each bootstrap's check):
-# compose must take them from the host (`${VAR:?...}`), or the service cannot start.
-PRODUCTION_SECRETS = {"notifier": ("NOTIFIER_WEBHOOK_SECRET", "NOTIFIER_PSEUDONYM_KEY"),
-                      "ops-console": ("OPS_CONSOLE_UPSTREAM_API_KEY",)}
+def production_secrets() -> dict[str, list[str]]:
+    """Per compose service, the env variables of its settings whose default is a dev key or secret
+    (`dev-…`): production refuses those (the notifier's bootstrap; every service's key check for the
+    console's upstream key), so compose must take them from the host (`${VAR:?...}`) or the service
+    cannot start. Read from the settings classes themselves, so a new one cannot be missed."""
+    from member_profile.settings import MemberProfileSettings
+    from notifier.settings import NotifierSettings
+    from ops_console.settings import OpsConsoleSettings
+    from pos_gateway.settings import GatewaySettings
+    from pydantic import SecretStr
+    from replenishment.settings import ReplenishmentSettings
+    from segmenter.settings import SegmenterSettings
+
+    secrets: dict[str, list[str]] = {}
+    for service, settings in (("member-profile", MemberProfileSettings), ("notifier", NotifierSettings),
+                              ("ops-console", OpsConsoleSettings), ("pos-gateway", GatewaySettings),
+                              ("replenishment", ReplenishmentSettings), ("segmenter", SegmenterSettings)):
+        for name, field in settings.model_fields.items():
+            default = field.default.get_secret_value() if isinstance(field.default, SecretStr) else field.default
+            if isinstance(default, str) and default.startswith("dev-"):
+                secrets.setdefault(service, []).append(f"{settings.model_config['env_prefix']}{name}".upper())
+    return secrets
 
 
 def check_production_secrets(compose: dict) -> list[str]:
     problems = []
     svcs = services_of(compose)
-    for name, variables in PRODUCTION_SECRETS.items():
+    for name, variables in production_secrets().items():
         env = environment(svcs.get(name, {}))
         for var in variables:
             if not str(env.get(var, "")).startswith(f"${{{var}:?"):
@@ -530,10 +548,9 @@ def test_production_secrets_come_from_the_host(compose):
     assert check_production_secrets(compose) == []
 
 
-def test_the_notifier_refuses_the_dev_defaults_compose_must_replace():
-    """The list above is what the notifier's bootstrap refuses: a setting added there must be added here."""
-    source = (REPO / "services/notifier/notifier/bootstrap.py").read_text(encoding="utf-8")
-    assert 'for name in ("pseudonym_key", "webhook_secret")' in source
+def test_the_dev_defaults_are_read_from_the_settings():
+    assert production_secrets() == {"notifier": ["NOTIFIER_PSEUDONYM_KEY", "NOTIFIER_WEBHOOK_SECRET"],
+                                    "ops-console": ["OPS_CONSOLE_UPSTREAM_API_KEY"]}
 
 
 def test_host_ports_do_not_clash(compose):
