@@ -181,7 +181,7 @@ def test_live_figures_are_in_event_time_and_count_each_sale_once(gateway: Gatewa
                          lines=[{"sku": "22720", "quantity": 1, "unit_price": "4.95"}]))
     for body in bodies:
         assert gateway.post(body).status_code == 202
-    figures = _wait_for_live(gateway, "live-store", sales=5)
+    figures = _wait_for_live(gateway, "live-store", sales=5, returns=1)
     store = figures["stores"][0]
     assert figures["as_of"].startswith("2011-03-04T10:15")
     assert (store["sales"], store["returns"], store["revenue"]) == (5, 1, "44.5500")
@@ -208,12 +208,15 @@ def test_live_figures_are_in_event_time_and_count_each_sale_once(gateway: Gatewa
     assert [s["store_id"] for s in pos_view["stores"]] == ["live-store"]
 
 
-def _wait_for_live(gateway: GatewayUnderTest, store: str, *, sales: int, timeout: float = 30) -> dict:
+def _wait_for_live(gateway: GatewayUnderTest, store: str, *, sales: int, returns: int = 0, timeout: float = 30) -> dict:
+    """The store's live figures once they count `sales` sales and `returns` returns (or at the timeout).
+    A return is keyed by its store and the sales by their members: they reach the consumer in any order."""
     deadline = time.monotonic() + timeout
     while True:
         figures = httpx.get(f"{gateway.url}/v1/stats/live", params={"store_id": store},
                             headers={"x-api-key": "dev-ops"}).json()
-        if (figures["stores"] and figures["stores"][0]["sales"] >= sales) or time.monotonic() > deadline:
+        counted = figures["stores"][0] if figures["stores"] else None
+        if (counted and counted["sales"] >= sales and counted["returns"] >= returns) or time.monotonic() > deadline:
             return figures
         time.sleep(0.3)
 
